@@ -1,0 +1,154 @@
+"""Leaderboard markdown from result records: per benchmark, methods x OOD sets (FPR95 and AUROC, %), the average
+over sets, ID accuracy, mean ± std over seeds; best in bold and second underlined per column, as in the papers.
+Below the reproduced rows, the numbers the papers report (`results/reference/*.csv`, one table per source table),
+marked as reported.
+
+Regeneration is a pure function of the records and the reference files: the same inputs always give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.cache import atomic_write_bytes
+from harness.results import REPO_ROOT, RunRecord, load_records
+
+REFERENCE_DIR = REPO_ROOT / "results" / "reference"
+
+LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "ID acc.": False}
+
+
+def _fmt(values: list[float]) -> str:
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {float(np.std(values, ddof=1)):.2f}"
+
+
+def summarise(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per (label, FPR convention): mean values in columns (set, metric), seeds kept in `n_seeds`."""
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.label, record.fpr_positive)].append(record)
+    rows = []
+    for (label, positive), runs in sorted(groups.items()):
+        runs.sort(key=lambda r: r.seed)
+        row: dict[tuple[str, str], object] = {("", "Method"): label, ("", "seeds"): len(runs),
+                                              ("", "kind"): runs[0].kind, ("", "positive"): positive}
+        sets = list(runs[0].metrics)
+        for name in sets + ["Average"]:
+            for metric, key in (("FPR95", "fpr95"), ("AUROC", "auroc")):
+                values = [100 * (r.average[key] if name == "Average" else r.metrics[name][key])
+                          for r in runs if name == "Average" or name in r.metrics]
+                row[(name, metric)] = values
+        accs = [100 * r.id_accuracy for r in runs if r.id_accuracy is not None]
+        row[("", "ID acc.")] = accs
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mark(frame: pd.DataFrame) -> pd.DataFrame:
+    """Format mean ± std strings, bold the best and underline the second best of each metric column."""
+    shown = frame.copy()
+    for column in frame.columns:
+        metric = column[1]
+        if metric not in LOWER_IS_BETTER:
+            continue
+        # A plain list: a pandas Series would turn the None of an empty cell into NaN.
+        means = [round(float(np.mean(v)), 2) if isinstance(v, list) and v else None for v in frame[column]]
+        distinct = sorted({m for m in means if m is not None}, reverse=not LOWER_IS_BETTER[metric])
+        texts = []
+        for value, mean in zip(frame[column], means, strict=True):
+            if mean is None:
+                texts.append("–")
+                continue
+            text = _fmt(value)
+            if len(frame) > 1 and mean == distinct[0]:
+                text = f"**{text}**"
+            elif len(frame) > 2 and len(distinct) > 1 and mean == distinct[1]:
+                text = f"<u>{text}</u>"
+            texts.append(text)
+        shown[column] = texts
+    return shown
+
+
+def benchmark_markdown(records: list[RunRecord], benchmark: str) -> str:
+    frame = summarise(records)
+    lines = [f"# Leaderboard: {benchmark}", ""]
+    for positive, part in frame.groupby(("", "positive"), sort=True):
+        convention = ("ID positive (the papers' convention)" if positive == "id"
+                      else "OOD positive (OpenOOD's convention since Aug 2023)")
+        shown = _mark(part.reset_index(drop=True))
+        table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind")]]
+        table.columns = [c[1] if c[0] == "" else f"{c[0]} {c[1]}" for c in table.columns]
+        lines += [f"FPR95 ↓ and AUROC ↑ in %, FPR95 with {convention}; mean ± std over seeds; best **bold**, "
+                  "second <u>underlined</u>.", "",
+                  table.to_markdown(index=False, disable_numparse=True), ""]
+    lines += reported_markdown(benchmark)
+    figures = sorted({(r.label, f) for r in records for f in r.figures})
+    if figures:
+        lines += ["## Figures", ""] + [f"- {label}: [{Path(f).name}](../{f})" for label, f in figures] + [""]
+    lines += ["Regenerate with `python -m harness leaderboard`; each row comes from the JSON records under "
+              f"`records/{benchmark}/`.", ""]
+    return "\n".join(lines)
+
+
+def load_reference(benchmark: str, directory: Path = REFERENCE_DIR) -> pd.DataFrame:
+    """Reported rows for `benchmark` from every CSV under `directory` (long format: one row per method and set),
+    as strings so numbers keep the precision the paper printed."""
+    files = sorted(Path(directory).glob("*.csv"))
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+    return frame[frame["benchmark"] == benchmark]
+
+
+def _reported(value: str, std: str) -> str:
+    """A number exactly as the paper prints it, with its ± std when given."""
+    if not value:
+        return "–"
+    return f"{value} ± {std}" if std else value
+
+
+def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[str]:
+    """One table per (paper, table) of reported numbers, in the papers' row and column order."""
+    frame = load_reference(benchmark, directory)
+    if frame.empty:
+        return []
+    lines = ["## Reported in the papers (not reproduced here)", ""]
+    for (source, table), part in frame.groupby(["source", "table"], sort=True):
+        sets = [s for s in dict.fromkeys(part["ood_set"]) if s != "ID accuracy"]
+        rows = []
+        for method in dict.fromkeys(part["method"]):
+            mine = part[part["method"] == method].set_index("ood_set")
+            row = {"Method": f"{method} (reported)"}
+            for name in sets:
+                for metric, key in (("FPR95", "fpr95"), ("AUROC", "auroc")):
+                    row[f"{name} {metric}"] = (_reported(mine.at[name, key], mine.at[name, f"{key}_std"])
+                                               if name in mine.index else "–")
+            if "ID accuracy" in mine.index:
+                row["ID acc."] = _reported(mine.at["ID accuracy", "id_acc"], mine.at["ID accuracy", "id_acc_std"])
+            rows.append(row)
+        positive = part["fpr_positive"].iloc[0]
+        convention = {"id": "FPR95 with ID positive"}.get(positive, f"FPR95 convention {positive}")
+        lines += [f"{source}, {table} ({convention}; as printed, mean ± std where given):", "",
+                  pd.DataFrame(rows).fillna("–").to_markdown(index=False, disable_numparse=True), ""]
+    return lines
+
+
+def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None) -> dict[str, Path]:
+    """Regenerate `<out>/leaderboards/<benchmark>.md` for every benchmark with records (or the given ones)."""
+    records = load_records(out_dir)
+    by_benchmark: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_benchmark[record.benchmark].append(record)
+    written = {}
+    for name in sorted(by_benchmark if benchmarks is None else set(benchmarks) & set(by_benchmark)):
+        path = Path(out_dir) / "leaderboards" / f"{name}.md"
+        atomic_write_bytes(path, benchmark_markdown(by_benchmark[name], name).encode())
+        written[name] = path
+    return written

@@ -1,0 +1,68 @@
+"""PNG figures a person would rather look at than read: score histograms and image grids."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.cache import atomic_write_bytes
+
+
+def _save(fig: object, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_score_histograms(scores: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """One panel per OOD set: the ID score histogram against that set's (higher score = more ID)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    id_scores = scores["ID"]
+    names = [n for n in scores if n != "ID"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        both = np.concatenate([id_scores, scores[name]])
+        bins = np.linspace(np.percentile(both, 0.5), np.percentile(both, 99.5) + 1e-9, 40)
+        ax.hist(np.clip(id_scores, bins[0], bins[-1]), bins=bins, alpha=0.6, label="ID", density=True)
+        ax.hist(np.clip(scores[name], bins[0], bins[-1]), bins=bins, alpha=0.6, label=name, density=True)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def save_image_grid(images: torch.Tensor, path: Path, rows: int, row_titles: Sequence[str] | None = None,
+                    title: str = "") -> None:
+    """Images (N, C, H, W) uint8 or [0, 1] laid out `rows` x ceil(N / rows), with optional row titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8:
+        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    cols = int(np.ceil(len(images) / rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1, 1.1 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            pixels = images[i].permute(1, 2, 0).numpy()
+            ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+    for r, name in enumerate(row_titles or []):
+        axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)

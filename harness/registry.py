@@ -1,0 +1,84 @@
+"""Method registry: built-in plugins from the `methods` package plus third-party plugins from the entry-point group
+`harness.methods` (value `module:Class` or `module`, whose `Method` subclasses are all registered).
+
+The core never names a plugin: it only walks the package and the entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
+
+from harness.config import build_config
+from harness.contract import Method
+from harness.errors import HarnessError
+
+ENTRY_POINT_GROUP = "harness.methods"
+BUILTIN_PACKAGE = "methods"
+
+
+@dataclass(frozen=True)
+class Registered:
+    cls: type[Method]
+    source: str  # where it came from: "methods.knn" or "entry point knn2 = pkg.mod:Class (dist)"
+
+    @property
+    def name(self) -> str:
+        return self.cls.info.name
+
+
+def _methods_in(module: ModuleType) -> list[type[Method]]:
+    return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+            if issubclass(obj, Method) and not inspect.isabstract(obj) and obj.__module__ == module.__name__
+            and "info" in obj.__dict__]
+
+
+def _add(registry: dict[str, Registered], entry: Registered) -> None:
+    if entry.name in registry:
+        raise HarnessError(f"method name {entry.name!r} is defined twice: by {registry[entry.name].source} and by "
+                           f"{entry.source}; rename one of them")
+    registry[entry.name] = entry
+
+
+def discover() -> dict[str, Registered]:
+    """Every available method by name; a duplicate name is an error naming both sources."""
+    registry: dict[str, Registered] = {}
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
+        for cls in _methods_in(module):
+            _add(registry, Registered(cls, module.__name__))
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+        except Exception as err:  # a broken third-party plugin must not hide the others' names
+            raise HarnessError(f"plugin entry point {ep.name} = {ep.value} failed to import ({err}); "
+                               "fix or uninstall that package") from None
+        classes = _methods_in(loaded) if inspect.ismodule(loaded) else [loaded]
+        dist = getattr(ep, "dist", None)
+        origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name})" if dist else "")
+        for cls in classes:
+            if not (inspect.isclass(cls) and issubclass(cls, Method)):
+                raise HarnessError(f"{origin} is not a harness.contract.Method subclass; point it at one")
+            _add(registry, Registered(cls, origin))
+    return registry
+
+
+def resolve_methods(names: list[str], registry: dict[str, Registered]) -> list[type[Method]]:
+    if not names:
+        raise HarnessError(f"no methods given; pass --methods with one or more of: {', '.join(sorted(registry))}")
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise HarnessError(f"unknown method {unknown[0]!r}; available methods: {', '.join(sorted(registry))}")
+    return [registry[n].cls for n in names]
+
+
+def method_config(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> Any:
+    """The method's config: paper defaults, then its per-benchmark defaults, then the user's overrides."""
+    merged = {**cls.benchmark_defaults.get(benchmark, {}), **overrides}
+    return build_config(cls.Config, merged, cls.info.name)

@@ -1,0 +1,98 @@
+"""Result records: one JSON file per (benchmark, method label, seed), with everything needed to trust and redo it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness.cache import atomic_write_bytes
+from harness.config import content_hash
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas", "timm",
+             "diffusers", "transformers", "FrEIA")
+
+
+def code_version() -> str:
+    """Git commit of the harness checkout (with `-dirty` if tracked files changed), else the package version."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return f"v{harness.__version__}"
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def run_label(method: str, changes: dict[str, Any]) -> str:
+    """`knn` for defaults; `knn(k=100,classifier.epochs=2)` when settings differ from the defaults."""
+    if not changes:
+        return method
+    return f"{method}(" + ",".join(f"{k}={v}" for k, v in sorted(changes.items())) + ")"
+
+
+def label_slug(label: str) -> str:
+    """A file-system-safe directory name for a label: readable prefix plus a hash when settings differ."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+        return label
+    head = re.sub(r"[^A-Za-z0-9_.-]+", "_", label.split("(")[0])
+    return f"{head}--{content_hash(label, length=10)}"
+
+
+@dataclass
+class RunRecord:
+    benchmark: str
+    method: str
+    label: str
+    seed: int
+    paper: str
+    kind: str
+    config: dict[str, Any]
+    classifier_config: dict[str, Any] | None
+    fpr_positive: str
+    metrics: dict[str, dict[str, float]]
+    average: dict[str, float]
+    id_accuracy: float | None
+    eval_sizes: dict[str, int]
+    stage_seconds: dict[str, float]
+    device: str
+    code_version: str = field(default_factory=code_version)
+    libraries: dict[str, str] = field(default_factory=library_versions)
+    details: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # preset, data root, per set: source, path, subset drawn
+
+    def directory(self, out_dir: Path) -> Path:
+        return Path(out_dir) / "records" / self.benchmark / label_slug(self.label)
+
+    def path(self, out_dir: Path) -> Path:
+        return self.directory(out_dir) / f"seed{self.seed}.json"
+
+    def save(self, out_dir: Path) -> Path:
+        path = self.path(out_dir)
+        atomic_write_bytes(path, (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode())
+        return path
+
+
+def load_records(out_dir: Path, benchmark: str | None = None) -> list[RunRecord]:
+    root = Path(out_dir) / "records"
+    pattern = f"{benchmark}/*/seed*.json" if benchmark else "*/*/seed*.json"
+    return [RunRecord(**json.loads(p.read_text())) for p in sorted(root.glob(pattern))]

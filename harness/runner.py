@@ -1,0 +1,216 @@
+"""A run: validate every input up front, then for each seed and method `synthesize -> train -> score`, compute
+metrics, write one record per (method, seed) plus a score-histogram PNG, and regenerate the leaderboard."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.benchmarks import (
+    Benchmark,
+    BenchmarkSpec,
+    DataCheck,
+    check_data,
+    data_problem_message,
+    load_benchmark,
+    load_spec,
+    reads_data_root,
+)
+from harness.cache import Cache
+from harness.config import build_config, changed_fields
+from harness.contract import Method, RunContext
+from harness.errors import HarnessError
+from harness.leaderboard import write_leaderboards
+from harness.metrics import METRIC_NAMES, Positive, accuracy, ood_metrics
+from harness.plots import save_score_histograms
+from harness.registry import discover, method_config, resolve_methods
+from harness.results import RunRecord, run_label
+from harness.training import ClassifierConfig
+
+CLASSIFIER_SCOPE = "classifier"
+
+
+@dataclass
+class RunRequest:
+    methods: list[str]
+    benchmark: str = "mnist5k"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    out_dir: Path = Path("results")
+    cache_dir: Path | None = None
+    device: str = "auto"
+    fpr_positive: Positive = "id"
+    extra_ood: dict[str, str] = field(default_factory=dict)
+    data_root: Path | None = None
+    preset: str = "paper"
+    allow_incomplete: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise HarnessError(f"--device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return torch.device(name)
+
+
+def check_writable(directory: Path, option: str) -> None:
+    """Fail early, before any work and without creating anything, when `directory` could not be written."""
+    existing = Path(directory).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file"
+    else:
+        try:
+            fd, probe = tempfile.mkstemp(dir=existing, prefix=".oodbench-write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            problem = err.strerror
+    if problem:
+        raise HarnessError(f"cannot write to {directory} ({problem}); choose a writable {option}")
+
+
+@dataclass
+class PlannedMethod:
+    cls: type[Method]
+    config: Any
+    label: str
+
+
+def preset_classifier(spec: BenchmarkSpec, preset: str) -> dict[str, Any]:
+    """The spec's classifier recipe under `preset`: only the epochs are scaled (`epoch_scale`), never below 1."""
+    recipe = dict(spec.classifier)
+    scale = spec.preset(preset).get("epoch_scale")
+    if scale is not None:
+        epochs = int(recipe.get("epochs", ClassifierConfig.epochs))
+        recipe["epochs"] = max(1, round(epochs * float(scale)))
+    return recipe
+
+
+@dataclass
+class Plan:
+    methods: list[PlannedMethod]
+    classifier: ClassifierConfig
+    spec: BenchmarkSpec
+    data_root: Path | None
+    data: DataCheck
+
+
+def plan(request: RunRequest) -> Plan:
+    """Resolve methods, configs, the benchmark spec and its data on disk; every input error surfaces here, before
+    any work (a missing, incomplete or corrupted set stops the run before anything is written)."""
+    from harness.real_data import resolve_data_root
+
+    registry = discover()
+    classes = resolve_methods(request.methods, registry)
+    spec = load_spec(request.benchmark).with_extra_ood(request.extra_ood)
+    spec.preset(request.preset)
+    scopes = set(request.overrides) - {CLASSIFIER_SCOPE} - {c.info.name for c in classes}
+    if scopes:
+        raise HarnessError(f"--set {sorted(scopes)[0]}.… names no method in this run; use one of: "
+                           f"{', '.join([CLASSIFIER_SCOPE] + [c.info.name for c in classes])}")
+    recipe = preset_classifier(spec, request.preset)
+    base_classifier = build_config(ClassifierConfig, recipe, f"{spec.name} spec classifier")
+    classifier = build_config(ClassifierConfig, {**recipe, **request.overrides.get(CLASSIFIER_SCOPE, {})},
+                              CLASSIFIER_SCOPE)
+    classifier_changes = {f"classifier.{k}": v for k, v in changed_fields(classifier, base_classifier).items()}
+    if request.preset != "paper":
+        classifier_changes["preset"] = request.preset
+    planned = []
+    for cls in classes:
+        config = method_config(cls, spec.name, request.overrides.get(cls.info.name, {}))
+        cls.check_config(config, classifier)
+        default = method_config(cls, spec.name, {})
+        changes = {**changed_fields(config, default), **classifier_changes}
+        if request.fpr_positive != "id":
+            changes["fpr_positive"] = request.fpr_positive
+        planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes)))
+    for entry in spec.ood:
+        if entry.get("source") == "image_folder" and not Path(entry["path"]).expanduser().is_dir():
+            raise HarnessError(f"OOD folder {entry['path']} (set {entry['name']!r}) does not exist; pass an existing "
+                               "directory of images")
+    if classifier.pretrained and not Path(classifier.pretrained).expanduser().is_file():
+        raise HarnessError(f"classifier.pretrained checkpoint {classifier.pretrained} does not exist; pass a local "
+                           "checkpoint file")
+    data_root = resolve_data_root(request.data_root) if request.data_root or reads_data_root(spec) else None
+    data = check_data(spec, data_root)
+    problem = data_problem_message(spec, data, request.allow_incomplete)
+    if problem:
+        raise HarnessError(problem)
+    return Plan(planned, classifier, spec, data_root, data)
+
+
+def evaluate(method: Method, benchmark: Benchmark, positive: Positive) -> tuple[dict, dict, float | None, dict]:
+    id_scores = np.asarray(method.score(benchmark.test), dtype=np.float64)
+    per_set, scores = {}, {"ID": id_scores}
+    for name, image_set in benchmark.ood.items():
+        ood_scores = np.asarray(method.score(image_set), dtype=np.float64)
+        if ood_scores.shape != (len(image_set),):
+            raise RuntimeError(f"{method.info.name}.score returned shape {ood_scores.shape} "
+                               f"for {len(image_set)} images")
+        scores[name] = ood_scores
+        per_set[name] = ood_metrics(id_scores, ood_scores, positive)
+    average = {m: float(np.mean([per_set[s][m] for s in per_set])) for m in METRIC_NAMES}
+    predictions = method.predict(benchmark.test)
+    id_acc = None if predictions is None else accuracy(predictions, benchmark.test.labels.numpy())
+    return per_set, average, id_acc, scores
+
+
+def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
+    """Run every (seed, method) of `request`; `cache` defaults to one at `request.cache_dir`."""
+    planned_run = plan(request)
+    planned, classifier_config, spec = planned_run.methods, planned_run.classifier, planned_run.spec
+    device = resolve_device(request.device)
+    out_dir = Path(request.out_dir)
+    check_writable(out_dir, "--out")
+    if cache is None:
+        cache = Cache(request.cache_dir) if request.cache_dir else Cache()
+    check_writable(cache.root, "--cache-dir")
+    benchmark = load_benchmark(spec, cache, planned_run.data_root, request.preset, planned_run.data)
+    incomplete = {row.set: f"{row.count} of {row.expected}" for row in planned_run.data.rows
+                  if row.status == "incomplete"}
+    data_facts = {**benchmark.provenance, **({"incomplete": incomplete} if incomplete else {})}
+    records = []
+    for seed in request.seeds:
+        context = RunContext(benchmark, seed, device, cache, classifier_config)
+        for item in planned:
+            method = item.cls(item.config, context)
+            timings = {}
+            start = time.perf_counter()
+            outliers = method.synthesize()
+            timings["synthesize"] = time.perf_counter() - start
+            start = time.perf_counter()
+            method.train(outliers)
+            timings["train"] = time.perf_counter() - start
+            start = time.perf_counter()
+            per_set, average, id_acc, scores = evaluate(method, benchmark, request.fpr_positive)
+            timings["score"] = time.perf_counter() - start
+            record = RunRecord(
+                benchmark=spec.name, method=item.cls.info.name, label=item.label, seed=seed,
+                paper=item.cls.info.paper, kind=item.cls.info.kind, config=dataclasses.asdict(item.config),
+                classifier_config=dataclasses.asdict(classifier_config) if id_acc is not None else None,
+                fpr_positive=request.fpr_positive, metrics=per_set, average=average, id_accuracy=id_acc,
+                eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
+                stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
+                details=method.details(), data=data_facts)
+            figure = record.directory(out_dir) / f"seed{seed}_scores.png"
+            save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")
+            extra = method.figures(record.directory(out_dir), f"seed{seed}")
+            record.figures = [str(f.relative_to(out_dir)) for f in [figure, *extra]]
+            record.save(out_dir)
+            records.append(record)
+    write_leaderboards(out_dir, [spec.name])
+    return records

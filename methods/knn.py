@@ -1,0 +1,26 @@
+"""Deep nearest neighbours (Sun et al., ICML 2022): -(k-th neighbour distance) among normalised ID features."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.contract import BaselineClassifierMethod, MethodInfo
+from harness.scores import KNNScorer
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    k: int = 50  # paper: 50 for CIFAR-10, 200 for CIFAR-100, 1000 for ImageNet
+
+
+class KNN(BaselineClassifierMethod[KNNConfig]):
+    info = MethodInfo("knn", "Sun et al., ICML 2022", "post-hoc",
+                      "FAISS exact k-th-neighbour distance on L2-normalised penultimate features")
+    Config = KNNConfig
+    benchmark_defaults = {"cifar100": {"k": 200}, "imagenet100": {"k": 1000}}
+
+    def fit(self, train_outputs: dict[str, np.ndarray]) -> None:
+        self.scorer = KNNScorer(self.config.k).fit(train_outputs["features"])
+
+    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.scorer.score(outputs["features"])

@@ -1,0 +1,21 @@
+"""MSP: maximum softmax probability of the baseline classifier (Hendrycks & Gimpel, ICLR 2017)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.contract import BaselineClassifierMethod, MethodInfo
+from harness.scores import msp_score
+
+
+@dataclass(frozen=True)
+class MSPConfig:
+    """MSP has no hyperparameters."""
+
+
+class MSP(BaselineClassifierMethod[MSPConfig]):
+    info = MethodInfo("msp", "Hendrycks & Gimpel, ICLR 2017", "post-hoc", "maximum softmax probability")
+    Config = MSPConfig
+
+    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return msp_score(outputs["logits"])
