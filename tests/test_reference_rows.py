@@ -1,0 +1,67 @@
+"""Reported reference rows (results/reference/*.csv): complete, internally consistent, shown in leaderboards."""
+
+import pandas as pd
+import pytest
+
+from harness.leaderboard import REFERENCE_DIR, load_reference, reported_markdown
+
+FILES = sorted(REFERENCE_DIR.glob("*.csv"))
+COLUMNS = ["source", "table", "benchmark", "method", "group", "ood_set", "fpr95", "fpr95_std", "auroc", "auroc_std",
+           "id_acc", "id_acc_std", "fpr_positive", "note"]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return pd.concat([pd.read_csv(f) for f in FILES], ignore_index=True)
+
+
+def test_every_source_table_is_there_with_its_rows(rows):
+    assert all(list(pd.read_csv(f).columns) == COLUMNS for f in FILES)
+    counts = rows.groupby(["source", "table"]).method.nunique()
+    got = {(s.split(":")[0], t): n for (s, t), n in counts.items()}
+    assert got == {("seed 000", "Table 1"): 8, ("seed 000", "Table 2"): 8, ("seed 001", "Table 1"): 13,
+                   ("seed 001", "Table 3"): 13, ("seed 004", "Table 2"): 10, ("seed 004", "Table 3"): 10}
+    values = rows[["fpr95", "auroc", "id_acc"]].stack().dropna()
+    assert ((values >= 0) & (values <= 100)).all()
+    assert set(rows.fpr_positive) == {"id", "not stated"}
+
+
+def test_reported_averages_equal_the_mean_over_sets(rows):
+    """A transcription error in any set or average would break the papers' own arithmetic (to print rounding)."""
+    checked = 0
+    for _, part in rows[rows.ood_set == "Average"].groupby(["source", "table", "method"]):
+        source, table, method = part.iloc[0][["source", "table", "method"]]
+        sets = rows[(rows.source == source) & (rows.table == table) & (rows.method == method)
+                    & ~rows.ood_set.isin(["Average", "ID accuracy"])]
+        for metric in ("fpr95", "auroc"):
+            assert abs(sets[metric].mean() - part.iloc[0][metric]) <= 0.06, (table, method, metric)
+            checked += 1
+    assert checked == 2 * (8 + 8 + 13 + 13)
+
+
+def test_spot_values_against_the_papers(rows):
+    def value(source, table, method, ood_set, column, benchmark=None):
+        hit = rows[rows.source.str.startswith(source) & (rows.table == table) & (rows.method == method)
+                   & (rows.ood_set == ood_set) & ((rows.benchmark == benchmark) if benchmark else True)]
+        assert len(hit) == 1
+        return hit.iloc[0][column]
+
+    assert value("seed 000", "Table 1", "NCIS", "svhn", "fpr95") == 14.43
+    assert value("seed 000", "Table 1", "NCIS", "svhn", "fpr95_std") == 3.5
+    assert value("seed 000", "Table 2", "NCIS", "ID accuracy", "id_acc") == 87.24
+    assert value("seed 001", "Table 1", "Dream-OOD", "places", "fpr95") == 39.87
+    assert value("seed 001", "Table 3", "Mahalanobis", "isun", "auroc") == 86.46
+    assert value("seed 004", "Table 2", "CCM+Gaussian", "isun", "fpr95", "cifar100") == 0.3
+    assert value("seed 004", "Table 2", "CCM+Gaussian", "isun", "fpr95", "cifar10") == 0.2
+    assert value("seed 004", "Table 3", "RO", "lsun", "auroc") == 99.8
+
+
+def test_leaderboard_section_shows_reported_rows_marked_as_such():
+    board = "\n".join(reported_markdown("imagenet100"))
+    assert board.startswith("## Reported in the papers (not reproduced here)")
+    dream = [line.split("|")[1:3] for line in board.splitlines() if "Dream-OOD (reported)" in line]
+    assert [[cell.strip() for cell in pair] for pair in dream] == [
+        ["Dream-OOD (reported)", "24.10"],         # NCIS Table 2 (copied from Dream-OOD, without std)
+        ["Dream-OOD (reported)", "24.10 ± 0.2"]]   # Dream-OOD Table 1, its own runs
+    assert "Table 1 (FPR95 with ID positive" in board
+    assert load_reference("mnist5k").empty and reported_markdown("mnist5k") == []
