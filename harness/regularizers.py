@@ -1,0 +1,138 @@
+"""The energy regulariser shared by VOS, Dream-OOD and NCIS, as one `TrainingHook`.
+
+    L = CE(f(x), y) + beta * CE(phi(E(x)), b),   b = 1 for ID inputs, 0 for outliers
+
+(VOS eq. 5 in its logistic form; Dream-OOD eq. 4; NCIS sec. 3.5). E is the negative free energy logsumexp of the
+logits, or VOS's learnable weighted logsumexp log sum_k relu(w_k) exp(f_k) (`weighted_energy=True`); phi maps the
+scalar energy to two logits: `Linear(1, 2)` ("linear", the CIFAR scripts) or `Linear(1,512)-ReLU-Linear(512,2)`
+("mlp", the Dream-OOD/NCIS ImageNet scripts).
+
+Outliers come from one of two sources, each a callable of the step's `StepBatch`:
+
+- `outlier_images(batch) -> Tensor | None`: images in [0, 1] (N, C, H, W) at the ID resolution. They are appended
+  to the ID batch through `TrainingHook.extra_images`, so ID and outliers share ONE forward pass (and batch norm),
+  as in the Dream-OOD/NCIS training scripts; their logits arrive as `batch.extra_logits`.
+- `outlier_features(batch, model) -> Tensor | None`: penultimate feature vectors (VOS, NPOS-style synthesis); their
+  logits are `model.fc(features)`, so the gradient reaches the classifier head through them.
+
+A source returns None while it has nothing to give (e.g. its feature queues are not full yet); the step then has no
+regularisation term. The term is active from epoch `start_epoch` on (0-based, as in the official scripts).
+
+At test time `score(logits)` returns the configured `test_score`: "energy" (plain logsumexp of the logits, what the
+VOS and Dream-OOD test scripts use) or "phi" (the ID-vs-outlier logit of phi(E(x)), phi's log-odds of b = 1, the score
+the Dream-OOD/NCIS papers describe). Methods record the choice in their config.
+
+Typical use (a method plugin):
+
+    reg = EnergyRegularizer(num_classes, beta=2.5, phi="linear", outlier_images=my_outlier_batch)
+    trained = context.train_classifier("dream-ood", hooks=[reg], key_parts=[config, outliers_fingerprint])
+    scores = reg.score(trained.model(images))   # after training, reg's modules hold the trained phi / weights
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.errors import HarnessError
+from harness.models import Classifier
+from harness.training import StepBatch, TrainingHook
+
+PhiKind = Literal["linear", "mlp"]
+TestScore = Literal["energy", "phi"]
+ImageSource = Callable[[StepBatch], torch.Tensor | None]
+FeatureSource = Callable[[StepBatch, Classifier], torch.Tensor | None]
+
+
+def build_phi(kind: PhiKind, hidden: int = 512) -> nn.Module:
+    """The energy-to-logits map: Linear(1, 2) or Linear(1, hidden)-ReLU-Linear(hidden, 2)."""
+    if kind == "linear":
+        return nn.Linear(1, 2)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+    raise HarnessError(f"unknown phi {kind!r}; choose linear or mlp")
+
+
+class WeightedLogSumExp(nn.Module):
+    """VOS's learnable energy log sum_k relu(w_k) exp(f_k) (official `log_sum_exp` with `weight_energy`,
+    a Linear(C, 1) whose weight is initialised uniform on [0, 1))."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(1, num_classes))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        peak = logits.max(dim=1, keepdim=True).values
+        weighted = (F.relu(self.weight) * torch.exp(logits - peak)).sum(dim=1)
+        return peak.squeeze(1) + torch.log(weighted)
+
+
+class EnergyRegularizer(TrainingHook):
+    """beta * CE(phi(E(x)), b) over the ID batch and the step's outliers (module docstring has the full API)."""
+
+    def __init__(self, num_classes: int, beta: float, phi: PhiKind = "linear", weighted_energy: bool = False,
+                 start_epoch: int = 0, test_score: TestScore = "energy",
+                 outlier_images: ImageSource | None = None, outlier_features: FeatureSource | None = None) -> None:
+        if beta < 0:
+            raise HarnessError(f"energy regulariser weight beta={beta} is negative; use beta >= 0")
+        if start_epoch < 0:
+            raise HarnessError(f"energy regulariser start epoch {start_epoch} is negative; use 0 or more")
+        if (outlier_images is None) == (outlier_features is None):
+            raise HarnessError("the energy regulariser needs exactly one outlier source: images or features")
+        if test_score not in ("energy", "phi"):
+            raise HarnessError(f"unknown test score {test_score!r}; choose energy or phi")
+        self.beta = beta
+        self.start_epoch = start_epoch
+        self.test_score = test_score
+        self.phi = build_phi(phi)
+        self.weighted = WeightedLogSumExp(num_classes) if weighted_energy else None
+        self.outlier_images = outlier_images
+        self.outlier_features = outlier_features
+
+    def modules(self) -> Sequence[nn.Module]:
+        return [self.phi] if self.weighted is None else [self.phi, self.weighted]
+
+    def energy(self, logits: torch.Tensor) -> torch.Tensor:
+        """E(x) used inside the regulariser: plain or weighted logsumexp of the logits."""
+        return torch.logsumexp(logits, dim=1) if self.weighted is None else self.weighted(logits)
+
+    def active(self, epoch: int) -> bool:
+        return epoch >= self.start_epoch
+
+    def extra_images(self, batch: StepBatch) -> torch.Tensor | None:
+        if self.outlier_images is None or not self.active(batch.epoch):
+            return None
+        return self.outlier_images(batch)
+
+    def loss(self, batch: StepBatch, model: Classifier) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        if not self.active(batch.epoch):
+            return None, {}
+        if self.outlier_features is not None:
+            features = self.outlier_features(batch, model)
+            outlier_logits = None if features is None else model.fc(features)
+        else:
+            outlier_logits = batch.extra_logits
+        if outlier_logits is None or len(outlier_logits) == 0:
+            return None, {}
+        term = self.binary_loss(batch.logits, outlier_logits)
+        return self.beta * term, {"energy_reg": term.detach()}
+
+    def binary_loss(self, id_logits: torch.Tensor, outlier_logits: torch.Tensor) -> torch.Tensor:
+        """CE(phi(E), b) averaged over ID (b = 1) and outlier (b = 0) rows together, as in the official scripts."""
+        energies = self.energy(torch.cat([id_logits, outlier_logits]))
+        targets = torch.cat([torch.ones(len(id_logits), dtype=torch.long, device=id_logits.device),
+                             torch.zeros(len(outlier_logits), dtype=torch.long, device=id_logits.device)])
+        return F.cross_entropy(self.phi(energies[:, None]), targets)
+
+    @torch.no_grad()
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Test score, higher = more ID: plain energy, or phi's log-odds of "ID" at E(x)."""
+        logits = logits.to(next(self.phi.parameters()).device)
+        if self.test_score == "energy":
+            return torch.logsumexp(logits, dim=1)
+        out = self.phi(self.energy(logits)[:, None])
+        return out[:, 1] - out[:, 0]
