@@ -1,0 +1,83 @@
+"""Generated outlier images fed to classifier training (Dream-OOD, NCIS): per step a random batch, brought to the ID
+resolution by an explicit policy, augmented like the ID batch.
+
+Resize policies (`outlier_resize`):
+- `bilinear` / `nearest`: resize every outlier to the ID size with that interpolation (bilinear antialiased,
+  like PIL's Resize used by NCIS), then the ID augmentation (random crop with padding, flip);
+- `random`: per image a random choice of the two (NCIS's "Both", its best setting in Table 3);
+- `none-random-crop`: no resize; a random ID-size window of the padded outlier (the official Dream-OOD CIFAR script
+  applies RandomCrop(32, padding=4) to 256x256 generated images, so each outlier is a small patch of the image).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+
+from harness.training import StepBatch, augment, to_unit
+
+ResizePolicy = Literal["none-random-crop", "bilinear", "nearest", "random"]
+
+
+def to_channels_tensor(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> `channels` channels: RGB to luma (ITU-R 601, rounded) or grey replicated."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images[:, :3].float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return images.expand(-1, channels, -1, -1).contiguous()
+
+
+def random_windows(images: torch.Tensor, size: int, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """A random size x size window of each zero-padded image (torchvision RandomCrop(size, padding) per image)."""
+    padded = F.pad(images, (padding,) * 4)
+    n, _, h, w = padded.shape
+    top = torch.randint(0, h - size + 1, (n,), generator=generator).to(images.device)
+    left = torch.randint(0, w - size + 1, (n,), generator=generator).to(images.device)
+    rows = (top[:, None] + torch.arange(size, device=images.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(size, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def resize_outliers(images: torch.Tensor, size: int, policy: ResizePolicy, generator: torch.Generator) -> torch.Tensor:
+    """[0, 1] images (N, C, H, W) to size x size by `policy` (not `none-random-crop`, which crops instead)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    bilinear = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False) \
+        if policy in ("bilinear", "random") else None
+    nearest = F.interpolate(images, size=(size, size), mode="nearest") if policy in ("nearest", "random") else None
+    if policy == "bilinear":
+        return bilinear
+    if policy == "nearest":
+        return nearest
+    pick = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)[:, None, None, None]
+    return torch.where(pick, nearest, bilinear)
+
+
+class OutlierImageSource:
+    """`EnergyRegularizer(outlier_images=...)` source: `count` random outliers per step, at the ID resolution."""
+
+    def __init__(self, images: torch.Tensor, count: int, size: int, policy: ResizePolicy, padding: int,
+                 hflip: bool, seed: int) -> None:
+        self.images = images
+        self.count = count
+        self.size = size
+        self.policy = policy
+        self.padding = padding
+        self.hflip = hflip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, batch: StepBatch) -> torch.Tensor:
+        device = batch.images.device
+        idx = torch.randint(0, len(self.images), (self.count,), generator=self.generator)
+        x = to_unit(self.images[idx].to(device))
+        if self.policy == "none-random-crop":
+            x = random_windows(x, self.size, self.padding, self.generator)
+            return augment(x, 0, self.hflip, self.generator)
+        return augment(resize_outliers(x, self.size, self.policy, self.generator), self.padding, self.hflip,
+                       self.generator)
