@@ -1,0 +1,85 @@
+"""`python -m harness.diffusion train-tiny --out DIR` (retrain the shipped tiny model) and
+`python -m harness.diffusion generate ...` (class-prompt generation as a sharded stage; run it under torchrun to
+split the work across processes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness.diffusion")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train-tiny", help="train the tiny SD-architecture model on a benchmark's ID images")
+    train.add_argument("--out", type=Path, required=True, help="output diffusers directory")
+    train.add_argument("--benchmark", default="mnist5k")
+    gen = sub.add_parser("generate", help="generate class-prompt images as a sharded stage (torchrun-aware)")
+    gen.add_argument("--model", default=None, help="local diffusers SD directory (default $OODBENCH_SD_MODEL)")
+    gen.add_argument("--classes", required=True, help="comma-separated class names")
+    gen.add_argument("--per-class", type=int, default=4)
+    gen.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i")
+    gen.add_argument("--embeddings", type=Path, default=None,
+                     help="torch file with a (classes x per-class, D) tensor to substitute for the class token")
+    gen.add_argument("--template", default="A high-quality image of a {}")
+    gen.add_argument("--scheduler", choices=("pndm", "ddim"), default="pndm")
+    gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--output-size", type=int, default=None)
+    gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--cache-dir", type=Path, default=None)
+    return parser
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import os
+
+    import torch
+
+    from harness.cache import Cache, dist_rank_world, init_distributed
+    from harness.diffusion.backend import GenerationConfig, load_backend
+    from harness.diffusion.stage import generate_images
+    from harness.runner import resolve_device
+
+    try:
+        config = GenerationConfig(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance,
+                                  batch_size=args.batch_size, output_size=args.output_size)
+    except ValueError as err:
+        raise HarnessError(f"generate: {err}") from None
+    device = resolve_device(args.device)
+    if device.type == "cuda" and dist_rank_world()[1] > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    init_distributed(device)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    labels = torch.arange(len(classes)).repeat_interleave(args.per_class)
+    embeddings = torch.load(args.embeddings, map_location="cpu") if args.embeddings else None
+    backend = load_backend(args.model, device, args.dtype)
+    paths = generate_images(backend, Cache(args.cache_dir) if args.cache_dir else Cache(), classes, labels,
+                            args.seed + torch.arange(len(labels)), config, args.template, embeddings)
+    if dist_rank_world()[0] == 0:
+        print(paths[0].parent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train-tiny":
+            from harness.diffusion.tiny import train_tiny
+
+            print(json.dumps(train_tiny(args.out, args.benchmark), indent=2))
+        else:
+            cmd_generate(args)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Dream-OOD (Du et al., NeurIPS 2023): outliers imagined by Stable Diffusion from low-likelihood text embeddings.
+
+1. Text-conditioned latent space (Sec. 3.1, eq. 2): an image encoder h (the benchmark's backbone) + Linear to the
+   token-embedding dimension, trained with cross-entropy over cos(h(x), T(y_c)) / t, t = 0.1, where T(y_c) is the
+   (frozen) token embedding of class c's name in SD's text encoder (first BPE token, recorded).
+2. Boundary sampling per class (Sec. 3.2, `harness.boundary`): L2-normalised embeddings of the ID training images;
+   the `boundary_count` with the largest k-NN distance are boundary points; each gets `candidates_per_point`
+   candidates z + sigma N(0, I), normalised; per point the `kept_per_point` with the largest k-NN distance are kept
+   (`selection=paper`), or the official code's mis-ordered reshape (`selection=reference`, effectively random
+   candidates); `rounds` repetitions; the kept embeddings are rescaled to the class token's norm (footnote 2).
+3. Decoding (`harness.diffusion`): prompt template with the class name, the class token's embedding replaced by
+   each sampled vector (one per image, batched), PLMS 50 steps, guidance 7.5, 512x512, bilinear resize to 256.
+4. Training (Sec. 3.3, eq. 4): the classifier from scratch on ID + outliers, one forward pass per step (as many
+   outliers as ID images), energy regulariser beta * CE(phi(E(x)), b) with phi = Linear(1, 2), beta 2.5 (CIFAR).
+   Outliers reach the ID resolution by `outlier_resize` (`harness.outlier_images`); the official CIFAR script crops
+   32x32 patches of the 256x256 images (`none-random-crop`). Test score `energy` (official test script) or `phi`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.boundary import Selection, sample_boundary_outliers
+from harness.config import content_hash
+from harness.contract import Method, MethodInfo, Outliers
+from harness.data import ImageSet
+from harness.diffusion.backend import (
+    DiffusionBackend,
+    GenerationConfig,
+    Interpolation,
+    load_backend,
+    resolve_model_path,
+)
+from harness.diffusion.stage import check_template, generate_images, load_images
+from harness.errors import HarnessError
+from harness.models import Classifier
+from harness.outlier_images import OutlierImageSource, ResizePolicy, to_channels_tensor
+from harness.plots import save_image_grid
+from harness.regularizers import EnergyRegularizer, PhiKind
+from harness.training import ClassifierConfig, to_unit, train_classifier
+
+
+@dataclass(frozen=True)
+class DreamOODConfig:
+    """Paper / official CIFAR-100 defaults."""
+
+    model: str = ""                    # local SD v1.4 diffusers directory ("" = $OODBENCH_SD_MODEL)
+    prompt_template: str = "A high-quality image of the {}"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # text-conditioned latent space (eq. 2)
+    temperature: float = 0.1
+    latent_epochs: int = 200
+    latent_batch_size: int = 256
+    features_per_class: int = 500
+    # boundary sampling (Sec. 3.2)
+    k: int = 300
+    boundary_count: int = 50
+    sigma: float = 0.07
+    candidates_per_point: int = 1500
+    kept_per_point: int = 2
+    rounds: int = 100
+    selection: Selection = "paper"
+    # decoding
+    outliers_per_class: int = 1000
+    scheduler: Literal["pndm", "ddim"] = "pndm"
+    steps: int = 50
+    guidance_scale: float = 7.5
+    generation_size: int | None = 512
+    output_size: int | None = 256
+    output_interpolation: Interpolation = "bilinear"
+    generation_batch_size: int = 16
+    # training with outliers (eq. 4)
+    beta: float = 2.5
+    phi: PhiKind = "linear"
+    outlier_resize: ResizePolicy = "none-random-crop"
+    test_score: Literal["energy", "phi"] = "energy"
+    gallery_classes: int = 6
+    gallery_per_class: int = 8
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or self.sigma < 0 or self.beta < 0:
+            raise ValueError("temperature must be > 0, sigma and beta >= 0")
+        for name in ("latent_epochs", "latent_batch_size", "features_per_class", "k", "boundary_count",
+                     "candidates_per_point", "kept_per_point", "rounds", "outliers_per_class",
+                     "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.kept_per_point > self.candidates_per_point:
+            raise ValueError(f"kept_per_point={self.kept_per_point} exceeds candidates_per_point="
+                             f"{self.candidates_per_point}")
+        if self.boundary_count > self.features_per_class:
+            raise ValueError(f"boundary_count={self.boundary_count} exceeds features_per_class="
+                             f"{self.features_per_class}")
+        if self.outliers_per_class > self.boundary_count * self.kept_per_point * self.rounds:
+            raise ValueError(f"outliers_per_class={self.outliers_per_class} exceeds the sampled embeddings per class "
+                             "(boundary_count x kept_per_point x rounds)")
+        if self.prompt_template.count("{}") != 1:
+            raise ValueError(f"prompt_template {self.prompt_template!r} needs exactly one {{}} for the class name")
+        GenerationConfig(self.scheduler, self.steps, self.guidance_scale, self.generation_size, self.generation_size,
+                         output_size=self.output_size, interpolation=self.output_interpolation,
+                         batch_size=self.generation_batch_size)  # validates steps, guidance, sizes
+
+    @property
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(self.scheduler, self.steps, self.guidance_scale, self.generation_size,
+                                self.generation_size, output_size=self.output_size,
+                                interpolation=self.output_interpolation, antialias=False,
+                                batch_size=self.generation_batch_size)
+
+
+class CosineAnchorHead(nn.Module):
+    """Linear map to the token-embedding space, then cosine similarity to fixed class anchors over a temperature."""
+
+    def __init__(self, feature_dim: int, anchors: torch.Tensor, temperature: float) -> None:
+        super().__init__()
+        self.project = nn.Linear(feature_dim, anchors.shape[1])
+        self.register_buffer("anchors", F.normalize(anchors.float(), dim=1))
+        self.temperature = temperature
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project(features), dim=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.embed(features) @ self.anchors.T / self.temperature
+
+
+def class_boundary_embeddings(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                              config: DreamOODConfig, token_norms: torch.Tensor, seed: int) -> torch.Tensor:
+    """(C, rounds * boundary_count * kept_per_point, D) outlier embeddings: boundary sampling on the normalised
+    per-class features, normalised, times the class token norm."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(num_classes):
+        bank = F.normalize(features[labels == c][:config.features_per_class], dim=1)
+        if len(bank) < max(config.k, config.boundary_count):
+            raise HarnessError(f"class {c} has {len(bank)} training embeddings, fewer than k={config.k} or "
+                               f"boundary_count={config.boundary_count}; lower dream_ood.k")
+        rounds = [sample_boundary_outliers(bank[None], config.k, config.boundary_count, config.boundary_count,
+                                           config.candidates_per_point, config.kept_per_point, config.sigma,
+                                           config.selection, generator)[0] for _ in range(config.rounds)]
+        out.append(F.normalize(torch.cat(rounds), dim=1) * token_norms[c])
+    return torch.stack(out)
+
+
+class DreamOOD(Method[DreamOODConfig]):
+    info = MethodInfo("dream_ood", "Du et al., NeurIPS 2023", "pixel-synthesis",
+                      "SD-decoded outliers from boundary samples in a text-conditioned latent space + energy reg.")
+    Config = DreamOODConfig
+    benchmark_defaults = {
+        # embedded scale: the shipped tiny SD model (32x32 digits), 400 training images per class
+        "mnist5k": {"model": "models/tiny-sd-mnist5k", "prompt_template": "A high-quality image of a {}",
+                    "latent_epochs": 8, "latent_batch_size": 128, "features_per_class": 400, "k": 50,
+                    "boundary_count": 20, "candidates_per_point": 200, "rounds": 5, "outliers_per_class": 40,
+                    "steps": 20, "guidance_scale": 3.0, "generation_size": None, "output_size": None,
+                    "generation_batch_size": 50, "outlier_resize": "bilinear"},
+    }
+
+    @classmethod
+    def check_config(cls, config: DreamOODConfig, classifier: ClassifierConfig) -> None:
+        check_template(config.prompt_template)
+        resolve_model_path(config.model)  # a missing SD directory or component fails before any work
+
+    # --- stage 1: text-conditioned latent space -------------------------------------------------------------------
+    def _backend(self) -> DiffusionBackend:
+        if not hasattr(self, "backend"):
+            self.backend = load_backend(self.config.model, self.context.device, self.config.dtype)
+        return self.backend
+
+    def class_anchors(self) -> tuple[list, torch.Tensor]:
+        backend = self._backend()
+        tokens = [backend.class_token(name) for name in self.context.benchmark.spec.class_names]
+        return tokens, torch.stack([backend.token_embedding(t.token_id) for t in tokens])
+
+    def latent_embeddings(self, anchors: torch.Tensor) -> torch.Tensor:
+        """Normalised latent embeddings of the ID training images (cached with the latent model)."""
+        ctx, c = self.context, self.config
+        recipe = replace(ctx.classifier_config, epochs=c.latent_epochs, batch_size=c.latent_batch_size)
+        key = content_hash("dream-ood-latent", ctx.benchmark.train.fingerprint, recipe, c.temperature,
+                           hashlib.sha256(anchors.numpy().tobytes()).hexdigest(), ctx.seed, self._backend().fingerprint)
+
+        def build() -> Classifier:
+            model = ctx.new_classifier(recipe)
+            model.fc = CosineAnchorHead(model.feature_dim, anchors, c.temperature)
+            return model
+
+        def compute() -> dict[str, Any]:
+            model = train_classifier(build(), ctx.benchmark.train, recipe, ctx.device, ctx.seed,
+                                     desc=f"dream-ood latent (seed {ctx.seed})")
+            return {k: v.cpu() for k, v in model.state_dict().items()}
+
+        model = build()
+        model.load_state_dict(ctx.cache.get_or_compute("dream-ood-latent", key, compute))
+        model.to(ctx.device).eval()
+        out = []
+        with torch.no_grad():
+            for images in ctx.benchmark.train.batches(ctx.classifier_config.eval_batch_size):
+                out.append(model.fc.embed(model.features(to_unit(images.to(ctx.device)))).cpu())
+        embeddings = torch.cat(out)
+        self.latent_accuracy = float(((embeddings @ model.fc.anchors.cpu().T).argmax(1)
+                                      == ctx.benchmark.train.labels).float().mean())
+        return embeddings
+
+    # --- stages 2-3: boundary sampling and decoding ----------------------------------------------------------------
+    def synthesize(self) -> Outliers:
+        ctx, c = self.context, self.config
+        spec = ctx.benchmark.spec
+        tokens, anchors = self.class_anchors()
+        self.tokens = tokens
+        features = self.latent_embeddings(anchors)
+        norms = anchors.norm(dim=1)
+        embeddings = class_boundary_embeddings(features, ctx.benchmark.train.labels, spec.num_classes, c, norms,
+                                               ctx.seed)
+        pick = torch.randperm(embeddings.shape[1], generator=torch.Generator().manual_seed(ctx.seed))
+        chosen = embeddings[:, pick[:c.outliers_per_class]].reshape(-1, embeddings.shape[2])
+        labels = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)
+        seeds = ctx.seed * 10_000_000 + torch.arange(len(labels))
+        paths = generate_images(self._backend(), ctx.cache, list(spec.class_names), labels, seeds, c.generation,
+                                c.prompt_template, chosen, desc="dream-ood outliers")
+        images = to_channels_tensor(load_images(paths), spec.channels)
+        self.embedding_norms = chosen.norm(dim=1)
+        return Outliers("images", images, labels, meta={"directory": str(paths[0].parent)})
+
+    # --- stage 4: training with the energy regulariser -------------------------------------------------------------
+    def train(self, outliers: Outliers | None) -> None:
+        if outliers is None:
+            raise HarnessError("dream_ood trains on its synthesised outliers; run synthesize first")
+        ctx, c = self.context, self.config
+        self.outliers = outliers
+        recipe = ctx.classifier_config
+        source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
+                                    c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
+        self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
+                                             outlier_images=source)
+        fingerprint = ImageSet("outliers", outliers.data, outliers.labels).fingerprint
+        self.classifier = ctx.train_classifier("dream-ood", hooks=[self.regularizer], key_parts=[c, fingerprint])
+
+    def _logits(self, images: ImageSet) -> torch.Tensor:
+        return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])
+
+    def score(self, images: ImageSet) -> np.ndarray:
+        return self.regularizer.score(self._logits(images)).cpu().double().numpy()
+
+    def predict(self, images: ImageSet) -> np.ndarray:
+        return self._logits(images).argmax(1).numpy()
+
+    def details(self) -> dict[str, Any]:
+        return {"selection": self.config.selection, "outlier_resize": self.config.outlier_resize,
+                "test_score": self.config.test_score, "model_directory": str(self.backend.directory),
+                "model_fingerprint": self.backend.fingerprint, "outliers": len(self.outliers),
+                "substituted_tokens": {t.name: t.token for t in self.tokens},
+                "multi_token_classes": sorted(t.name for t in self.tokens if len(t.token_ids) > 1),
+                "latent_train_accuracy": round(self.latent_accuracy, 4),
+                "outlier_embedding_norm_mean": round(float(self.embedding_norms.mean()), 5)}
+
+    def figures(self, directory: Path, stem: str) -> list[Path]:
+        """A gallery: `gallery_classes` rows (class names) x `gallery_per_class` outliers (papers' Fig. 1/4)."""
+        c = self.config
+        names = self.context.benchmark.spec.class_names
+        classes = list(range(min(c.gallery_classes, len(names))))
+        rows = [self.outliers.data[self.outliers.labels == k][:c.gallery_per_class] for k in classes]
+        per_row = min(len(r) for r in rows)
+        path = directory / f"{stem}_outliers.png"
+        save_image_grid(torch.cat([r[:per_row] for r in rows]), path, rows=len(classes),
+                        row_titles=[names[k] for k in classes], title="Dream-OOD outliers")
+        return [path]

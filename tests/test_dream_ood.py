@@ -1,0 +1,141 @@
+"""Dream-OOD: per-class boundary sampling against a numpy replica (true top-m boundary points, farthest candidates
+for `paper`, the official mis-ordered reshape for `reference`, rescaling to the class token norm), outlier resize
+policies, the latent head, and an end-to-end run on mnist5k with the shipped tiny SD model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness.cli import main
+from harness.outlier_images import random_windows, resize_outliers, to_channels_tensor
+from methods.dream_ood import CosineAnchorHead, DreamOODConfig, class_boundary_embeddings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kth(bank: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    d = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1))
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def numpy_replica(features, labels, config, norms, seed):
+    """Dream-OOD's sampling written out in numpy, drawing the same random numbers in the same order."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(int(labels.max()) + 1):
+        bank = _unit(features[labels == c].numpy().astype(np.float64))
+        kept_all = []
+        for _ in range(config.rounds):
+            boundary = np.argsort(-_kth(bank, bank, config.k), kind="stable")[:config.boundary_count]
+            order = torch.rand(1, config.boundary_count, generator=generator).argsort(dim=1)[0].numpy()
+            points = bank[boundary[order]]
+            noise = torch.randn(1, config.boundary_count, config.candidates_per_point, bank.shape[1],
+                                generator=generator)[0].double().numpy()
+            candidates = points[:, None, :] + config.sigma * noise
+            dist = _kth(bank, _unit(candidates).reshape(-1, bank.shape[1]), config.k)
+            dist = dist.reshape(config.boundary_count, config.candidates_per_point)
+            if config.selection == "paper":
+                chosen = np.argsort(-dist, axis=1)[:, :config.kept_per_point]
+            else:  # official KNN_dis_search_distance: point-major distances viewed as (L, P)
+                view = dist.reshape(config.candidates_per_point, config.boundary_count)
+                chosen = np.argsort(-view, axis=0)[:config.kept_per_point].T
+            kept_all.append(np.concatenate([candidates[i, chosen[i]] for i in range(config.boundary_count)]))
+        out.append(_unit(np.concatenate(kept_all)) * norms[c].item())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("selection", ["paper", "reference"])
+def test_boundary_sampling_matches_numpy_replica_and_token_norms(selection):
+    torch.manual_seed(0)
+    features = torch.randn(60, 8)
+    labels = torch.arange(2).repeat_interleave(30)
+    norms = torch.tensor([0.39, 1.7])
+    config = DreamOODConfig(k=5, boundary_count=6, candidates_per_point=12, kept_per_point=2, rounds=2,
+                            features_per_class=30, outliers_per_class=10, sigma=0.3, selection=selection)
+    sampled = class_boundary_embeddings(features, labels, 2, config, norms, seed=3)
+    assert sampled.shape == (2, 2 * 6 * 2, 8)
+    torch.testing.assert_close(sampled.norm(dim=2), norms[:, None].expand(2, 24))
+    np.testing.assert_allclose(sampled.double().numpy(), numpy_replica(features, labels, config, norms, 3),
+                               atol=1e-5)
+
+
+def test_paper_selection_keeps_farther_candidates_than_reference():
+    torch.manual_seed(1)
+    features = torch.randn(80, 6)
+    labels = torch.zeros(80, dtype=torch.long)
+    norms = torch.ones(1)
+    common = dict(k=10, boundary_count=8, candidates_per_point=40, kept_per_point=2, rounds=3, features_per_class=80,
+                  outliers_per_class=10, sigma=0.2)
+    bank = _unit(features.numpy().astype(np.float64))
+    mean_dist = {}
+    for selection in ("paper", "reference"):
+        sampled = class_boundary_embeddings(features, labels, 1, DreamOODConfig(**common, selection=selection),
+                                            norms, seed=0)
+        mean_dist[selection] = _kth(bank, sampled[0].double().numpy(), 10).mean()
+    assert mean_dist["paper"] > mean_dist["reference"]
+
+
+def test_outlier_resize_policies():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 1, 64, 64)
+    for policy in ("bilinear", "nearest", "random"):
+        assert resize_outliers(images, 32, policy, generator).shape == (6, 1, 32, 32)
+    nearest = resize_outliers(images, 32, "nearest", generator)
+    assert torch.equal(nearest, images[:, :, ::2, ::2])
+    windows = random_windows(images, 32, 0, generator)  # none-random-crop: a patch of the full-size image
+    for window, image in zip(windows, images, strict=True):
+        found = any(torch.equal(window, image[:, t:t + 32, s:s + 32]) for t in range(33) for s in range(33))
+        assert found
+    rgb = torch.tensor([[[[255]], [[0]], [[0]]]], dtype=torch.uint8)
+    assert to_channels_tensor(rgb, 1).item() == 76  # ITU-R 601 luma of pure red
+
+
+def test_latent_head_is_cosine_over_temperature():
+    anchors = torch.randn(3, 5)
+    head = CosineAnchorHead(4, anchors, temperature=0.1)
+    features = torch.randn(2, 4)
+    z = torch.nn.functional.normalize(head.project(features), dim=1)
+    expected = z @ torch.nn.functional.normalize(anchors, dim=1).T / 0.1
+    torch.testing.assert_close(head(features), expected)
+    assert head(features).abs().max() <= 10 + 1e-5
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, capsys):
+    for setting, message in [("dream_ood.steps=0", "steps must be >= 1"),
+                             ("dream_ood.guidance_scale=-1", "guidance_scale"),
+                             ("dream_ood.prompt_template=no class", "exactly one"),
+                             ("dream_ood.model=/nonexistent/sd", "does not exist")]:
+        code = main(["run", "--methods", "dream_ood", "--set", setting, "--out", str(tmp_path / "out"),
+                     "--cache-dir", str(tmp_path / "cache")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_end_to_end_dream_ood_on_mnist5k(tmp_path):
+    out = tmp_path / "results"
+    code = main(["run", "--methods", "dream_ood", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--set", "classifier.epochs=1", "--set", "dream_ood.latent_epochs=1",
+                 "--set", "dream_ood.outliers_per_class=3", "--set", "dream_ood.steps=4",
+                 "--set", "dream_ood.rounds=1", "--set", "dream_ood.test_score=phi",
+                 "--set", "dream_ood.selection=reference"])
+    assert code == 0
+    (record_path,) = (out / "records" / "mnist5k").glob("*/seed0.json")
+    record = json.loads(record_path.read_text())
+    assert record["details"]["selection"] == "reference" and record["details"]["test_score"] == "phi"
+    assert record["details"]["outliers"] == 30
+    assert record["details"]["substituted_tokens"]["seven"] == "seven</w>"
+    gallery = [f for f in record["figures"] if f.endswith("_outliers.png")]
+    assert gallery and Image.open(out / gallery[0]).size[0] > 100
+    assert "seed0_outliers.png" in (out / "leaderboards" / "mnist5k.md").read_text()
+    assert 0.0 <= record["average"]["auroc"] <= 1.0

@@ -1,0 +1,61 @@
+"""The shipped tiny SD-architecture model (models/tiny-sd-mnist5k): SD v1.4 layout and component classes, size
+limit, and that its class-prompt samples are the prompted digit for the mnist5k baseline classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.benchmarks import load_benchmark, load_spec
+from harness.cache import Cache
+from harness.config import build_config
+from harness.contract import RunContext
+from harness.diffusion.backend import GenerationConfig, load_backend
+from harness.outlier_images import to_channels_tensor
+from harness.training import ClassifierConfig, to_unit
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-sd-mnist5k"
+SAMPLES_PER_CLASS = 30
+
+
+def test_shipped_model_has_the_sd_layout_and_fits_the_size_limit():
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert index["scheduler"] == ["diffusers", "PNDMScheduler"]
+    weights = list(MODEL.rglob("*.safetensors"))
+    assert len(weights) == 3
+    assert sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file()) <= 20 * 2**20
+
+
+@pytest.mark.slow
+def test_class_prompt_samples_are_classified_as_the_prompted_digit():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = load_spec("mnist5k")
+        cache = Cache()  # the default cache: the baseline classifier is shared with every post-hoc run
+        benchmark = load_benchmark(spec, cache)
+        context = RunContext(benchmark, 0, torch.device("cpu"), cache,
+                             build_config(ClassifierConfig, spec.classifier, "classifier"))
+        classifier = context.baseline_classifier().model
+        backend = load_backend(MODEL)
+        labels = torch.arange(10).repeat_interleave(SAMPLES_PER_CLASS)
+        prompts = [f"A high-quality image of a {spec.class_names[int(c)]}" for c in labels]
+        images = backend.generate(prompts, list(range(len(labels))),
+                                  GenerationConfig(steps=20, guidance_scale=2.5, batch_size=100))
+        with torch.no_grad():
+            predicted = classifier(to_unit(to_channels_tensor(images, 1))).argmax(1)
+    finally:
+        torch.set_num_threads(threads)
+    accuracy = float((predicted == labels).float().mean())
+    # The shipped model measures 89.0% at these settings; the target for a retrained model is >= 90% (see
+    # docs/diffusion.md). This guards against regressions of the shipped weights or the sampling path.
+    assert accuracy >= 0.85, f"only {accuracy:.1%} of {len(labels)} class-prompt samples show the prompted digit"
