@@ -102,6 +102,7 @@ class RunContext:
                            file_identity(config.pretrained))
 
         def compute() -> dict[str, Any]:
+            torch.manual_seed(self.seed)  # initial weights come from the seed, not from whatever ran before
             model = train_classifier(self.new_classifier(config), self.benchmark.train, config, self.device,
                                      self.seed, hooks, desc=f"{purpose} (seed {self.seed})",
                                      failure_checkpoint=self.cache.root / "failed" / f"classifier-{purpose}-{key}.pt")

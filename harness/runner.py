@@ -33,7 +33,7 @@ from harness.metrics import METRIC_NAMES, Positive, accuracy, ood_metrics
 from harness.plots import save_score_histograms
 from harness.registry import discover, method_config, resolve_methods
 from harness.results import RunRecord, run_label
-from harness.training import ClassifierConfig
+from harness.training import ClassifierConfig, seed_everything
 
 CLASSIFIER_SCOPE = "classifier"
 
@@ -187,11 +187,13 @@ def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
     for seed in request.seeds:
         context = RunContext(benchmark, seed, device, cache, classifier_config)
         for item in planned:
+            seed_everything(seed)  # a method's random draws never depend on the methods run before it
             method = item.cls(item.config, context)
             timings = {}
             start = time.perf_counter()
             outliers = method.synthesize()
             timings["synthesize"] = time.perf_counter() - start
+            seed_everything(seed)
             start = time.perf_counter()
             method.train(outliers)
             timings["train"] = time.perf_counter() - start

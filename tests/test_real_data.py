@@ -388,6 +388,25 @@ def test_quick_run_on_fixture_cifar100_end_to_end(cifar_root, tmp_path, capsys):
     assert board.index("| msp(") < board.index("## Reported in the papers") < board.index("| NCIS (reported)")
 
 
+def test_results_do_not_depend_on_global_random_state_or_on_the_methods_run_before(cifar_root, tmp_path):
+    """A cached classifier is a pure function of its key: its initial weights come from the run seed."""
+    root, _ = cifar_root
+
+    def knn_record(methods: str, name: str) -> dict:
+        code = main(["run", "--methods", methods, "--benchmark", "cifar100", "--preset", "quick", "--allow-incomplete",
+                     "--data-root", str(root), "--set", "classifier.backbone=resnet_small", "--out",
+                     str(tmp_path / name), "--cache-dir", str(tmp_path / f"cache-{name}"), "--device", "cpu"])
+        assert code == 0
+        return json.loads(next((tmp_path / name / "records/cifar100").rglob("knn*/seed0.json")).read_text())
+
+    torch.manual_seed(123)
+    first = knn_record("msp,knn", "a")
+    torch.manual_seed(7)
+    torch.rand(10_000)
+    second = knn_record("knn", "b")
+    assert first["metrics"] == second["metrics"] and first["id_accuracy"] == second["id_accuracy"]
+
+
 def test_the_data_root_comes_from_the_environment_and_only_matters_for_on_disk_benchmarks(monkeypatch, cifar_root):
     from harness.runner import RunRequest, plan
 
