@@ -84,7 +84,8 @@ class FlowConfig:
 
 
 class NormalizingFlow(Method[FlowConfig]):
-    info = MethodInfo("flow", "seed 004 (flow bias correction with synthetic outliers)", "density",
+    info = MethodInfo("flow", "Correcting the bias of normalizing flows by synthetic outliers (under review; seed 004)",
+                      "density",
                       "FrEIA AllInOneBlock flow, dual loss NLL(ID) + softplus(log p) on CCM+blur outliers")
     Config = FlowConfig
     benchmark_defaults = {"mnist5k": {"hidden": 32, "epochs": 12}}
