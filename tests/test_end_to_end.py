@@ -6,7 +6,6 @@ import torch
 
 from harness.benchmarks import load_benchmark, load_spec
 from harness.contract import RunContext
-
 from harness.leaderboard import benchmark_markdown, write_leaderboards
 from harness.results import load_records
 from harness.runner import RunRequest, execute

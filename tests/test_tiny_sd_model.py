@@ -4,6 +4,7 @@ limit, and that its class-prompt samples are the prompted digit for the mnist5k 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,17 @@ from harness.cache import Cache
 from harness.config import build_config
 from harness.contract import RunContext
 from harness.diffusion.backend import GenerationConfig, load_backend
+from harness.diffusion.tiny import (
+    TinyTrainConfig,
+    build_components,
+    encode_posterior,
+    finetune_decoder,
+    finetune_saved_decoder,
+)
+from harness.errors import HarnessError
 from harness.outlier_images import to_channels_tensor
 from harness.training import ClassifierConfig, to_unit
+from tests.diffusion_helpers import TEST_ARCH, TEST_WORDS
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-sd-mnist5k"
 SAMPLES_PER_CLASS = 30
@@ -56,6 +66,34 @@ def test_class_prompt_samples_are_classified_as_the_prompted_digit():
     finally:
         torch.set_num_threads(threads)
     accuracy = float((predicted == labels).float().mean())
-    # The shipped model measures 89.0% at these settings; the target for a retrained model is >= 90% (see
-    # docs/diffusion.md). This guards against regressions of the shipped weights or the sampling path.
-    assert accuracy >= 0.85, f"only {accuracy:.1%} of {len(labels)} class-prompt samples show the prompted digit"
+    # The shipped model measures 97.3% here (86.7% before its decoder fine-tune, see docs/diffusion.md).
+    assert accuracy >= 0.90, f"only {accuracy:.1%} of {len(labels)} class-prompt samples show the prompted digit"
+
+
+def test_decoder_finetune_keeps_the_latent_space_and_lowers_the_reconstruction_error(tmp_path):
+    torch.manual_seed(0)
+    vae = build_components(TEST_WORDS, tmp_path, TEST_ARCH)["vae"]
+    shapes = torch.zeros(64, 1, 16, 16, dtype=torch.uint8)
+    for i in range(64):  # bright bars at random places: something a decoder can learn in a few steps
+        r, c = divmod(i * 7 % 64, 8)
+        shapes[i, 0, r:r + 8, c:c + 3] = 255
+    encoder = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+
+    def reconstruction_mse() -> float:
+        with torch.no_grad():
+            mean, _ = encode_posterior(vae.eval(), shapes)
+            x = shapes.float().expand(-1, 3, -1, -1) / 127.5 - 1
+            return float(((vae.decode(mean).sample - x) ** 2).mean())
+
+    before = reconstruction_mse()
+    finetune_decoder(vae, shapes, TinyTrainConfig(decoder_epochs=15, decoder_lr=3e-3, batch_size=16))
+    assert reconstruction_mse() < 0.5 * before
+    after = vae.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in encoder.items())
+
+
+def test_decoder_finetune_refuses_a_model_that_already_has_it(tmp_path):
+    model = tmp_path / "tiny"
+    shutil.copytree(MODEL, model)
+    with pytest.raises(HarnessError, match="already fine-tuned"):
+        finetune_saved_decoder(model)

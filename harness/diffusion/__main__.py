@@ -1,4 +1,5 @@
-"""`python -m harness.diffusion train-tiny --out DIR` (retrain the shipped tiny model) and
+"""`python -m harness.diffusion train-tiny --out DIR` (retrain the shipped tiny model), `finetune-decoder --model
+DIR` (its last stage alone, on a saved model), and
 `python -m harness.diffusion generate ...` (class-prompt generation as a sharded stage; run it under torchrun to
 split the work across processes)."""
 
@@ -18,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-tiny", help="train the tiny SD-architecture model on a benchmark's ID images")
     train.add_argument("--out", type=Path, required=True, help="output diffusers directory")
     train.add_argument("--benchmark", default="mnist5k")
+    finetune = sub.add_parser("finetune-decoder",
+                              help="run the recipe's decoder-only fine-tune on a saved tiny model, in place")
+    finetune.add_argument("--model", type=Path, required=True, help="tiny model directory (diffusers layout)")
     gen = sub.add_parser("generate", help="generate class-prompt images as a sharded stage (torchrun-aware)")
     gen.add_argument("--model", default=None, help="local diffusers SD directory (default $OODBENCH_SD_MODEL)")
     gen.add_argument("--classes", required=True, help="comma-separated class names")
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.diffusion.tiny import train_tiny
 
             print(json.dumps(train_tiny(args.out, args.benchmark), indent=2))
+        elif args.command == "finetune-decoder":
+            from harness.diffusion.tiny import finetune_saved_decoder
+
+            print(json.dumps(finetune_saved_decoder(args.model), indent=2))
         else:
             cmd_generate(args)
     except HarnessError as err:

@@ -13,9 +13,12 @@ prompt "A high-quality image of a <digit name>" and 10% empty prompts for classi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +26,9 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from harness.cache import atomic_write_bytes
 from harness.diffusion.tokenizer import EOS, write_word_tokenizer
+from harness.errors import HarnessError
 
 TEMPLATE = "A high-quality image of a {}"
 TEMPLATE_WORDS = ("a", "high", "quality", "image", "of", "the")
@@ -58,7 +63,20 @@ class TinyTrainConfig:
     batch_size: int = 64
     unet_batch_size: int = 32
     uncond_prob: float = 0.1
+    decoder_epochs: int = 4  # decoder-only fine-tune on the frozen encoder's latents, after the UNet (see train_tiny)
+    decoder_lr: float = 1e-3
     threads: int = 1  # one thread: on a shared 2-core machine two OpenMP threads ran up to 30x slower
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_components(words: list[str], directory: Path, config: TinySDConfig = TinySDConfig()) -> dict:
@@ -111,24 +129,41 @@ def _to_rgb(images_u8: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def train_vae(vae: torch.nn.Module, images: torch.Tensor, config: TinyTrainConfig,
-              generator: torch.Generator) -> float:
-    """Reconstruction (MSE) + kl_weight * KL, Adam; returns the final epoch's mean reconstruction MSE."""
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.vae_lr)
-    steps = config.vae_epochs * math.ceil(len(images) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.vae_lr, total_steps=steps, pct_start=0.1)
+def train_vae(vae: torch.nn.Module, images: torch.Tensor, epochs: int, lr: float, batch_size: int,
+              generator: torch.Generator, kl_weight: float = 0.0,
+              posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """Reconstruction MSE (+ kl_weight * KL), Adam with a one-cycle schedule; returns the last epoch's mean MSE.
+
+    With `posterior` (the frozen encoder's per-image latent mean and std) only the decoder side is trained, on
+    latents sampled from that posterior: the latent space the UNet was trained in stays exactly as it was (the
+    decoder-only fine-tune Stability AI used for SD's ft-MSE VAE).
+    """
+    if posterior is not None:
+        vae.requires_grad_(False)
+        for module in (vae.decoder, vae.post_quant_conv):
+            module.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    steps = epochs * math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     vae.train()
-    bar = tqdm(total=steps, desc="train tiny VAE", unit="step")
-    for _ in range(config.vae_epochs):
+    bar = tqdm(total=steps, desc="fine-tune tiny VAE decoder" if posterior is not None else "train tiny VAE",
+               unit="step")
+    final = float("nan")
+    for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         total = 0.0
-        for start in range(0, len(order), config.batch_size):
-            x = _to_rgb(images[order[start:start + config.batch_size]])
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-            recon = vae.decode(z).sample
-            mse = F.mse_loss(recon, x)
-            loss = mse + config.kl_weight * posterior.kl().mean()
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            x = _to_rgb(images[idx])
+            if posterior is None:
+                dist = vae.encode(x).latent_dist
+                mean, std = dist.mean, dist.std
+            else:
+                mean, std = posterior[0][idx], posterior[1][idx]
+            z = mean + std * torch.randn(mean.shape, generator=generator)
+            mse = F.mse_loss(vae.decode(z).sample, x)
+            loss = mse + kl_weight * dist.kl().mean() if posterior is None else mse
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -138,7 +173,23 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, config: TinyTrainConfi
             bar.set_postfix(mse=f"{mse.item():.4f}")
         final = total / len(images)
     bar.close()
+    vae.eval()
+    vae.requires_grad_(False)
     return final
+
+
+def encode_posterior(vae: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image latent mean and std of the (eval-mode) VAE encoder."""
+    with torch.no_grad():
+        dists = [vae.encode(_to_rgb(images[i:i + 500])).latent_dist for i in range(0, len(images), 500)]
+    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+
+def finetune_decoder(vae: torch.nn.Module, images: torch.Tensor, config: TinyTrainConfig) -> float:
+    """The recipe's last stage: decoder-only fine-tune with its own generator (seed + 1), so it gives the same
+    weights whether it runs at the end of `train_tiny` or on an already trained model (`finetune-decoder`)."""
+    return train_vae(vae, images, config.decoder_epochs, config.decoder_lr, config.batch_size,
+                     torch.Generator().manual_seed(config.seed + 1), posterior=encode_posterior(vae.eval(), images))
 
 
 def train_unet(components: dict, latents: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
@@ -187,33 +238,69 @@ def train_tiny(out: Path, benchmark: str = "mnist5k", config: TinyTrainConfig = 
     from harness.benchmarks import load_benchmark, load_spec
     from harness.cache import Cache
 
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    spec = load_spec(benchmark)
-    data = load_benchmark(spec, Cache())
-    started = time.perf_counter()
-    out = Path(out)
-    components = build_components(list(spec.class_names), out, arch)
-    images, labels = data.train.images, data.train.labels
-    vae = components["vae"]
-    vae_mse = train_vae(vae, images, config, generator)
-    vae.eval()
-    with torch.no_grad():
-        dists = [vae.encode(_to_rgb(images[i:i + 500])).latent_dist for i in range(0, len(images), 500)]
-        mean = torch.cat([d.mean for d in dists])
-        std = torch.cat([d.std for d in dists])
-    scaling = float(1.0 / mean.std())
-    vae.register_to_config(scaling_factor=scaling)
-    vae.requires_grad_(False)
-    unet_loss = train_unet(components, (mean * scaling, std * scaling), labels, list(spec.class_names), config,
-                           generator)
-    components["unet"].eval()
-    components["text_encoder"].eval()
-    facts = {"benchmark": benchmark, "train_images": len(images), "train_fingerprint": data.train.fingerprint,
-             "prompt_template": TEMPLATE.replace("{}", "<class name>"), "train": asdict(config),
-             "architecture": asdict(arch), "vae_final_mse": round(vae_mse, 5), "vae_scaling_factor": scaling,
-             "unet_final_loss": round(unet_loss, 5), "seconds": round(time.perf_counter() - started, 1),
-             "command": f"python -m harness.diffusion train-tiny --out {out}"}
-    save_pipeline(components, out, facts)
+    with torch_threads(config.threads):
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        spec = load_spec(benchmark)
+        data = load_benchmark(spec, Cache())
+        started = time.perf_counter()
+        out = Path(out)
+        components = build_components(list(spec.class_names), out, arch)
+        images, labels = data.train.images, data.train.labels
+        vae = components["vae"]
+        vae_mse = train_vae(vae, images, config.vae_epochs, config.vae_lr, config.batch_size, generator,
+                            kl_weight=config.kl_weight)
+        mean, std = encode_posterior(vae, images)
+        scaling = float(1.0 / mean.std())
+        vae.register_to_config(scaling_factor=scaling)
+        unet_loss = train_unet(components, (mean * scaling, std * scaling), labels, list(spec.class_names), config,
+                               generator)
+        components["unet"].eval()
+        components["text_encoder"].eval()
+        decoder_mse = finetune_decoder(vae, images, config)
+        facts = {"benchmark": benchmark, "train_images": len(images), "train_fingerprint": data.train.fingerprint,
+                 "prompt_template": TEMPLATE.replace("{}", "<class name>"), "train": asdict(config),
+                 "architecture": asdict(arch), "vae_final_mse": round(vae_mse, 5),
+                 "decoder_final_mse": round(decoder_mse, 5), "vae_scaling_factor": scaling,
+                 "unet_final_loss": round(unet_loss, 5), "seconds": round(time.perf_counter() - started, 1),
+                 "command": f"python -m harness.diffusion train-tiny --out {out}"}
+        save_pipeline(components, out, facts)
+        return facts
+
+
+def finetune_saved_decoder(model: Path) -> dict:
+    """Run the recipe's decoder fine-tune (`finetune_decoder`) on a saved tiny model whose `training.json` predates
+    it, in place: the VAE weights are replaced by a rename, and training.json records the new recipe."""
+    from diffusers import AutoencoderKL
+
+    from harness.benchmarks import load_benchmark, load_spec
+    from harness.cache import Cache
+
+    model = Path(model)
+    facts = json.loads((model / "training.json").read_text())
+    if "decoder_final_mse" in facts:
+        raise HarnessError(f"{model}: the decoder is already fine-tuned (training.json has decoder_final_mse)")
+    config = TinyTrainConfig(**{**facts["train"], "decoder_epochs": TinyTrainConfig.decoder_epochs,
+                                "decoder_lr": TinyTrainConfig.decoder_lr})
+    data = load_benchmark(load_spec(facts["benchmark"]), Cache())
+    if data.train.fingerprint != facts["train_fingerprint"]:
+        raise HarnessError(f"{model} was trained on different {facts['benchmark']} images "
+                           f"({facts['train_fingerprint']} vs {data.train.fingerprint}); retrain it with train-tiny")
+    with torch_threads(config.threads):
+        vae = AutoencoderKL.from_pretrained(model / "vae")
+        started = time.perf_counter()
+        decoder_mse = finetune_decoder(vae, data.train.images, config)
+    staged = model / ".vae.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    vae.save_pretrained(staged, safe_serialization=True)
+    saved = json.loads((staged / "config.json").read_text())
+    saved.pop("_name_or_path", None)  # a local path, not part of the model
+    (staged / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    old = model / ".vae.old"
+    (model / "vae").rename(old)
+    staged.rename(model / "vae")
+    shutil.rmtree(old)
+    facts.update(train=asdict(config), decoder_final_mse=round(decoder_mse, 5),
+                 decoder_seconds=round(time.perf_counter() - started, 1))
+    atomic_write_bytes(model / "training.json", (json.dumps(facts, indent=2) + "\n").encode())
     return facts
