@@ -34,10 +34,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from harness.contract import ConfigT, Method, TrainedClassifier
+from harness.data import AnyImageSet
 from harness.errors import HarnessError
 from harness.models import Classifier
 from harness.training import StepBatch, TrainingHook
@@ -136,3 +139,20 @@ class EnergyRegularizer(TrainingHook):
             return torch.logsumexp(logits, dim=1)
         out = self.phi(self.energy(logits)[:, None])
         return out[:, 1] - out[:, 0]
+
+
+class EnergyRegularizedMethod(Method[ConfigT]):
+    """A method whose detector is a classifier trained with an `EnergyRegularizer` (VOS, Dream-OOD): `train` sets
+    `self.classifier` and `self.regularizer`; scores are the regulariser's test score of the cached logits."""
+
+    classifier: TrainedClassifier
+    regularizer: EnergyRegularizer
+
+    def _logits(self, images: AnyImageSet) -> torch.Tensor:
+        return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])
+
+    def score(self, images: AnyImageSet) -> np.ndarray:
+        return self.regularizer.score(self._logits(images)).cpu().double().numpy()
+
+    def predict(self, images: AnyImageSet) -> np.ndarray:
+        return self._logits(images).argmax(1).numpy()

@@ -23,14 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from harness.boundary import Selection, sample_boundary_outliers
 from harness.config import content_hash
-from harness.contract import Method, MethodInfo, Outliers
+from harness.contract import MethodInfo, Outliers
 from harness.data import ImageSet
 from harness.diffusion.backend import (
     DiffusionBackend,
@@ -44,7 +43,7 @@ from harness.errors import HarnessError
 from harness.models import Classifier
 from harness.outlier_images import OutlierImageSource, ResizePolicy, to_channels_tensor
 from harness.plots import save_image_grid
-from harness.regularizers import EnergyRegularizer, PhiKind
+from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
 from harness.training import ClassifierConfig, to_unit, train_classifier
 
 
@@ -150,7 +149,7 @@ def class_boundary_embeddings(features: torch.Tensor, labels: torch.Tensor, num_
     return torch.stack(out)
 
 
-class DreamOOD(Method[DreamOODConfig]):
+class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
     info = MethodInfo("dream_ood", "Du et al., NeurIPS 2023", "pixel-synthesis",
                       "SD-decoded outliers from boundary samples in a text-conditioned latent space + energy reg.")
     Config = DreamOODConfig
@@ -241,15 +240,6 @@ class DreamOOD(Method[DreamOODConfig]):
                                              outlier_images=source)
         fingerprint = ImageSet("outliers", outliers.data, outliers.labels).fingerprint
         self.classifier = ctx.train_classifier("dream-ood", hooks=[self.regularizer], key_parts=[c, fingerprint])
-
-    def _logits(self, images: ImageSet) -> torch.Tensor:
-        return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])
-
-    def score(self, images: ImageSet) -> np.ndarray:
-        return self.regularizer.score(self._logits(images)).cpu().double().numpy()
-
-    def predict(self, images: ImageSet) -> np.ndarray:
-        return self._logits(images).argmax(1).numpy()
 
     def details(self) -> dict[str, Any]:
         return {"selection": self.config.selection, "outlier_resize": self.config.outlier_resize,

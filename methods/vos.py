@@ -24,12 +24,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.contract import Method, MethodInfo, Outliers
-from harness.data import ImageSet
+from harness.contract import MethodInfo, Outliers
 from harness.errors import HarnessError
 from harness.feature_queues import ClassFeatureQueues
 from harness.models import Classifier
-from harness.regularizers import EnergyRegularizer, PhiKind
+from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
 from harness.training import ClassifierConfig, StepBatch
 
 
@@ -112,7 +111,7 @@ class VOSSampler:
         return outliers.reshape(-1, outliers.shape[2])
 
 
-class VOS(Method[VOSConfig]):
+class VOS(EnergyRegularizedMethod[VOSConfig]):
     info = MethodInfo("vos", "Du et al., ICLR 2022", "feature-synthesis",
                       "Gaussian virtual outliers in penultimate space + energy regulariser")
     Config = VOSConfig
@@ -135,15 +134,6 @@ class VOS(Method[VOSConfig]):
             self.config.test_score, outlier_features=VOSSampler(self.queues, self.config, self.context.seed))
         self.classifier = self.context.train_classifier("vos", hooks=[self.queues, self.regularizer],
                                                         key_parts=[self.config])
-
-    def _logits(self, images: ImageSet) -> torch.Tensor:
-        return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])
-
-    def score(self, images: ImageSet) -> np.ndarray:
-        return self.regularizer.score(self._logits(images)).cpu().double().numpy()
-
-    def predict(self, images: ImageSet) -> np.ndarray:
-        return self._logits(images).argmax(1).numpy()
 
     def details(self) -> dict[str, Any]:
         return {"test_score": self.config.test_score}

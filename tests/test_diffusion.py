@@ -15,12 +15,7 @@ from tests.diffusion_helpers import write_tiny_random_pipeline
 PROMPT = "A high-quality image of a {}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions: one thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["dog", "cat", "seven"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions: one thread is fastest
 
 
 @pytest.fixture(scope="module")
