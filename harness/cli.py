@@ -6,10 +6,9 @@ Input problems are `HarnessError`s: printed as one `error: ...` line on stderr w
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, run_command
 
 
 def _csv(text: str) -> list[str]:
@@ -150,20 +149,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def command() -> int | None:
         args = build_parser().parse_args(argv)
         if args.command == "run":
-            cmd_run(args)
-        elif args.command == "list":
-            cmd_list()
-        elif args.command == "data":
+            return cmd_run(args)
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "data":
             return cmd_data_check(args)
-        else:
-            cmd_leaderboard(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; finished stages are cached and a rerun resumes from them", file=sys.stderr)
-        return 130
-    return 0
+        return cmd_leaderboard(args)
+
+    return run_command(command, "interrupted; finished stages are cached and a rerun resumes from them")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, run_command
 
 PIXEL_LEVELS = 256
 LOG_2PI = math.log(2 * math.pi)
@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     lip.add_argument("--seed", type=int, default=0)
     lip.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         if args.command == "toy":
             if args.steps < 1:
                 raise HarnessError("--steps must be at least 1")
@@ -438,10 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out / 'toy_densities.png'} and {args.out / 'toy_numbers.json'}")
         else:
             _lipschitz_command(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

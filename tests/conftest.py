@@ -18,3 +18,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random SD-layout pipeline written to disk (tests/diffusion_helpers.py), one per test module."""
+    from tests.diffusion_helpers import write_tiny_random_pipeline
+
+    return write_tiny_random_pipeline(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir):
+    """The diffusion backend loaded from `model_dir` by path, as for SD v1.4."""
+    from harness.diffusion.backend import load_backend
+
+    return load_backend(model_dir)

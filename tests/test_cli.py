@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.errors import HarnessError, run_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,3 +79,16 @@ def test_list_shows_kind_paper_and_defaults(capsys):
 def test_leaderboard_without_records_is_a_clear_error(tmp_path, capsys):
     code, _, stderr = run_cli(capsys, "leaderboard", "--out", str(tmp_path))
     assert code == 2 and "no records under" in stderr
+
+
+def test_run_command_maps_errors_and_interrupts_to_one_line_and_an_exit_code(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def refused():
+        raise HarnessError("bad input; do this instead")
+
+    assert run_command(lambda: None) == 0 and run_command(lambda: 1) == 1
+    assert run_command(refused) == 2 and capsys.readouterr().err == "error: bad input; do this instead\n"
+    assert run_command(interrupted, "interrupted; rerun to resume") == 130
+    assert capsys.readouterr().err == "error: interrupted; rerun to resume\n"

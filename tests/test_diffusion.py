@@ -10,22 +10,11 @@ import torch
 
 from harness.diffusion.backend import MODEL_ENV, GenerationConfig, load_backend, png_bytes, read_png, resolve_model_path
 from harness.errors import HarnessError
-from tests.diffusion_helpers import write_tiny_random_pipeline
 
 PROMPT = "A high-quality image of a {}"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions: one thread is fastest
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_tiny_random_pipeline(tmp_path_factory.mktemp("tiny-sd"))
-
-
-@pytest.fixture(scope="module")
-def backend(model_dir):
-    return load_backend(model_dir)
 
 
 def test_missing_directory_and_component_are_named(model_dir, tmp_path, monkeypatch):

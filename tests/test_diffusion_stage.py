@@ -17,26 +17,15 @@ import torch
 
 import harness.cache
 from harness.cache import Cache
-from harness.diffusion.backend import GenerationConfig, load_backend, read_png
+from harness.diffusion.backend import GenerationConfig, read_png
 from harness.diffusion.stage import generate_images, load_images
 from harness.errors import HarnessError
-from tests.diffusion_helpers import write_tiny_random_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["dog", "cat", "seven"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions: one thread is fastest
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_tiny_random_pipeline(tmp_path_factory.mktemp("tiny-sd"))
-
-
-@pytest.fixture(scope="module")
-def backend(model_dir):
-    return load_backend(model_dir)
 
 
 def _files(directory: Path) -> dict[str, bytes]:

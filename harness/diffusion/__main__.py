@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def command() -> None:
         if args.command == "train-tiny":
             from harness.diffusion.tiny import train_tiny
 
@@ -83,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(finetune_saved_decoder(args.model), indent=2))
         else:
             cmd_generate(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(command, "interrupted; finished images are kept and a rerun generates only the missing ones")
 
 
 if __name__ == "__main__":
