@@ -38,6 +38,7 @@ class BenchmarkSpec:
     channels: int
     num_classes: int
     class_names: tuple[str, ...]
+    prompt_names: tuple[str, ...]  # natural names for text prompts (no '_'), one per class
     mean: tuple[float, ...]
     std: tuple[float, ...]
     id: dict[str, Any]
@@ -68,6 +69,15 @@ class BenchmarkSpec:
         extra = tuple({"name": n, "source": "image_folder", "path": str(Path(p).expanduser().resolve())}
                       for n, p in folders.items())
         return BenchmarkSpec(**{**self.__dict__, "ood": self.ood + extra})
+
+
+def _prompt_names(raw: dict[str, Any], class_names: list[str], path: Path) -> tuple[str, ...]:
+    """The spec's `prompt_names` (natural words for prompts), else the class names with '_' read as a space."""
+    names = raw.get("prompt_names") or [name.replace("_", " ") for name in class_names]
+    if len(names) != len(class_names):
+        raise HarnessError(f"benchmark spec {path}: {len(names)} prompt_names for {len(class_names)} classes; "
+                           "give one per class")
+    return tuple(names)
 
 
 def available_benchmarks() -> list[str]:
@@ -116,7 +126,8 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         raise HarnessError(f"benchmark spec {path}: storage {storage!r} must be 'memory' or 'files'")
     return BenchmarkSpec(
         name=raw["name"], image_size=int(raw["image_size"]), channels=int(raw["channels"]),
-        num_classes=int(raw["num_classes"]), class_names=tuple(class_names), mean=tuple(raw["mean"]),
+        num_classes=int(raw["num_classes"]), class_names=tuple(class_names),
+        prompt_names=_prompt_names(raw, class_names, path), mean=tuple(raw["mean"]),
         std=tuple(raw["std"]), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
         classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
         presets=presets, storage=storage,

@@ -19,6 +19,10 @@ from harness.errors import HarnessError
 
 C = TypeVar("C")
 
+# Which source a synthesis method's defaults follow: the paper's text (default) or the official code. A method
+# declares its departures once (`Method.reference_settings`); individual `--set` fields still override.
+Protocol = Literal["paper", "reference"]
+
 
 def config_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]

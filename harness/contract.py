@@ -136,6 +136,10 @@ class Method(ABC, Generic[ConfigT]):
     info: ClassVar[MethodInfo]
     Config: ClassVar[type]
     benchmark_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The official code's values of the fields where it departs from the paper, applied together by
+    # `protocol=reference` (a config field of type `harness.config.Protocol`): key "*" for every benchmark, a
+    # benchmark name for that benchmark only (applied after "*").
+    reference_settings: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: ConfigT, context: RunContext) -> None:
         self.config = config

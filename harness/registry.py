@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
 
-from harness.config import build_config
+from harness.config import Protocol, build_config, coerce, config_fields
 from harness.contract import Method
 from harness.errors import HarnessError
 
@@ -78,7 +78,28 @@ def resolve_methods(names: list[str], registry: dict[str, Registered]) -> list[t
     return [registry[n].cls for n in names]
 
 
+def protocol_settings(cls: type[Method], benchmark: str, protocol: str) -> dict[str, Any]:
+    """The fields `protocol` sets for `cls` on `benchmark`: nothing for `paper`, the official code's departures
+    (`Method.reference_settings`, "*" then the benchmark's own entry) for `reference`."""
+    if protocol != "reference":
+        return {}
+    return {**cls.reference_settings.get("*", {}), **cls.reference_settings.get(benchmark, {})}
+
+
 def method_config(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> Any:
-    """The method's config: paper defaults, then its per-benchmark defaults, then the user's overrides."""
-    merged = {**cls.benchmark_defaults.get(benchmark, {}), **overrides}
+    """The method's config: paper defaults, then its per-benchmark defaults, then the settings of the chosen
+    `protocol` (for methods that have the field), then the user's overrides."""
+    settings: dict[str, Any] = {}
+    if "protocol" in {f.name for f in config_fields(cls.Config)}:
+        protocol = coerce(overrides.get("protocol", cls.benchmark_defaults.get(benchmark, {}).get("protocol", "paper")),
+                          Protocol, f"{cls.info.name}.protocol")
+        settings = protocol_settings(cls, benchmark, protocol)
+    merged = {**cls.benchmark_defaults.get(benchmark, {}), **settings, **overrides}
     return build_config(cls.Config, merged, cls.info.name)
+
+
+def default_config(cls: type[Method], benchmark: str, config: Any) -> Any:
+    """The defaults `config` is compared with for its run label: those of the same protocol, so a reference run
+    is labelled `protocol=reference` plus only what the user changed on top."""
+    protocol = getattr(config, "protocol", None)
+    return method_config(cls, benchmark, {} if protocol is None else {"protocol": protocol})

@@ -31,7 +31,7 @@ from harness.errors import HarnessError
 from harness.leaderboard import write_leaderboards
 from harness.metrics import METRIC_NAMES, Positive, accuracy, ood_metrics
 from harness.plots import save_score_histograms
-from harness.registry import discover, method_config, resolve_methods
+from harness.registry import default_config, discover, method_config, resolve_methods
 from harness.results import RunRecord, run_label
 from harness.training import ClassifierConfig, seed_everything
 
@@ -133,8 +133,10 @@ def plan(request: RunRequest) -> Plan:
     for cls in classes:
         config = method_config(cls, spec.name, request.overrides.get(cls.info.name, {}))
         cls.check_config(config, classifier)
-        default = method_config(cls, spec.name, {})
+        default = default_config(cls, spec.name, config)
         changes = {**changed_fields(config, default), **classifier_changes}
+        if getattr(config, "protocol", "paper") != "paper":
+            changes["protocol"] = config.protocol
         if request.fpr_positive != "id":
             changes["fpr_positive"] = request.fpr_positive
         planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes)))

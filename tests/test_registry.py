@@ -86,3 +86,46 @@ def test_plugin_appears_in_list_and_runs(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| maxlogit(classifier.epochs=1)" in run.stdout
     assert list((tmp_path / "out" / "records" / "mnist5k").glob("maxlogit*/seed0.json"))
+
+
+def test_protocol_reference_sets_departures_and_fields_still_override():
+    from dataclasses import dataclass
+
+    from harness.config import Protocol
+    from harness.contract import BaselineClassifierMethod, MethodInfo
+    from harness.registry import default_config
+
+    @dataclass(frozen=True)
+    class ToyConfig:
+        protocol: Protocol = "paper"
+        sigma: float = 0.07
+        k: int = 10
+
+    class Toy(BaselineClassifierMethod[ToyConfig]):
+        info = MethodInfo("toy", "-", "post-hoc")
+        Config = ToyConfig
+        benchmark_defaults = {"mnist5k": {"k": 5}}
+        reference_settings = {"*": {"sigma": 0.5}, "cifar100": {"k": 300}}
+
+        def score_outputs(self, outputs):
+            return outputs["logits"].max(axis=1)
+
+    assert method_config(Toy, "mnist5k", {}) == ToyConfig("paper", 0.07, 5)
+    assert method_config(Toy, "mnist5k", {"protocol": "reference"}) == ToyConfig("reference", 0.5, 5)
+    assert method_config(Toy, "cifar100", {"protocol": "reference"}) == ToyConfig("reference", 0.5, 300)
+    assert method_config(Toy, "cifar100", {"protocol": "reference", "sigma": "0.2"}).sigma == 0.2
+    reference = method_config(Toy, "cifar100", {"protocol": "reference"})
+    assert default_config(Toy, "cifar100", reference) == reference
+    with pytest.raises(HarnessError, match="toy.protocol='code' is not allowed"):
+        method_config(Toy, "mnist5k", {"protocol": "code"})
+
+
+def test_every_reference_setting_names_a_field_of_its_method():
+    from harness.config import config_fields
+
+    for entry in discover().values():
+        fields = {f.name for f in config_fields(entry.cls.Config)}
+        for benchmark, settings in entry.cls.reference_settings.items():
+            assert "protocol" in fields, f"{entry.name} has reference_settings but no protocol field"
+            unknown = set(settings) - fields
+            assert not unknown, f"{entry.name}.reference_settings[{benchmark!r}] names unknown fields {unknown}"
