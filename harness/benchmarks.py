@@ -47,6 +47,8 @@ class BenchmarkSpec:
     description: str = ""
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {"paper": {}})
     storage: str = "memory"
+    # the class-name lists of the official code, by use (e.g. "dream_ood", "ncis_embedding", "ncis_generation")
+    official_prompt_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def preset(self, name: str) -> dict[str, Any]:
         """Scalings of the preset `name`: `epoch_scale` (classifier epochs), `max_train`/`max_test`/`max_ood`
@@ -127,7 +129,9 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
     return BenchmarkSpec(
         name=raw["name"], image_size=int(raw["image_size"]), channels=int(raw["channels"]),
         num_classes=int(raw["num_classes"]), class_names=tuple(class_names),
-        prompt_names=_prompt_names(raw, class_names, path), mean=tuple(raw["mean"]),
+        prompt_names=_prompt_names(raw, class_names, path),
+        official_prompt_names={use: tuple(names) for use, names in raw.get("official_prompt_names", {}).items()},
+        mean=tuple(raw["mean"]),
         std=tuple(raw["std"]), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
         classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
         presets=presets, storage=storage,
