@@ -137,7 +137,33 @@ def test_end_to_end_dream_ood_on_mnist5k(tmp_path):
     assert record["details"]["selection"] == "reference" and record["details"]["test_score"] == "phi"
     assert record["details"]["outliers"] == 30
     assert record["details"]["substituted_tokens"]["seven"] == "seven</w>"
+    assert record["details"]["missing_token_classes"] == [] and record["details"]["class_words"] == "natural"
     gallery = [f for f in record["figures"] if f.endswith("_outliers.png")]
     assert gallery and Image.open(out / gallery[0]).size[0] > 100
     assert "seed0_outliers.png" in (out / "leaderboards" / "mnist5k.md").read_text()
     assert 0.0 <= record["average"]["auroc"] <= 1.0
+
+
+def test_paper_defaults_and_the_reference_protocol_reproduce_the_official_settings():
+    from harness.registry import method_config
+    from methods.dream_ood import DreamOOD
+
+    paper = method_config(DreamOOD, "cifar100", {})
+    assert (paper.latent_similarity, paper.sigma, paper.sigma_meaning, paper.phi, paper.test_score, paper.beta,
+            paper.class_words) == ("dot", 0.03, "variance", "mlp3", "phi", 2.5, "natural")
+    assert paper.sampling.noise_std == pytest.approx(0.03 ** 0.5)  # N(z, sigma^2 I) with sigma^2 = 0.03
+    official = method_config(DreamOOD, "cifar100", {"protocol": "reference"})
+    assert (official.latent, official.sampling.noise_std, official.phi, official.test_score, official.selection,
+            official.class_words) == (DreamOOD.Config().latent.__class__(200, 256, 0.1, "cosine"), 0.07, "linear",
+                                      "energy", "reference", "official")
+    inet, inet_ref = method_config(DreamOOD, "imagenet100", {}), method_config(DreamOOD, "imagenet100",
+                                                                               {"protocol": "reference"})
+    assert (inet.beta, inet.boundary_count, inet.phi) == (1.0, 200, "mlp3")
+    assert (inet_ref.beta, inet_ref.boundary_count, inet_ref.phi, inet_ref.sampling.noise_std) == (1.0, 200, "mlp",
+                                                                                                    0.03)
+    # mnist5k before the protocol switch was the official code's behaviour except the (paper) selection
+    before = {"latent_similarity": "cosine", "sigma": 0.07, "sigma_meaning": "std", "phi": "linear",
+              "test_score": "energy", "selection": "paper"}
+    today = method_config(DreamOOD, "mnist5k", {"protocol": "reference", "selection": "paper"})
+    assert {k: getattr(today, k) for k in before} == before
+    assert method_config(DreamOOD, "mnist5k", {"protocol": "reference", "phi": "mlp"}).phi == "mlp"  # --set wins
