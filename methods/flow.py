@@ -187,7 +187,8 @@ class NormalizingFlow(Method[FlowConfig]):
         return self.scores(images, self.config.score)
 
     def details(self) -> dict[str, Any]:
-        bench = self.context.benchmark
+        ctx = self.context
+        bench = ctx.benchmark
         other = "complexity" if self.config.score == "nll" else "nll"
         id_other = self.scores(bench.test, other)
         sets = {"ID": bench.test, **bench.ood}
@@ -199,7 +200,8 @@ class NormalizingFlow(Method[FlowConfig]):
             "train_seconds_uncached": round(self.train_seconds, 1),
             "mean_bits_per_dim": {n: float(self.bits_per_dim(s).mean()) for n, s in sets.items()},
             "mean_complexity_bits_per_dim": {n: float(self.complexity(s).mean()) for n, s in sets.items()},
-            f"metrics_{other}": {n: ood_metrics(id_other, self.scores(s, other)) for n, s in bench.ood.items()},
+            f"metrics_{other}": {n: ood_metrics(id_other, self.scores(s, other), ctx.fpr_positive, ctx.fpr_rule)
+                                 for n, s in bench.ood.items()},
         }
         if self.config.lipschitz_samples:
             idx = np.random.default_rng(self.context.seed).permutation(len(bench.test))[:self.config.lipschitz_samples]

@@ -169,7 +169,15 @@ def test_end_to_end_run_scores_both_ways_with_one_training(tmp_path, capsys):
     assert nll["details"]["compressor"] in ("jpeg2000", "png")
     # each record carries the other score's metrics: they must agree with the other run's own metrics
     for name, metrics in comp["metrics"].items():
-        assert nll["details"]["metrics_complexity"][name]["auroc"] == pytest.approx(metrics["auroc"])
+        assert nll["details"]["metrics_complexity"][name] == pytest.approx(metrics)
+    # ... under the run's FPR convention too (--fpr-positive ood)
+    ood_out = tmp_path / "ood"
+    ood_args = [*args[:3], "--out", str(ood_out), *args[5:], "--fpr-positive", "ood", "--fpr-rule", "hendrycks"]
+    assert cli_main(ood_args) == 0 and cli_main([*ood_args, "--set", "flow.score=complexity"]) == 0
+    ood_records = [json.loads(p.read_text()) for p in (ood_out / "records" / "mnist5k").rglob("*.json")]
+    ood_by_score = {r["config"]["score"]: r for r in ood_records}
+    for name, metrics in ood_by_score["complexity"]["metrics"].items():
+        assert ood_by_score["nll"]["details"]["metrics_complexity"][name] == pytest.approx(metrics)
     assert nll["details"]["lipschitz"]["samples"] == 20
     assert nll["id_accuracy"] is None
     capsys.readouterr()
