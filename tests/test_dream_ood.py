@@ -91,13 +91,23 @@ def test_outlier_resize_policies():
     for policy in ("bilinear", "nearest", "random"):
         assert resize_outliers(images, 32, policy, generator).shape == (6, 1, 32, 32)
     nearest = resize_outliers(images, 32, "nearest", generator)
-    assert torch.equal(nearest, images[:, :, ::2, ::2])
+    assert torch.equal(nearest, images[:, :, 1::2, 1::2])  # pixel centres, as PIL's NEAREST
     windows = random_windows(images, 32, 0, generator)  # none-random-crop: a patch of the full-size image
     for window, image in zip(windows, images, strict=True):
         found = any(torch.equal(window, image[:, t:t + 32, s:s + 32]) for t in range(33) for s in range(33))
         assert found
     rgb = torch.tensor([[[[255]], [[0]], [[0]]]], dtype=torch.uint8)
     assert to_channels_tensor(rgb, 1).item() == 76  # ITU-R 601 luma of pure red
+
+
+@pytest.mark.parametrize("source, size", [(256, 32), (45, 32), (20, 32), (37, 224)])
+def test_nearest_resize_equals_pil_nearest_on_random_images(source, size):
+    rng = np.random.default_rng(source)
+    pixels = rng.integers(0, 256, (3, 2, source, source), dtype=np.uint8)
+    ours = resize_outliers(torch.from_numpy(pixels).float() / 255, size, "nearest", torch.Generator())
+    for image, resized in zip(pixels, ours, strict=True):
+        pil = [np.asarray(Image.fromarray(channel).resize((size, size), Image.NEAREST)) for channel in image]
+        np.testing.assert_array_equal((resized * 255).round().byte().numpy(), np.stack(pil))
 
 
 def test_latent_head_is_eq2_dot_product_or_official_cosine_over_temperature():
