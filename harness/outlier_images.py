@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
+from harness.errors import HarnessError
 from harness.training import StepBatch, augment, to_unit
 
 ResizePolicy = Literal["none-random-crop", "bilinear", "nearest", "random"]
@@ -66,6 +67,10 @@ class OutlierImageSource:
 
     def __init__(self, images: torch.Tensor, count: int, size: int, policy: ResizePolicy, padding: int,
                  hflip: bool, seed: int) -> None:
+        if policy == "none-random-crop" and min(images.shape[-2:]) + 2 * padding < size:
+            raise HarnessError(f"outlier images of {tuple(images.shape[-2:])} pixels are smaller than the ID size "
+                               f"{size} (padding {padding}), so outlier_resize=none-random-crop has no window to "
+                               "crop; use outlier_resize=bilinear, nearest or random")
         self.images = images
         self.count = count
         self.size = size

@@ -150,8 +150,9 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
                     "boundary_count": 20, "candidates_per_point": 200, "rounds": 5, "outliers_per_class": 40,
                     "steps": 20, "guidance_scale": 3.0, "generation_size": None, "output_size": None,
                     "generation_batch_size": 50, "outlier_resize": "bilinear"},
-        # paper Sec. 4: beta 1.0 for ImageNet-100; official ImageNet-100 script: 200 boundary points
-        "imagenet100": {"beta": 1.0, "boundary_count": 200},
+        # paper Sec. 4: beta 1.0 for ImageNet-100; official ImageNet-100 script: 200 boundary points; the 256x256
+        # outliers are resized to the 224 ID resolution (then the ID augmentation) rather than cropped
+        "imagenet100": {"beta": 1.0, "boundary_count": 200, "outlier_resize": "bilinear"},
     }
     reference_settings = {
         # official scripts: cosine latent (resnet_anchor.py), N(0, I) * 0.07, KNN_dis_search_distance's reshape,

@@ -177,3 +177,12 @@ def test_paper_defaults_and_the_reference_protocol_reproduce_the_official_settin
     today = method_config(DreamOOD, "mnist5k", {"protocol": "reference", "selection": "paper"})
     assert {k: getattr(today, k) for k in before} == before
     assert method_config(DreamOOD, "mnist5k", {"protocol": "reference", "phi": "mlp"}).phi == "mlp"  # --set wins
+
+
+def test_crop_policy_refuses_outliers_smaller_than_the_id_images():
+    from harness.errors import HarnessError
+    from harness.outlier_images import OutlierImageSource
+
+    with pytest.raises(HarnessError, match="smaller than the ID size 224"):
+        OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "none-random-crop", 0, True, 0)
+    OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "bilinear", 0, True, 0)
