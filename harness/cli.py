@@ -32,6 +32,15 @@ def _ood(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _add_run_environment(parser: argparse.ArgumentParser) -> None:
+    """`--threads` and `--deterministic`: both change numerics, both are recorded."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's current value); recorded, as it changes the "
+                             "numbers")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="use deterministic algorithms on GPU (slower; recorded)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise HarnessError(f"{message} (see python -m harness {self.prog.split()[-1]} --help)")
@@ -49,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting, e.g. knn.k=100 or classifier.epochs=5 (repeatable)")
     run.add_argument("--ood", action="append", type=_ood, default=[], metavar="NAME=PATH",
                      help="add an image folder as an extra OOD set (repeatable)")
-    run.add_argument("--out", type=Path, default=Path("results"), help="records/leaderboard directory")
+    run.add_argument("--out", type=Path, default=Path("runs"),
+                     help="records/leaderboard directory (default runs/, git-ignored; the curated results/ is "
+                          "written by `publish`)")
     run.add_argument("--cache-dir", type=Path, default=None, help="stage cache (default $OODBENCH_CACHE or "
                                                                    "~/.cache/oodbench)")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -59,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory holding on-disk benchmark data (default $OODBENCH_DATA)")
     run.add_argument("--preset", default="paper",
                      help="protocol preset of the benchmark: paper (default) or quick (fewer epochs, smaller sets)")
+    _add_run_environment(run)
     run.add_argument("--allow-incomplete", action="store_true",
                      help="run even when a set has fewer images than the spec expects (recorded in each record)")
 
@@ -101,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
                          overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
                          device=args.device, fpr_positive=args.fpr_positive, extra_ood=extra,
-                         data_root=args.data_root, preset=args.preset, allow_incomplete=args.allow_incomplete)
+                         data_root=args.data_root, preset=args.preset, allow_incomplete=args.allow_incomplete,
+                         threads=args.threads, deterministic=args.deterministic)
     records = execute(request)
     labels = {r.label for r in records}
     benchmark = records[0].benchmark

@@ -14,6 +14,7 @@ from typing import Any
 import harness
 from harness.cache import atomic_write_bytes
 from harness.config import content_hash
+from harness.provenance import numeric_facts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas", "timm",
@@ -79,6 +80,12 @@ class RunRecord:
     details: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # preset, data root, per set: source, path, subset drawn
+    environment: dict[str, Any] = field(default_factory=dict)  # threads, CPU/GPU, CUDA/cuDNN, deterministic flags
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """The numerics-relevant provenance (code version, torch, threads, hardware...; see harness.provenance)."""
+        return numeric_facts(self.code_version, self.libraries, self.environment)
 
     def directory(self, out_dir: Path) -> Path:
         return Path(out_dir) / "records" / self.benchmark / label_slug(self.label)

@@ -1,0 +1,45 @@
+import json
+import socket
+
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.provenance import apply_run_settings, differences, environment
+from harness.runner import RunRequest, execute
+from tests.regress_helpers import TINY_PRESET, write_tiny_spec
+
+
+def test_two_fresh_runs_with_the_same_threads_are_bit_identical_and_record_their_environment(tmp_path):
+    spec = write_tiny_spec(tmp_path)
+    threads = torch.get_num_threads()
+    records = []
+    for run in ("a", "b"):
+        request = RunRequest(methods=["msp", "knn"], benchmark=str(spec), preset=TINY_PRESET, threads=1,
+                             out_dir=tmp_path / run / "out", cache_dir=tmp_path / run / "cache")
+        records.append(execute(request))
+    torch.set_num_threads(threads)
+    first, second = records
+    for a, b in zip(first, second, strict=True):
+        assert (a.metrics, a.average, a.id_accuracy) == (b.metrics, b.average, b.id_accuracy)  # exact floats
+        assert a.environment["torch_threads"] == 1 and a.environment["device"] == "cpu"
+        assert a.environment["cpu"] and a.environment["deterministic"] is False and "gpu" in a.environment
+    stored = json.loads(first[0].path(tmp_path / "a" / "out").read_text())
+    assert stored["environment"]["torch_threads"] == 1
+    assert socket.gethostname() not in json.dumps(stored)  # no personal data
+
+
+def test_thread_count_is_applied_and_a_difference_is_named():
+    threads = torch.get_num_threads()
+    try:
+        apply_run_settings(2, deterministic=False)
+        assert environment(torch.device("cpu"))["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert differences({"torch_threads": 1, "torch": "2.15.0"}, {"torch_threads": 2, "torch": "2.15.0"}) == [
+        "torch_threads: 1 -> 2"]
+
+
+def test_bad_thread_count_is_one_line_error():
+    with pytest.raises(HarnessError, match="--threads 0 must be >= 1"):
+        apply_run_settings(0, deterministic=False)
