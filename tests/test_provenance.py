@@ -43,3 +43,19 @@ def test_thread_count_is_applied_and_a_difference_is_named():
 def test_bad_thread_count_is_one_line_error():
     with pytest.raises(HarnessError, match="--threads 0 must be >= 1"):
         apply_run_settings(0, deterministic=False)
+
+
+def test_leaderboard_marks_a_row_averaging_records_of_different_code_or_environments():
+    from dataclasses import replace
+
+    from harness.leaderboard import benchmark_markdown
+    from harness.results import REPO_ROOT, load_records
+
+    records = [r for r in load_records(REPO_ROOT / "results", "mnist5k") if r.method in ("knn", "msp")]
+    mixed = [replace(r, code_version="abc123", environment={**r.environment, "torch_threads": 4})
+             if r.method == "knn" and r.seed == 0 else r for r in records]
+    board = benchmark_markdown(mixed, "mnist5k")
+    assert "| knn [^1]" in board and "| msp [^" not in board and "| msp " in board
+    note = next(line for line in board.splitlines() if line.startswith("[^1]:"))
+    assert "seed 0: code_version abc123, torch_threads 4" in note and "seeds 1,2: code_version" in note
+    assert "[^" not in benchmark_markdown(records, "mnist5k")

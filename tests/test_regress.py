@@ -49,12 +49,14 @@ def test_regress_passes_on_unchanged_records_and_fails_naming_the_perturbed_metr
         record = json.loads(path.read_text())
         if record["label"] == KNN:
             record["metrics"]["glyphs"]["auroc"] -= 0.2  # 20 pp, beyond any tolerance here
+            record["environment"]["torch_threads"] = 7
         target = perturbed / path.relative_to(tiny["results"] / "records")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(record))
     assert regress(tiny, "--records", str(perturbed)) == 1
     out = capsys.readouterr().out
     assert f"{KNN} glyphs auroc" in out and "| FAIL" in out
+    assert f"{KNN}: torch_threads: 1 -> 7" in out  # the mismatch explained by provenance
     assert regress(tiny, "--records", str(perturbed), "--tolerance", "auroc=25") == 0
     copy = tmp_path / "expectations.json"
     copy.write_text(tiny["expectations"].read_text())
