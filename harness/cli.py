@@ -140,16 +140,15 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if args.records is not None:
         records = load_record_tree(args.records, name)
     else:
-        threads = args.threads
-        if threads is None and doc is not None:
-            recorded = {env.get("torch_threads") for m in args.methods for label, entry in doc["methods"].items()
-                        if label == m for env in entry.get("environments", [])} - {None, "unrecorded"}
-            threads = recorded.pop() if len(recorded) == 1 else None
         request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
                              overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
-                             device=args.device, preset=args.preset, threads=threads)
-        if not args.update:  # a label the expectations lack is an error before any work
-            regression.check_labels(doc, [m.label for m in plan(request).methods], path)
+                             device=args.device, preset=args.preset, threads=args.threads)
+        labels = [m.label for m in plan(request).methods]
+        if doc is not None:
+            if not args.update:  # a label the expectations lack is an error before any work
+                regression.check_labels(doc, labels, path)
+            if request.threads is None:  # run as the expectations were recorded
+                request.threads = regression.recorded_threads(doc, labels)
         records = execute(request)
     if args.update:
         new = regression.build_expectations(name, records, doc)

@@ -67,6 +67,12 @@ def numeric_facts(code_version: str, libraries: dict[str, str], env: dict[str, A
 
 
 def differences(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
-    """`fact: expected -> got` for every numerics-relevant fact that differs (both as from `numeric_facts`)."""
-    return [f"{fact}: {expected.get(fact, 'unrecorded')} -> {got.get(fact, 'unrecorded')}"
-            for fact in NUMERIC_FACTS if expected.get(fact, "unrecorded") != got.get(fact, "unrecorded")]
+    """`fact: expected -> got` for every numerics-relevant fact that differs (both as from `numeric_facts`), then
+    the facts only one side recorded."""
+    def value(facts: dict[str, Any], fact: str) -> Any:
+        return facts.get(fact, "unrecorded")
+
+    both = [f for f in NUMERIC_FACTS if "unrecorded" not in (value(expected, f), value(got, f))]
+    lines = [f"{f}: {value(expected, f)} -> {value(got, f)}" for f in both if value(expected, f) != value(got, f)]
+    missing = [f for f in NUMERIC_FACTS if f not in both and value(expected, f) != value(got, f)]
+    return lines + ([f"unrecorded on one side: {', '.join(missing)}"] if missing else [])

@@ -150,6 +150,13 @@ def parse_tolerances(options: list[str]) -> dict[str, float]:
     return parsed
 
 
+def recorded_threads(doc: dict[str, Any], labels: list[str]) -> int | None:
+    """The one torch thread count the expectations of `labels` were recorded with, else None."""
+    threads = {env.get("torch_threads") for label in labels
+               for env in doc["methods"].get(label, {}).get("environments", [])} - {None, "unrecorded"}
+    return threads.pop() if len(threads) == 1 else None
+
+
 def check_labels(doc: dict[str, Any], labels: list[str], path: Path | None = None) -> None:
     """A one-line error for the first label `doc` has no entry for."""
     for label in labels:
