@@ -59,3 +59,15 @@ def test_leaderboard_marks_a_row_averaging_records_of_different_code_or_environm
     note = next(line for line in board.splitlines() if line.startswith("[^1]:"))
     assert "seed 0: code_version abc123, torch_threads 4" in note and "seeds 1,2: code_version" in note
     assert "[^" not in benchmark_markdown(records, "mnist5k")
+
+
+def test_deterministic_flag_switches_torch_to_deterministic_algorithms_and_is_recorded():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    try:
+        apply_run_settings(None, deterministic=True)
+        env = environment(torch.device("cpu"))
+        assert env["deterministic"] is True and env["cudnn_deterministic"] is True and env["cudnn_benchmark"] is False
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
