@@ -5,8 +5,10 @@ environments that names what differs. Nothing personal is stored (no host name, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ def cpu_model() -> str:
 
 def apply_run_settings(threads: int | None, deterministic: bool) -> None:
     """Pin torch's intra-op thread count (None keeps the current one) and, with `deterministic`, make torch use
-    deterministic algorithms (cuDNN deterministic, no autotuning, cuBLAS workspace pinned) for the rest of the run."""
+    deterministic algorithms (cuDNN deterministic, no autotuning, cuBLAS workspace pinned)."""
     if threads is not None:
         if threads < 1:
             raise HarnessError(f"--threads {threads} must be >= 1, e.g. --threads 1")
@@ -40,6 +42,20 @@ def apply_run_settings(threads: int | None, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def run_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
+    """`apply_run_settings` for the duration of a run; the previous thread count and flags are restored after."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        apply_run_settings(threads, deterministic)
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 def environment(device: torch.device) -> dict[str, Any]:

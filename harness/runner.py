@@ -31,7 +31,7 @@ from harness.errors import HarnessError
 from harness.leaderboard import write_leaderboards
 from harness.metrics import METRIC_NAMES, Positive, accuracy, ood_metrics
 from harness.plots import save_score_histograms
-from harness.provenance import apply_run_settings, environment
+from harness.provenance import environment, run_settings
 from harness.registry import default_config, discover, method_config, resolve_methods
 from harness.results import RunRecord, run_label
 from harness.training import ClassifierConfig, seed_everything
@@ -175,11 +175,16 @@ def evaluate(method: Method, benchmark: Benchmark, positive: Positive) -> tuple[
 
 
 def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
-    """Run every (seed, method) of `request`; `cache` defaults to one at `request.cache_dir`."""
+    """Run every (seed, method) of `request` under its thread count and determinism (restored after); `cache`
+    defaults to one at `request.cache_dir`."""
+    with run_settings(request.threads, request.deterministic):
+        return execute_runs(request, cache)
+
+
+def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
     planned_run = plan(request)
     planned, classifier_config, spec = planned_run.methods, planned_run.classifier, planned_run.spec
     device = resolve_device(request.device)
-    apply_run_settings(request.threads, request.deterministic)
     out_dir = Path(request.out_dir)
     check_writable(out_dir, "--out")
     if cache is None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.provenance import apply_run_settings, differences, environment
+from harness.provenance import apply_run_settings, differences, environment, run_settings
 from harness.runner import RunRequest, execute
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
@@ -18,7 +18,7 @@ def test_two_fresh_runs_with_the_same_threads_are_bit_identical_and_record_their
         request = RunRequest(methods=["msp", "knn"], benchmark=str(spec), preset=TINY_PRESET, threads=1,
                              out_dir=tmp_path / run / "out", cache_dir=tmp_path / run / "cache")
         records.append(execute(request))
-    torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # restored after the run
     first, second = records
     for a, b in zip(first, second, strict=True):
         assert (a.metrics, a.average, a.id_accuracy) == (b.metrics, b.average, b.id_accuracy)  # exact floats
@@ -30,12 +30,8 @@ def test_two_fresh_runs_with_the_same_threads_are_bit_identical_and_record_their
 
 
 def test_thread_count_is_applied_and_a_difference_is_named():
-    threads = torch.get_num_threads()
-    try:
-        apply_run_settings(2, deterministic=False)
+    with run_settings(2, deterministic=False):
         assert environment(torch.device("cpu"))["torch_threads"] == 2
-    finally:
-        torch.set_num_threads(threads)
     assert differences({"torch_threads": 1, "torch": "2.15.0"}, {"torch_threads": 2, "torch": "2.15.0"}) == [
         "torch_threads: 1 -> 2"]
 
@@ -61,13 +57,9 @@ def test_leaderboard_marks_a_row_averaging_records_of_different_code_or_environm
     assert "[^" not in benchmark_markdown(records, "mnist5k")
 
 
-def test_deterministic_flag_switches_torch_to_deterministic_algorithms_and_is_recorded():
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-              torch.backends.cudnn.benchmark)
-    try:
-        apply_run_settings(None, deterministic=True)
+def test_deterministic_flag_switches_torch_to_deterministic_algorithms_for_the_run_and_is_recorded():
+    before = torch.are_deterministic_algorithms_enabled()
+    with run_settings(None, deterministic=True):
         env = environment(torch.device("cpu"))
         assert env["deterministic"] is True and env["cudnn_deterministic"] is True and env["cudnn_benchmark"] is False
-    finally:
-        torch.use_deterministic_algorithms(before[0])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+    assert torch.are_deterministic_algorithms_enabled() == before
