@@ -10,7 +10,9 @@ import torch
 from filelock import FileLock
 
 from harness.cache import Cache
+from harness.data import ImageSet
 from harness.results import load_records
+from harness.training import TrainingHook
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,3 +102,61 @@ def test_a_truncated_cache_entry_is_reported_in_one_line_and_recomputed(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is truncated or corrupted" in err[0] and "recomputing" in err[0]
     assert cache.get_or_compute("stage", "key", compute) is not None and len(calls) == 2
+
+
+class NoisyQueueHook(TrainingHook):
+    """A hook with the kinds of state VOS/NPOS hooks carry: feature queues (via ClassFeatureQueues), its own
+    generator, and a module with trainable weights; its loss depends on all three."""
+
+    def __init__(self, queues):
+        self.queues = queues
+        self.generator = torch.Generator().manual_seed(1)
+        self.head = torch.nn.Linear(128, 1)
+
+    def modules(self):
+        return [self.head]
+
+    def loss(self, batch, model):
+        if not self.queues.full:
+            return None, {}
+        pick = torch.randint(0, self.queues.size, (8,), generator=self.generator)
+        sample = self.queues.data[:, pick].reshape(-1, self.queues.data.shape[2])
+        return self.head(sample).abs().mean(), {}
+
+
+def test_resuming_restores_hook_state_optimizer_and_rng_to_the_same_weights(tmp_path):
+    from harness.feature_queues import ClassFeatureQueues
+    from harness.models import build_classifier
+    from harness.training import ClassifierConfig, train_classifier
+
+    images = torch.randint(0, 256, (96, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = ImageSet("toy", images, torch.arange(96) % 4)
+    config = ClassifierConfig(backbone="resnet_small", epochs=4, batch_size=32, lr=0.05)
+
+    def train(checkpoint, hooks):
+        torch.manual_seed(0)
+        model = build_classifier("resnet_small", 1, 4, [0.5], [0.25])
+        return train_classifier(model, data, config, torch.device("cpu"), 0, hooks, checkpoint=checkpoint)
+
+    def hooks():
+        torch.manual_seed(5)  # the same initial head in both runs
+        queues = ClassFeatureQueues(4, 6)
+        return [queues, NoisyQueueHook(queues)]
+
+    checkpoint, kept = tmp_path / "ck.pt", tmp_path / "after-epoch-2.pt"
+
+    class KeepEpoch2(TrainingHook):
+        def on_epoch_end(self, epoch):
+            if epoch == 2:
+                kept.write_bytes(checkpoint.read_bytes())  # the state written after epoch index 1
+
+    whole_hooks = hooks()
+    whole = train(checkpoint, [*whole_hooks, KeepEpoch2()])
+    checkpoint.write_bytes(kept.read_bytes())  # as if killed during epoch index 2
+    resumed_hooks = hooks()
+    resumed = train(checkpoint, [*resumed_hooks, KeepEpoch2()])
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(whole_hooks[0].data, resumed_hooks[0].data)
+    assert torch.equal(whole_hooks[1].head.weight, resumed_hooks[1].head.weight)
+    assert torch.equal(whole_hooks[1].generator.get_state(), resumed_hooks[1].generator.get_state())
