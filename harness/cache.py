@@ -10,13 +10,17 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
+import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from filelock import FileLock, Timeout
 
 from harness.config import content_hash
 from harness.errors import HarnessError
@@ -50,6 +54,20 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def load_or_none(path: Path, what: str = "cache entry") -> Any | None:
+    """The object stored at `path`; None when there is none, or when it is truncated or corrupted (then it is
+    reported in one line on stderr and removed, so the caller recomputes it)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"warning: {what} {path} is truncated or corrupted ({reason}); recomputing it", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
+
+
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) when not launched by torchrun."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -72,15 +90,34 @@ class Cache:
         return content_hash(stage, *parts)
 
     def get_or_compute(self, stage: str, key: str, compute: Callable[[], T]) -> T:
-        """Return the stored output of (stage, key), computing and storing it atomically on a miss."""
+        """Return the stored output of (stage, key), computing and storing it atomically on a miss.
+
+        A miss is computed under an OS file lock (`<key>.pt.lock`), so concurrent runs needing the same entry
+        compute it once: the others wait, then read it. The lock dies with its process, so a killed run leaves no
+        stale lock behind. A truncated or corrupted entry is reported in one line and recomputed."""
         path = self.path(stage, key)
-        if path.exists():
+        value = load_or_none(path)
+        if value is not None:
             self.events.append((stage, key, "hit"))
-            return torch.load(path, map_location="cpu", weights_only=False)
-        self.events.append((stage, key, "miss"))
-        value = compute()
-        atomic_torch_save(value, path)
-        return value
+            return value
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"waiting for another run computing {stage}/{key} (lock {lock.lock_file})", file=sys.stderr)
+            lock.acquire()
+        try:
+            value = load_or_none(path)
+            if value is not None:
+                self.events.append((stage, key, "hit"))
+                return value
+            self.events.append((stage, key, "miss"))
+            value = compute()
+            atomic_torch_save(value, path)
+            return value
+        finally:
+            lock.release()
 
     def misses(self, stage: str) -> int:
         return sum(1 for s, _, kind in self.events if s == stage and kind == "miss")

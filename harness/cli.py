@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | leaderboard | data check`.
+"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check`.
 
 Input problems are `HarnessError`s: printed as one `error: ...` line on stderr with exit status 2, no traceback.
 """
@@ -32,6 +32,15 @@ def _ood(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _add_run_environment(parser: argparse.ArgumentParser) -> None:
+    """`--threads` and `--deterministic`: both change numerics, both are recorded."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's current value); recorded, as it changes the "
+                             "numbers")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="use deterministic algorithms on GPU (slower; recorded)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise HarnessError(f"{message} (see python -m harness {self.prog.split()[-1]} --help)")
@@ -49,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting, e.g. knn.k=100 or classifier.epochs=5 (repeatable)")
     run.add_argument("--ood", action="append", type=_ood, default=[], metavar="NAME=PATH",
                      help="add an image folder as an extra OOD set (repeatable)")
-    run.add_argument("--out", type=Path, default=Path("results"), help="records/leaderboard directory")
+    run.add_argument("--out", type=Path, default=Path("runs"),
+                     help="records/leaderboard directory (default runs/, git-ignored; the curated results/ is "
+                          "written by `publish`)")
     run.add_argument("--cache-dir", type=Path, default=None, help="stage cache (default $OODBENCH_CACHE or "
                                                                    "~/.cache/oodbench)")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -62,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory holding on-disk benchmark data (default $OODBENCH_DATA)")
     run.add_argument("--preset", default="paper",
                      help="protocol preset of the benchmark: paper (default) or quick (fewer epochs, smaller sets)")
+    _add_run_environment(run)
     run.add_argument("--allow-incomplete", action="store_true",
                      help="run even when a set has fewer images than the spec expects (recorded in each record)")
 
@@ -71,12 +83,104 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, default=Path("results"), help="directory holding records/")
     board.add_argument("--benchmark", action="append", default=None, help="only this benchmark (repeatable)")
 
+    _add_regression_parsers(sub)
+
     data = sub.add_parser("data", help="inspect benchmark data on disk")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     check = data_sub.add_parser("check", help="table of every set: found / missing / incomplete / corrupted")
     check.add_argument("--benchmark", default="cifar100", help="benchmark name or spec .json path (default cifar100)")
     check.add_argument("--data-root", type=Path, default=None, help="data directory (default $OODBENCH_DATA)")
     return parser
+
+
+def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
+    regress = sub.add_parser("regress", help="compare runs or records with the committed expectations (exit 1 on "
+                                             "any metric beyond its tolerance)")
+    regress.add_argument("--benchmark", default="mnist5k", help="benchmark name or spec .json path (default mnist5k)")
+    source = regress.add_mutually_exclusive_group(required=True)
+    source.add_argument("--methods", type=_csv, help="run these methods (reusing the cache) and compare them")
+    source.add_argument("--records", type=Path, help="compare the records under this directory instead")
+    regress.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds to run (default 0,1,2)")
+    regress.add_argument("--set", dest="settings", action="append", default=[], metavar="SCOPE.FIELD=VALUE",
+                         help="override a setting of the runs (repeatable)")
+    regress.add_argument("--expectations", type=Path, default=None,
+                         help="expectations file (default results/expectations/<benchmark>.json)")
+    regress.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]PP",
+                         help="tolerance in percentage points for every metric or one of fpr95, auroc, accuracy "
+                              "(repeatable; overrides the file)")
+    regress.add_argument("--update", action="store_true", help="rewrite the expectations from these runs/records")
+    regress.add_argument("--out", type=Path, default=Path("runs"), help="where runs write records (default runs/)")
+    regress.add_argument("--cache-dir", type=Path, default=None, help="stage cache (default $OODBENCH_CACHE)")
+    regress.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    regress.add_argument("--preset", default="paper", help="protocol preset of the benchmark (default paper)")
+    regress.add_argument("--threads", type=int, default=None,
+                         help="torch threads of the runs (default: those the expectations were recorded with)")
+
+    publish = sub.add_parser("publish", help="regenerate the curated results/ of a benchmark: every published label "
+                                             "for its seeds from a clean cache, leaderboard and expectations")
+    publish.add_argument("--benchmark", default="mnist5k", help="benchmark name or spec .json path (default mnist5k)")
+    publish.add_argument("--out", type=Path, default=Path("results"), help="curated results directory")
+    publish.add_argument("--labels", type=Path, default=None, help="published-labels file "
+                                                                   "(default results/published.json)")
+    publish.add_argument("--cache-dir", type=Path, default=None,
+                         help="an empty cache directory, or an interrupted publish's to resume (default: a new one)")
+    publish.add_argument("--threads", type=int, default=None, help="torch threads (default: the labels file's)")
+    publish.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    """Print the comparison table; exit 1 on any violation (0 after --update)."""
+    from harness import regression
+    from harness.benchmarks import load_spec
+    from harness.config import parse_set_options
+    from harness.results import load_record_tree
+    from harness.runner import RunRequest, execute, plan
+
+    name = load_spec(args.benchmark).name
+    path = args.expectations or regression.expectations_path(name)
+    overrides = regression.parse_tolerances(args.tolerance)
+    doc = None if args.update and not path.exists() else regression.load_expectations(path, name)
+    if args.records is not None:
+        records = load_record_tree(args.records, name)
+    else:
+        request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
+                             overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
+                             device=args.device, preset=args.preset, threads=args.threads)
+        labels = [m.label for m in plan(request).methods]
+        if doc is not None:
+            if not args.update:  # a label the expectations lack is an error before any work
+                regression.check_labels(doc, labels, path)
+            if request.threads is None:  # run as the expectations were recorded
+                request.threads = regression.recorded_threads(doc, labels)
+        records = execute(request)
+    if args.update:
+        new = regression.build_expectations(name, records, doc)
+        regression.write_expectations(path, new)
+        print("\n".join(regression.changes(doc, new)) or "no change")
+        print(f"wrote {path}")
+        return 0
+    checks = regression.compare(doc, records, overrides, path)
+    print(regression.table(checks))
+    failed = [c for c in checks if not c.passed]
+    notes = regression.provenance_notes(doc, records)
+    if notes:
+        print("\nprovenance differs from the expectations' (a likely cause of any difference):")
+        print("\n".join(f"  {note}" for note in notes))
+    if failed:
+        print(f"\n{len(failed)} of {len(checks)} checks beyond tolerance: " +
+              ", ".join(f"{c.label} {c.set} {c.metric}" for c in failed[:10]))
+        return 1
+    print(f"\nall {len(checks)} checks within tolerance ({path})")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from harness.publish import PUBLISHED_FILE, publish
+
+    records, changed = publish(args.benchmark, args.out, args.labels or PUBLISHED_FILE, args.cache_dir,
+                               args.threads, args.device)
+    print("\n".join(changed) or "expectations unchanged")
+    print(f"published {len(records)} records under {args.out}")
 
 
 def cmd_list() -> None:
@@ -103,9 +207,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise HarnessError("--ood names must be distinct; give each extra OOD folder its own NAME")
     request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
                          overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
-                         device=args.device, fpr_positive=args.fpr_positive,
-                         fpr_rule=args.fpr_rule, extra_ood=extra,
-                         data_root=args.data_root, preset=args.preset, allow_incomplete=args.allow_incomplete)
+                         device=args.device, fpr_positive=args.fpr_positive, fpr_rule=args.fpr_rule,
+                         extra_ood=extra, data_root=args.data_root, preset=args.preset,
+                         allow_incomplete=args.allow_incomplete, threads=args.threads,
+                         deterministic=args.deterministic)
     records = execute(request)
     labels = {r.label for r in records}
     benchmark = records[0].benchmark
@@ -161,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list()
         if args.command == "data":
             return cmd_data_check(args)
+        if args.command == "regress":
+            return cmd_regress(args)
+        if args.command == "publish":
+            return cmd_publish(args)
         return cmd_leaderboard(args)
 
     return run_command(command, "interrupted; finished stages are cached and a rerun resumes from them")

@@ -104,15 +104,19 @@ class RunContext:
                            self.benchmark.spec.std, config, self.seed, list(key_parts),
                            file_identity(config.pretrained))
 
+        checkpoint = self.cache.path("checkpoints", f"classifier-{key}")
+
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.seed)  # initial weights come from the seed, not from whatever ran before
             model = train_classifier(self.new_classifier(config), self.benchmark.train, config, self.device,
                                      self.seed, hooks, desc=f"{purpose} (seed {self.seed})",
-                                     failure_checkpoint=self.cache.root / "failed" / f"classifier-{purpose}-{key}.pt")
+                                     failure_checkpoint=self.cache.root / "failed" / f"classifier-{purpose}-{key}.pt",
+                                     checkpoint=checkpoint)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                     "hooks": [[m.state_dict() for m in h.modules()] for h in hooks]}
 
         stored = self.cache.get_or_compute("classifier", key, compute)
+        checkpoint.unlink(missing_ok=True)  # the finished weights are stored; the epoch checkpoint is done
         model = self.new_classifier(config)
         model.load_state_dict(stored["state_dict"])
         for hook, states in zip(hooks, stored["hooks"], strict=True):

@@ -8,6 +8,7 @@ Regeneration is a pure function of the records and the reference files: the same
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness.cache import atomic_write_bytes
+from harness.provenance import NUMERIC_FACTS
 from harness.results import REPO_ROOT, RunRecord, load_records
 
 REFERENCE_DIR = REPO_ROOT / "results" / "reference"
@@ -47,8 +49,35 @@ def summarise(records: list[RunRecord]) -> pd.DataFrame:
                 row[(name, metric)] = values
         accs = [100 * r.id_accuracy for r in runs if r.id_accuracy is not None]
         row[("", "ID acc.")] = accs
+        row[("", "provenance")] = mixed_provenance(runs)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def mixed_provenance(runs: list[RunRecord]) -> str:
+    """'' when every run of a row comes from the same code version and environment; otherwise which seeds came
+    from which values of the facts that differ (harness.provenance.NUMERIC_FACTS)."""
+    groups: dict[str, list[int]] = {}
+    for run in runs:
+        groups.setdefault(json.dumps(run.facts, sort_keys=True, default=str), []).append(run.seed)
+    if len(groups) == 1:
+        return ""
+    facts = [json.loads(key) for key in groups]
+    varying = [f for f in NUMERIC_FACTS if len({json.dumps(x.get(f)) for x in facts}) > 1]
+    return "; ".join(f"seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}: " +
+                     ", ".join(f"{f} {x.get(f)}" for f in varying) for x, seeds in zip(facts, groups.values(),
+                                                                                        strict=True))
+
+
+def _footnoted(part: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Append a `[^n]` marker to the Method of every row whose seeds mix provenance; its text goes to `notes`."""
+    part = part.copy()
+    for index, text in part[("", "provenance")].items():
+        if text:
+            notes.append(f"[^{len(notes) + 1}]: {part.at[index, ('', 'Method')]} averages records of different "
+                         f"code versions or environments: {text}.")
+            part.at[index, ("", "Method")] = f"{part.at[index, ('', 'Method')]} [^{len(notes)}]"
+    return part
 
 
 def _mark(frame: pd.DataFrame) -> pd.DataFrame:
@@ -78,16 +107,18 @@ def _mark(frame: pd.DataFrame) -> pd.DataFrame:
 
 def benchmark_markdown(records: list[RunRecord], benchmark: str) -> str:
     frame = summarise(records)
-    lines = [f"# Leaderboard: {benchmark}", ""]
+    lines, notes = [f"# Leaderboard: {benchmark}", ""], []
     for positive, part in frame.groupby(("", "positive"), sort=True):
         convention = ("ID positive (the papers' convention)" if positive == "id"
                       else "OOD positive (OpenOOD's convention since Aug 2023)")
-        shown = _mark(part.reset_index(drop=True))
-        table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind")]]
+        shown = _mark(_footnoted(part.reset_index(drop=True), notes))
+        table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind", "provenance")]]
         table.columns = [c[1] if c[0] == "" else f"{c[0]} {c[1]}" for c in table.columns]
         lines += [f"FPR95 ↓ and AUROC ↑ in %, FPR95 with {convention}; mean ± std over seeds; best **bold**, "
                   "second <u>underlined</u>.", "",
                   table.to_markdown(index=False, disable_numparse=True), ""]
+    if notes:
+        lines += notes + [""]
     lines += reported_markdown(benchmark)
     figures = sorted({(r.label, f) for r in records for f in r.figures})
     if figures:

@@ -14,6 +14,8 @@ from typing import Any
 import harness
 from harness.cache import atomic_write_bytes
 from harness.config import content_hash
+from harness.errors import HarnessError
+from harness.provenance import numeric_facts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas", "timm",
@@ -80,6 +82,12 @@ class RunRecord:
     figures: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # preset, data root, per set: source, path, subset drawn
     fpr_rule: str = "recall-at-least"  # FPR95 threshold rule (harness.metrics); older records used this one
+    environment: dict[str, Any] = field(default_factory=dict)  # threads, CPU/GPU, CUDA/cuDNN, deterministic flags
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """The numerics-relevant provenance (code version, torch, threads, hardware...; see harness.provenance)."""
+        return numeric_facts(self.code_version, self.libraries, self.environment)
 
     def directory(self, out_dir: Path) -> Path:
         return Path(out_dir) / "records" / self.benchmark / label_slug(self.label)
@@ -97,3 +105,16 @@ def load_records(out_dir: Path, benchmark: str | None = None) -> list[RunRecord]
     root = Path(out_dir) / "records"
     pattern = f"{benchmark}/*/seed*.json" if benchmark else "*/*/seed*.json"
     return [RunRecord(**json.loads(p.read_text())) for p in sorted(root.glob(pattern))]
+
+
+def load_record_tree(directory: Path, benchmark: str) -> list[RunRecord]:
+    """Every record under `directory` (a results directory, its `records/`, or one benchmark's records), all of
+    which must be of `benchmark`."""
+    records = [RunRecord(**json.loads(p.read_text())) for p in sorted(Path(directory).rglob("seed*.json"))]
+    if not records:
+        raise HarnessError(f"no records (seed*.json) under {directory}; pass the directory a run wrote")
+    others = sorted({r.benchmark for r in records} - {benchmark})
+    if others:
+        raise HarnessError(f"--records {directory} holds records of benchmark {others[0]!r}, not {benchmark!r}; "
+                           f"pass --benchmark {others[0]} or that benchmark's records")
+    return records

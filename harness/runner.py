@@ -31,6 +31,7 @@ from harness.errors import HarnessError
 from harness.leaderboard import write_leaderboards
 from harness.metrics import METRIC_NAMES, FprRule, Positive, accuracy, ood_metrics
 from harness.plots import save_score_histograms
+from harness.provenance import environment, run_settings
 from harness.registry import default_config, discover, method_config, resolve_methods
 from harness.results import RunRecord, run_label
 from harness.training import ClassifierConfig, seed_everything
@@ -44,7 +45,7 @@ class RunRequest:
     benchmark: str = "mnist5k"
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
-    out_dir: Path = Path("results")
+    out_dir: Path = Path("runs")
     cache_dir: Path | None = None
     device: str = "auto"
     fpr_positive: Positive = "id"
@@ -53,6 +54,8 @@ class RunRequest:
     data_root: Path | None = None
     preset: str = "paper"
     allow_incomplete: bool = False
+    threads: int | None = None  # torch intra-op threads (None: torch's current value); recorded, changes numerics
+    deterministic: bool = False  # deterministic algorithms on GPU (recorded)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -176,7 +179,13 @@ def evaluate(method: Method, benchmark: Benchmark, positive: Positive,
 
 
 def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
-    """Run every (seed, method) of `request`; `cache` defaults to one at `request.cache_dir`."""
+    """Run every (seed, method) of `request` under its thread count and determinism (restored after); `cache`
+    defaults to one at `request.cache_dir`."""
+    with run_settings(request.threads, request.deterministic):
+        return execute_runs(request, cache)
+
+
+def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
     planned_run = plan(request)
     planned, classifier_config, spec = planned_run.methods, planned_run.classifier, planned_run.spec
     device = resolve_device(request.device)
@@ -215,7 +224,7 @@ def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
                 id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
-                details=method.details(), data=data_facts)
+                details=method.details(), data=data_facts, environment=environment(device))
             figure = record.directory(out_dir) / f"seed{seed}_scores.png"
             save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")
             extra = method.figures(record.directory(out_dir), f"seed{seed}")

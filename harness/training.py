@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from harness.cache import atomic_torch_save
+from harness.cache import atomic_torch_save, load_or_none
 from harness.data import AnyImageSet, ImageSet
 from harness.errors import HarnessError
 from harness.models import Classifier
@@ -189,6 +191,30 @@ class TrainingHook:
     def on_epoch_end(self, epoch: int) -> None:
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        """What an epoch checkpoint stores to resume the hook: its modules' states, and its attributes that are
+        tensors, generators or plain scalars (queues, counters, RNGs). Override both methods for other state."""
+        state: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, nn.Module):
+                state[name] = ("module", value.state_dict())
+            elif isinstance(value, torch.Generator):
+                state[name] = ("generator", value.get_state())
+            elif isinstance(value, torch.Tensor):
+                state[name] = ("tensor", value.detach().clone())
+            elif value is None or isinstance(value, bool | int | float | str):
+                state[name] = ("value", value)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, (kind, value) in state.items():
+            if kind == "module":
+                getattr(self, name).load_state_dict(value)
+            elif kind == "generator":
+                getattr(self, name).set_state(value)
+            else:
+                setattr(self, name, value)
+
 
 def regulariser_start_epoch(method: str, start_epoch: int | None, start_fraction: float, epochs: int) -> int:
     """First (0-based) epoch of a regulariser: `start_epoch` when given, else `floor(start_fraction * epochs)`, so
@@ -220,14 +246,48 @@ def snapshot(model: Classifier, hooks: Sequence[TrainingHook]) -> dict:
     return {"state_dict": cpu(model.state_dict()), "hooks": [[cpu(m.state_dict()) for m in h.modules()] for h in hooks]}
 
 
+def save_epoch_checkpoint(path: Path, epoch: int, step: int, model: Classifier, hooks: Sequence[TrainingHook],
+                          optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> None:
+    """Everything needed to continue after `epoch` exactly as an uninterrupted run would: weights, hook states,
+    optimizer (momentum), the step (the cosine schedule is a function of it), the data-order/augmentation generator
+    and the global torch/numpy RNG states; written atomically."""
+    atomic_torch_save({
+        "epoch": epoch, "step": step, "model": model.state_dict(), "hooks": [h.state_dict() for h in hooks],
+        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy_rng": np.random.get_state()}, path)
+
+
+def resume_epoch_checkpoint(path: Path, model: Classifier, hooks: Sequence[TrainingHook],
+                            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                            device: torch.device) -> tuple[int, int]:
+    """Restore a `save_epoch_checkpoint` state; returns (first epoch to run, step). (0, 0) when there is none (a
+    corrupted one is reported in one line and ignored)."""
+    state = load_or_none(path, "training checkpoint")
+    if state is None:
+        return 0, 0
+    model.load_state_dict(state["model"])
+    for hook, hook_state in zip(hooks, state["hooks"], strict=True):
+        hook.load_state_dict(hook_state)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    np.random.set_state(state["numpy_rng"])
+    return state["epoch"] + 1, state["step"]
+
+
 def train_classifier(model: Classifier, train_set: AnyImageSet, config: ClassifierConfig, device: torch.device,
                      seed: int, hooks: Sequence[TrainingHook] = (), desc: str = "train classifier",
-                     failure_checkpoint: Path | None = None) -> Classifier:
+                     failure_checkpoint: Path | None = None, checkpoint: Path | None = None) -> Classifier:
     """Train `model` on `train_set` with cross-entropy plus the hooks' losses; returns the model in eval mode.
 
     On a non-finite loss training stops with a HarnessError naming the epoch, step and loss terms; with
     `failure_checkpoint`, the last good state (model and hook modules at the end of the last finished epoch, or
-    the initial state) is first written there.
+    the initial state) is first written there. With `checkpoint`, the full training state is written there at the
+    end of every epoch and a rerun resumes after the last finished epoch, ending with the same weights as an
+    uninterrupted run (the caller removes the file once it has stored the result).
     """
     if train_set.labels is None:
         raise HarnessError(f"training set {train_set.name} has no labels; a classifier needs labelled ID data")
@@ -247,10 +307,14 @@ def train_classifier(model: Classifier, train_set: AnyImageSet, config: Classifi
     probe_only = any(hook.detach_classifier for hook in hooks)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = config.epochs * steps_per_epoch
-    step = 0
-    last_good = {"epoch": -1, **snapshot(model, hooks)} if failure_checkpoint else None
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    for epoch in range(config.epochs):
+    first, step = 0, 0
+    if checkpoint is not None:
+        first, step = resume_epoch_checkpoint(checkpoint, model, hooks, optimizer, generator, device)
+        if first:
+            print(f"{desc}: resuming after epoch {first} of {config.epochs} from {checkpoint}", file=sys.stderr)
+    last_good = {"epoch": first - 1, **snapshot(model, hooks)} if failure_checkpoint else None
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False)
+    for epoch in range(first, config.epochs):
         order = torch.randperm(len(train_set), generator=generator)
         for idx, images_u8 in _prefetched(train_set, order, config.batch_size, device):
             x = torch.cat([augmented(images_u8, config, generator) for _ in range(views)])
@@ -295,6 +359,8 @@ def train_classifier(model: Classifier, train_set: AnyImageSet, config: Classifi
             hook.on_epoch_end(epoch)
         if failure_checkpoint is not None:
             last_good = {"epoch": epoch, **snapshot(model, hooks)}
+        if checkpoint is not None and epoch + 1 < config.epochs:
+            save_epoch_checkpoint(checkpoint, epoch, step, model, hooks, optimizer, generator, device)
     bar.close()
     return model.eval()
 

@@ -66,7 +66,7 @@ def test_errors_exit_nonzero_without_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness", "run", "--methods", "nope"], capture_output=True,
                           text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown method 'nope'")
-    assert "Traceback" not in proc.stderr and not (tmp_path / "results").exists()
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
 def test_list_shows_kind_paper_and_defaults(capsys):
@@ -92,3 +92,11 @@ def test_run_command_maps_errors_and_interrupts_to_one_line_and_an_exit_code(cap
     assert run_command(refused) == 2 and capsys.readouterr().err == "error: bad input; do this instead\n"
     assert run_command(interrupted, "interrupted; rerun to resume") == 130
     assert capsys.readouterr().err == "error: interrupted; rerun to resume\n"
+
+
+def test_run_writes_scratch_runs_by_default_and_publish_writes_results():
+    from harness.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--methods", "msp"]).out == Path("runs")
+    assert build_parser().parse_args(["publish"]).out == Path("results")
+    assert "/runs/" in (REPO / ".gitignore").read_text().splitlines()

@@ -1,0 +1,90 @@
+"""Publishing the curated results: every published method label of a benchmark (the reviewed list in
+`results/published.json`) for its seeds, from a clean cache, into `results/`, replacing that benchmark's records
+as a whole, then its leaderboard and its expectations (`harness.regression`).
+
+`results/published.json` maps a benchmark name to `{"seeds": [...], "threads": N, "preset": "paper", "labels":
+[{"method": NAME, "set": ["SCOPE.FIELD=VALUE", ...]}, ...]}`: one line per label.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.benchmarks import load_spec
+from harness.config import parse_set_options
+from harness.errors import HarnessError
+from harness.leaderboard import write_leaderboards
+from harness.regression import build_expectations, changes, expectations_path, write_expectations
+from harness.results import REPO_ROOT, RunRecord, load_records
+from harness.runner import RunRequest, execute, plan
+
+PUBLISHED_FILE = REPO_ROOT / "results" / "published.json"
+CACHE_MARKER = ".oodbench-publish"
+
+
+def published_requests(benchmark: str, published_file: Path, out_dir: Path, cache_dir: Path,
+                       threads: int | None, device: str) -> list[RunRequest]:
+    """One run request per published label of `benchmark` (a name or spec path), each validated by `plan`."""
+    name = load_spec(benchmark).name
+    try:
+        entries: dict[str, Any] = json.loads(Path(published_file).read_text())[name]
+        labels = [(e["method"], list(e.get("set", []))) for e in entries["labels"]]
+        seeds = [int(s) for s in entries["seeds"]]
+    except FileNotFoundError:
+        raise HarnessError(f"published-labels file {published_file} does not exist; pass --labels FILE") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise HarnessError(f"{published_file} has no valid entry for {name!r} ({type(err).__name__}: {err}); give "
+                           '{"seeds": [...], "labels": [{"method": ..., "set": [...]}]} for it') from None
+    threads = threads if threads is not None else entries.get("threads")
+    requests = [RunRequest(methods=[method], benchmark=benchmark, seeds=seeds, overrides=parse_set_options(sets),
+                           out_dir=out_dir, cache_dir=cache_dir, device=device, threads=threads,
+                           preset=entries.get("preset", "paper")) for method, sets in labels]
+    for request in requests:
+        plan(request)
+    return requests
+
+
+def clean_cache_dir(cache_dir: Path | None, benchmark: str) -> Path:
+    """A new empty cache directory, or `cache_dir` if it is empty or an earlier publish's (then it resumes)."""
+    if cache_dir is None:
+        return Path(tempfile.mkdtemp(prefix=f"oodbench-publish-{benchmark}-"))
+    cache_dir = Path(cache_dir)
+    if cache_dir.is_dir() and any(cache_dir.iterdir()) and not (cache_dir / CACHE_MARKER).exists():
+        raise HarnessError(f"--cache-dir {cache_dir} already holds a cache; publish runs from a clean one: pass an "
+                           "empty or new directory (or one an interrupted publish used, to resume)")
+    return cache_dir
+
+
+def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE, cache_dir: Path | None = None,
+            threads: int | None = None, device: str = "auto") -> tuple[list[RunRecord], list[str]]:
+    """Run every published label into a staging directory, then replace `<out>/records/<benchmark>` with it and
+    rewrite the leaderboard and `<out>/expectations/<benchmark>.json`; returns the records and what changed."""
+    name = load_spec(benchmark).name
+    cache_dir = clean_cache_dir(cache_dir, name)
+    staging = Path(out_dir) / f".publish-{name}"
+    requests = published_requests(benchmark, published_file, staging, cache_dir, threads, device)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / CACHE_MARKER).touch()
+    shutil.rmtree(staging, ignore_errors=True)
+    for request in requests:
+        print(f"publish {name}: {request.methods[0]} {request.overrides or ''} seeds {request.seeds} "
+              f"(cache {cache_dir})")
+        execute(request)
+    target = Path(out_dir) / "records" / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(staging / "records" / name, target)
+    shutil.rmtree(staging)
+    write_leaderboards(out_dir, [name])
+    records = load_records(out_dir, name)
+    path = expectations_path(name, Path(out_dir) / "expectations")
+    old = json.loads(path.read_text()) if path.is_file() else None
+    labels = {r.label for r in records}
+    kept = {**(old or {}), "methods": {k: v for k, v in (old or {}).get("methods", {}).items() if k in labels}}
+    doc = build_expectations(name, records, kept)
+    write_expectations(path, doc)
+    return records, changes(old, doc)

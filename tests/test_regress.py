@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.publish import publish
+from harness.results import load_records
+from tests.regress_helpers import TINY_PRESET, write_tiny_spec
+
+KNN = "knn(preset=tiny)"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny benchmark published for seeds 0 and 1 (msp, knn, and knn with k=5) into a results directory."""
+    root = tmp_path_factory.mktemp("regress")
+    spec = write_tiny_spec(root)
+    labels = root / "published.json"
+    labels.write_text(json.dumps({"tiny5k": {"seeds": [0, 1], "threads": 1, "preset": TINY_PRESET, "labels": [
+        {"method": "msp"}, {"method": "knn"}, {"method": "knn", "set": ["knn.k=5"]}]}}))
+    records, changed = publish(str(spec), root / "results", labels, root / "cache")
+    return {"root": root, "spec": spec, "labels": labels, "records": records, "changed": changed,
+            "results": root / "results", "expectations": root / "results/expectations/tiny5k.json"}
+
+
+def regress(tiny, *extra):
+    return main(["regress", "--benchmark", str(tiny["spec"]), "--expectations", str(tiny["expectations"]), *extra])
+
+
+def test_publish_writes_records_leaderboard_and_expectations(tiny):
+    records = load_records(tiny["results"], "tiny5k")
+    assert sorted({r.label for r in records}) == ["knn(k=5,preset=tiny)", KNN, "msp(preset=tiny)"]
+    assert {r.seed for r in records} == {0, 1}
+    assert all(r.environment["torch_threads"] == 1 for r in records)
+    doc = json.loads(tiny["expectations"].read_text())
+    stats = doc["methods"][KNN]["metrics"]["Average"]["fpr95"]
+    per_seed = [100 * r.average["fpr95"] for r in sorted(records, key=lambda r: r.seed) if r.label == KNN]
+    assert stats["per_seed"] == {"0": per_seed[0], "1": per_seed[1]}
+    assert stats["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert "+ msp(preset=tiny) (new)" in tiny["changed"]
+    assert (tiny["results"] / "leaderboards/tiny5k.md").exists() and not (tiny["results"] / ".publish-tiny5k").exists()
+
+
+def test_regress_passes_on_unchanged_records_and_fails_naming_the_perturbed_metric(tiny, tmp_path, capsys):
+    assert regress(tiny, "--records", str(tiny["results"])) == 0
+    assert "all " in capsys.readouterr().out
+    perturbed = tmp_path / "records"
+    for path in (tiny["results"] / "records").rglob("seed*.json"):
+        record = json.loads(path.read_text())
+        if record["label"] == KNN:
+            record["metrics"]["glyphs"]["auroc"] -= 0.2  # 20 pp, beyond any tolerance here
+            record["environment"]["torch_threads"] = 7
+        target = perturbed / path.relative_to(tiny["results"] / "records")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(record))
+    assert regress(tiny, "--records", str(perturbed)) == 1
+    out = capsys.readouterr().out
+    assert f"{KNN} glyphs auroc" in out and "| FAIL" in out
+    assert f"{KNN}: torch_threads: 1 -> 7" in out  # the mismatch explained by provenance
+    assert regress(tiny, "--records", str(perturbed), "--tolerance", "auroc=25") == 0
+    copy = tmp_path / "expectations.json"
+    copy.write_text(tiny["expectations"].read_text())
+    update = ["regress", "--benchmark", str(tiny["spec"]), "--expectations", str(copy), "--records", str(perturbed)]
+    assert main([*update, "--update"]) == 0
+    assert f"~ {KNN} glyphs auroc" in capsys.readouterr().out
+    assert main([*update, "--tolerance", "0"]) == 0
+
+
+def test_rerun_from_the_cache_reproduces_the_expectations_exactly(tiny, tmp_path, capsys):
+    common = ["--methods", "msp,knn", "--seeds", "0,1", "--preset", TINY_PRESET, "--cache-dir",
+              str(tiny["root"] / "cache"), "--out", str(tmp_path / "runs")]
+    assert regress(tiny, *common, "--tolerance", "0") == 0  # same threads (read from the expectations): exact
+    assert "provenance differs" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("problem, args, message", [
+    ("missing", ["--expectations", "nowhere.json"], "no expectations file nowhere.json"),
+    ("malformed", None, "is not valid JSON"),
+    ("negative", ["--tolerance", "-1"], "must be a finite number >= 0"),
+    ("text", ["--tolerance", "fpr95=abc"], "is not a number"),
+    ("label", ["--methods", "energy", "--seeds", "0", "--preset", TINY_PRESET], "no entry for 'energy(preset=tiny)'"),
+    ("benchmark", ["--records", "results/records/mnist5k"], "holds records of benchmark 'mnist5k'"),
+])
+def test_bad_input_is_one_line_and_nonzero(tiny, tmp_path, capsys, problem, args, message):
+    expectations = str(tiny["expectations"])
+    if problem == "malformed":
+        broken = tmp_path / "broken.json"
+        broken.write_text("{not json")
+        expectations, args = str(broken), ["--records", str(tiny["results"])]
+    elif problem in ("negative", "text"):
+        args = [*args, "--records", str(tiny["results"])]
+    elif problem == "label":
+        args = [*args, "--cache-dir", str(tiny["root"] / "cache"), "--out", str(tmp_path / "runs")]
+    argv = ["regress", "--benchmark", str(tiny["spec"]), "--expectations", expectations, *args]
+    if problem == "missing":
+        argv = ["regress", "--benchmark", str(tiny["spec"]), *args, "--records", str(tiny["results"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_publish_refuses_a_cache_that_is_not_clean(tiny, tmp_path, capsys):
+    used = tmp_path / "cache"
+    (used / "classifier").mkdir(parents=True)
+    assert main(["publish", "--benchmark", str(tiny["spec"]), "--labels", str(tiny["labels"]), "--out",
+                 str(tmp_path / "out"), "--cache-dir", str(used)]) == 2
+    assert "publish runs from a clean one" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -1,0 +1,20 @@
+"""Subprocess for the crash tests: train the tiny benchmark's baseline classifier (12 epochs) on one thread in the
+cache at argv[2] and save its weights to argv[3]. Usage: python tests/train_tiny_classifier.py SPEC CACHE OUT."""
+
+import sys
+
+import torch
+
+from harness.benchmarks import load_benchmark, load_spec
+from harness.cache import Cache
+from harness.contract import RunContext
+from harness.training import ClassifierConfig
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    spec_path, cache_dir, out = sys.argv[1:4]
+    cache = Cache(cache_dir)
+    benchmark = load_benchmark(load_spec(spec_path), cache, None, "tiny")
+    config = ClassifierConfig(backbone="resnet_small", epochs=12, batch_size=128, lr=0.05, hflip=False, crop_padding=2)
+    trained = RunContext(benchmark, 0, torch.device("cpu"), cache, config).baseline_classifier()
+    torch.save(trained.model.state_dict(), out)
