@@ -198,13 +198,16 @@ def test_cli_bad_setting_exits_2_with_one_line(capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is for GPUs")
-def test_bfloat16_on_gpu_stays_close_to_float32(tmp_path):
+def test_bfloat16_on_gpu_follows_the_float32_steps():
     gpu = load_backend(REPO / "models" / "tiny-sd-mnist5k", "cuda", "float32")
-    images, labels = _images(4, 32), [0, 1, 2, 3]
-    names = ["zero", "one", "two", "three"]
+    images, labels, names = _images(4, 32), [0, 1, 2, 3], ["zero", "one", "two", "three"]
+    start = torch.stack([gpu.token_embedding(gpu.class_token(n).token_id) for n in names])
     full = embed_batch(gpu, images, labels, names, TINY, [0, 1, 2, 3])
     half = embed_batch(gpu, images, labels, names, replace_config(precision="bfloat16"), [0, 1, 2, 3])
-    assert torch.isfinite(half[0]).all() and (half[0] - full[0]).abs().max() < 0.05
+    assert torch.isfinite(half[0]).all()
+    agree = (torch.sign(half[0] - start) == torch.sign(full[0] - start)).float().mean()
+    assert agree > 0.9  # Adam's steps are +-lr per coordinate: bf16 must move e the same way as fp32
+    torch.testing.assert_close(half[1], full[1], rtol=5e-2, atol=0)
 
 
 # --- subprocesses: kill -9 and torchrun -----------------------------------------------------------------------------
