@@ -1,12 +1,16 @@
 """Fig. 2 of seed 000 (NCIS) as a CPU toy: where three outlier samplers put their outliers around curved classes.
 
-ID data: three classes of noisy 2-D arcs (half circles with different centres). Samplers, ~100 outliers per class:
+ID data: three classes of noisy half circles with different centres in the (x1, x2) plane of a 3-D space, with
+Gaussian noise (std 0.05) along the radius and along x3: a curved 1-D manifold per class with K = 2 invariants.
+In 2-D alone the sampler's extremes concentrate in one direction (the lowest-likelihood of 3,330 draws lie at
+3.4 sigma) where in the paper's 768-D they spread over all dimensions; the third axis softens that. The plot shows
+(x1, x2); all distances are 3-D. Samplers, 100 outliers per class:
 (a) Dream-OOD style: L2-normalised embeddings, boundary points + Gaussian noise, candidates normalised and kept by
     k-NN distance (`harness.boundary.sample_boundary_outliers`), then scaled by the class's mean norm (Dream-OOD
     multiplies by the class token's norm);
 (b) linear invariants: the NCIS pipeline with a per-class PCA rotation instead of the cVPN (`LinearInvariants`);
-(c) the cVPN (`harness.cvpn`), K = 1 of D = 2 (the paper's p-rule gives K = 0 in 2-D: no direction of a half
-    circle holds under 2 % of its variance).
+(c) the cVPN (`harness.cvpn`), K = D - 1 = 2 for (b) and (c): the true codimension (the paper's p-rule counts
+    variance, and no direction of a half circle holds under 2 % of it, so it would give K = 1 here).
 (b) and (c) use `low_likelihood_samples` with lambda = 1e-5, 10 rounds x 333 draws, keep 10 (the official ratio).
 
 Numbers per sampler: `median_nn_over_spacing` = median distance from an outlier to its nearest ID point divided
@@ -39,14 +43,16 @@ SUPPORT_QUANTILE = 0.95
 TOY_CVPN = CVPNConfig(hidden_multiplier=32, activation="silu", epochs=60, lr=3e-3)  # width 32: D = 2 is tiny
 
 
-def toy_arcs(per_class: int, seed: int, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three noisy unit half circles (radial noise `noise`), float32 points (3 * per_class, 2) and labels."""
+def toy_arcs(per_class: int, seed: int, noise: float = 0.05, dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three noisy unit half circles (radial noise `noise`) in (x1, x2), Gaussian noise `noise` on the other
+    dim - 2 axes: float32 points (3 * per_class, dim) and labels."""
     rng = np.random.default_rng(seed)
     points, labels = [], []
     for c, (cx, cy, start) in enumerate(ARCS):
         angle = rng.uniform(start, start + np.pi, per_class)
         radius = 1.0 + noise * rng.standard_normal(per_class)
-        points.append(np.stack([cx + radius * np.cos(angle), cy + radius * np.sin(angle)], 1))
+        points.append(np.concatenate([np.stack([cx + radius * np.cos(angle), cy + radius * np.sin(angle)], 1),
+                                      noise * rng.standard_normal((per_class, dim - 2))], 1))
         labels.append(np.full(per_class, c))
     return torch.tensor(np.concatenate(points), dtype=torch.float32), torch.tensor(np.concatenate(labels))
 
@@ -84,13 +90,13 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
     import matplotlib.pyplot as plt
 
     x, y = toy_arcs(per_class, seed)
-    classes = len(ARCS)
+    classes, k = len(ARCS), x.shape[1] - 1
     generator = torch.Generator().manual_seed(seed)
     sampling = dict(lam=1e-5, rounds=10, candidates_per_round=333, kept_per_round=10)
-    linear = LinearInvariants.fit(x, y, classes, k=1)
-    cvpn, history = train_cvpn(x, y, classes, 1, config, seed)
+    linear = LinearInvariants.fit(x, y, classes, k=k)
+    cvpn, history = train_cvpn(x, y, classes, k, config, seed)
     outliers = {"(a) Dream-OOD: normalised spherical sampling": (
-                    dream_ood_outliers(x, y, classes, generator).reshape(-1, 2),
+                    dream_ood_outliers(x, y, classes, generator).reshape(-1, x.shape[1]),
                     torch.arange(classes).repeat_interleave(100))}
     for name, model in (("(b) linear invariants (PCA)", linear), ("(c) cVPN (NCIS)", cvpn)):
         with torch.no_grad():
@@ -106,15 +112,16 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
     colours = ("tab:blue", "tab:orange", "tab:green")
     for ax, (name, (o, labels)) in zip(axes, outliers.items()):
         for c in range(classes):
-            ax.scatter(*x[y == c].T, s=3, c=colours[c], alpha=0.35)
-            ax.scatter(*o[labels == c].T, s=14, marker="x", c=colours[c])
+            ax.scatter(*x[y == c, :2].T, s=3, c=colours[c], alpha=0.35)
+            ax.scatter(*o[labels == c, :2].T, s=14, marker="x", c=colours[c])
         n = numbers[name]
         ax.set_title(f"{name}\nmedian NN dist / ID spacing {n['median_nn_over_spacing']:.2f}, "
                      f"inside support {100 * n['inside_fraction']:.0f} %", fontsize=9)
         ax.set_aspect("equal")
     axes[0].set_xlim(-3.2, 3.2)
     axes[0].set_ylim(-2.2, 2.4)
-    fig.suptitle("Seed 000 Fig. 2 toy: ID arcs (dots) and synthesised outliers (x), per class colour")
+    fig.suptitle("Seed 000 Fig. 2 toy: ID half circles (dots) and synthesised outliers (x) per class colour, "
+                 "(x1, x2) of 3-D")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -81,7 +81,7 @@ def test_invariants_are_the_first_or_last_k_outputs():
 
 
 def test_trained_cvpn_leaves_far_less_invariant_variance_than_linear_pca():
-    x, y = toy_arcs(150, seed=0)
+    x, y = toy_arcs(150, seed=0, dim=2)
     pca = LinearInvariants.fit(x, y, 3, k=1)
     pca_var = pca.invariant_part(pca(x, y)).pow(2).mean().item()
     model, history = train_cvpn(x, y, 3, 1, CVPNConfig(**{**TOY_CVPN.__dict__, "epochs": 40, "lr": 1e-2}), seed=0, progress=False)
@@ -94,7 +94,7 @@ def test_trained_cvpn_leaves_far_less_invariant_variance_than_linear_pca():
 
 
 def test_training_is_deterministic_and_keep_best_returns_the_best_epoch():
-    x, y = toy_arcs(40, seed=1)
+    x, y = toy_arcs(40, seed=1, dim=2)
     config = CVPNConfig(**{**TOY_CVPN.__dict__, "epochs": 6, "reconstruction_step": True, "keep_best": True,
                            "best_subset_stride": 2, "lr": 3e-2})
     a, hist_a = train_cvpn(x, y, 3, 1, config, seed=3, progress=False)
@@ -162,7 +162,7 @@ def test_invariant_count_errors():
 
 
 def test_check_reconstruction_reports_the_error():
-    x, y = toy_arcs(20, seed=0)
+    x, y = toy_arcs(20, seed=0, dim=2)
     broken = LinearInvariants.fit(x, y, 3, k=1)
     broken.rotations *= 1.5  # no longer orthogonal: R^T is not its inverse
     with pytest.raises(HarnessError, match=r"inverse fails to reconstruct its input: max error [0-9.e-]+ > tolerance"):
