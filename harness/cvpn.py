@@ -266,7 +266,8 @@ def invariant_count(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | 
         if variances.sum() <= 0:
             raise HarnessError(f"class {int(c)} has {len(xc)} identical embeddings (zero variance); check the "
                                "embedding stage")
-        first = int(np.argmax(np.cumsum(variances / variances.sum()) > 1 - p / 100))
+        above = np.cumsum(variances / variances.sum()) > 1 - p / 100  # may be all False by rounding for tiny p
+        first = int(np.argmax(above)) if above.any() else dim - 1
         counts.append(dim - first - (1 if rule == "paper" else 0))
     k = int(np.mean(counts))
     if not 1 <= k <= dim - 1:
