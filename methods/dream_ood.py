@@ -18,17 +18,13 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from harness.boundary import Selection, sample_boundary_outliers
-from harness.config import content_hash
+from harness.boundary import Selection
 from harness.contract import MethodInfo, Outliers
 from harness.data import ImageSet
 from harness.diffusion.backend import (
@@ -40,11 +36,18 @@ from harness.diffusion.backend import (
 )
 from harness.diffusion.stage import check_template, generate_images, load_images
 from harness.errors import HarnessError
-from harness.models import Classifier
 from harness.outlier_images import OutlierImageSource, ResizePolicy, to_channels_tensor
 from harness.plots import save_image_grid
 from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
-from harness.training import ClassifierConfig, to_unit, train_classifier
+from harness.text_latent import (
+    BoundarySampling,
+    Similarity,
+    TextLatentConfig,
+    class_anchors,
+    class_boundary_embeddings,
+    text_latent_embeddings,
+)
+from harness.training import ClassifierConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class DreamOODConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # text-conditioned latent space (eq. 2)
     temperature: float = 0.1
+    latent_similarity: Similarity = "cosine"
     latent_epochs: int = 200
     latent_batch_size: int = 256
     features_per_class: int = 500
@@ -114,39 +118,14 @@ class DreamOODConfig:
                                 interpolation=self.output_interpolation, antialias=False,
                                 batch_size=self.generation_batch_size)
 
+    @property
+    def latent(self) -> TextLatentConfig:
+        return TextLatentConfig(self.latent_epochs, self.latent_batch_size, self.temperature, self.latent_similarity)
 
-class CosineAnchorHead(nn.Module):
-    """Linear map to the token-embedding space, then cosine similarity to fixed class anchors over a temperature."""
-
-    def __init__(self, feature_dim: int, anchors: torch.Tensor, temperature: float) -> None:
-        super().__init__()
-        self.project = nn.Linear(feature_dim, anchors.shape[1])
-        self.register_buffer("anchors", F.normalize(anchors.float(), dim=1))
-        self.temperature = temperature
-
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.project(features), dim=1)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.embed(features) @ self.anchors.T / self.temperature
-
-
-def class_boundary_embeddings(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                              config: DreamOODConfig, token_norms: torch.Tensor, seed: int) -> torch.Tensor:
-    """(C, rounds * boundary_count * kept_per_point, D) outlier embeddings: boundary sampling on the normalised
-    per-class features, normalised, times the class token norm."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for c in range(num_classes):
-        bank = F.normalize(features[labels == c][:config.features_per_class], dim=1)
-        if len(bank) < max(config.k, config.boundary_count):
-            raise HarnessError(f"class {c} has {len(bank)} training embeddings, fewer than k={config.k} or "
-                               f"boundary_count={config.boundary_count}; lower dream_ood.k")
-        rounds = [sample_boundary_outliers(bank[None], config.k, config.boundary_count, config.boundary_count,
-                                           config.candidates_per_point, config.kept_per_point, config.sigma,
-                                           config.selection, generator)[0] for _ in range(config.rounds)]
-        out.append(F.normalize(torch.cat(rounds), dim=1) * token_norms[c])
-    return torch.stack(out)
+    @property
+    def sampling(self) -> BoundarySampling:
+        return BoundarySampling(self.features_per_class, self.k, self.boundary_count, self.candidates_per_point,
+                                self.kept_per_point, self.rounds, self.sigma, self.selection)
 
 
 class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
@@ -173,50 +152,17 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
             self.backend = load_backend(self.config.model, self.context.device, self.config.dtype)
         return self.backend
 
-    def class_anchors(self) -> tuple[list, torch.Tensor]:
-        backend = self._backend()
-        tokens = [backend.class_token(name) for name in self.context.benchmark.spec.class_names]
-        return tokens, torch.stack([backend.token_embedding(t.token_id) for t in tokens])
-
-    def latent_embeddings(self, anchors: torch.Tensor) -> torch.Tensor:
-        """Normalised latent embeddings of the ID training images (cached with the latent model)."""
-        ctx, c = self.context, self.config
-        recipe = replace(ctx.classifier_config, epochs=c.latent_epochs, batch_size=c.latent_batch_size)
-        key = content_hash("dream-ood-latent", ctx.benchmark.train.fingerprint, recipe, c.temperature,
-                           hashlib.sha256(anchors.numpy().tobytes()).hexdigest(), ctx.seed, self._backend().fingerprint)
-
-        def build() -> Classifier:
-            model = ctx.new_classifier(recipe)
-            model.fc = CosineAnchorHead(model.feature_dim, anchors, c.temperature)
-            return model
-
-        def compute() -> dict[str, Any]:
-            model = train_classifier(build(), ctx.benchmark.train, recipe, ctx.device, ctx.seed,
-                                     desc=f"dream-ood latent (seed {ctx.seed})")
-            return {k: v.cpu() for k, v in model.state_dict().items()}
-
-        model = build()
-        model.load_state_dict(ctx.cache.get_or_compute("dream-ood-latent", key, compute))
-        model.to(ctx.device).eval()
-        out = []
-        with torch.no_grad():
-            for images in ctx.benchmark.train.batches(ctx.classifier_config.eval_batch_size):
-                out.append(model.fc.embed(model.features(to_unit(images.to(ctx.device)))).cpu())
-        embeddings = torch.cat(out)
-        self.latent_accuracy = float(((embeddings @ model.fc.anchors.cpu().T).argmax(1)
-                                      == ctx.benchmark.train.labels).float().mean())
-        return embeddings
-
     # --- stages 2-3: boundary sampling and decoding ----------------------------------------------------------------
     def synthesize(self) -> Outliers:
         ctx, c = self.context, self.config
         spec = ctx.benchmark.spec
-        tokens, anchors = self.class_anchors()
+        backend = self._backend()
+        tokens, anchors = class_anchors(backend, spec.class_names)
         self.tokens = tokens
-        features = self.latent_embeddings(anchors)
-        norms = anchors.norm(dim=1)
-        embeddings = class_boundary_embeddings(features, ctx.benchmark.train.labels, spec.num_classes, c, norms,
-                                               ctx.seed)
+        latent = text_latent_embeddings(ctx, backend, anchors, c.latent)
+        self.latent_accuracy = latent.train_accuracy
+        embeddings = class_boundary_embeddings(latent.embeddings, ctx.benchmark.train.labels, spec.num_classes,
+                                               c.sampling, anchors.norm(dim=1), ctx.seed)
         pick = torch.randperm(embeddings.shape[1], generator=torch.Generator().manual_seed(ctx.seed))
         chosen = embeddings[:, pick[:c.outliers_per_class]].reshape(-1, embeddings.shape[2])
         labels = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from harness.cli import main
 from harness.outlier_images import random_windows, resize_outliers, to_channels_tensor
-from methods.dream_ood import CosineAnchorHead, DreamOODConfig, class_boundary_embeddings
+from harness.text_latent import BoundarySampling, TokenAnchorHead, class_boundary_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def numpy_replica(features, labels, config, norms, seed):
             points = bank[boundary[order]]
             noise = torch.randn(1, config.boundary_count, config.candidates_per_point, bank.shape[1],
                                 generator=generator)[0].double().numpy()
-            candidates = points[:, None, :] + config.sigma * noise
+            candidates = points[:, None, :] + config.noise_std * noise
             dist = _kth(bank, _unit(candidates).reshape(-1, bank.shape[1]), config.k)
             dist = dist.reshape(config.boundary_count, config.candidates_per_point)
             if config.selection == "paper":
@@ -60,8 +60,8 @@ def test_boundary_sampling_matches_numpy_replica_and_token_norms(selection):
     features = torch.randn(60, 8)
     labels = torch.arange(2).repeat_interleave(30)
     norms = torch.tensor([0.39, 1.7])
-    config = DreamOODConfig(k=5, boundary_count=6, candidates_per_point=12, kept_per_point=2, rounds=2,
-                            features_per_class=30, outliers_per_class=10, sigma=0.3, selection=selection)
+    config = BoundarySampling(k=5, boundary_count=6, candidates_per_point=12, kept_per_point=2, rounds=2,
+                              features_per_class=30, noise_std=0.3, selection=selection)
     sampled = class_boundary_embeddings(features, labels, 2, config, norms, seed=3)
     assert sampled.shape == (2, 2 * 6 * 2, 8)
     torch.testing.assert_close(sampled.norm(dim=2), norms[:, None].expand(2, 24))
@@ -75,11 +75,11 @@ def test_paper_selection_keeps_farther_candidates_than_reference():
     labels = torch.zeros(80, dtype=torch.long)
     norms = torch.ones(1)
     common = dict(k=10, boundary_count=8, candidates_per_point=40, kept_per_point=2, rounds=3, features_per_class=80,
-                  outliers_per_class=10, sigma=0.2)
+                  noise_std=0.2)
     bank = _unit(features.numpy().astype(np.float64))
     mean_dist = {}
     for selection in ("paper", "reference"):
-        sampled = class_boundary_embeddings(features, labels, 1, DreamOODConfig(**common, selection=selection),
+        sampled = class_boundary_embeddings(features, labels, 1, BoundarySampling(**common, selection=selection),
                                             norms, seed=0)
         mean_dist[selection] = _kth(bank, sampled[0].double().numpy(), 10).mean()
     assert mean_dist["paper"] > mean_dist["reference"]
@@ -100,14 +100,16 @@ def test_outlier_resize_policies():
     assert to_channels_tensor(rgb, 1).item() == 76  # ITU-R 601 luma of pure red
 
 
-def test_latent_head_is_cosine_over_temperature():
-    anchors = torch.randn(3, 5)
-    head = CosineAnchorHead(4, anchors, temperature=0.1)
+def test_latent_head_is_eq2_dot_product_or_official_cosine_over_temperature():
+    anchors = torch.randn(3, 5) * 0.4
     features = torch.randn(2, 4)
-    z = torch.nn.functional.normalize(head.project(features), dim=1)
-    expected = z @ torch.nn.functional.normalize(anchors, dim=1).T / 0.1
-    torch.testing.assert_close(head(features), expected)
-    assert head(features).abs().max() <= 10 + 1e-5
+    cosine = TokenAnchorHead(4, anchors, temperature=0.1, similarity="cosine")
+    z = torch.nn.functional.normalize(cosine.project(features), dim=1)
+    torch.testing.assert_close(cosine(features), z @ torch.nn.functional.normalize(anchors, dim=1).T / 0.1)
+    assert cosine(features).abs().max() <= 10 + 1e-5
+    dot = TokenAnchorHead(4, anchors, temperature=0.1, similarity="dot")
+    dot.load_state_dict({**cosine.state_dict(), "anchors": anchors})
+    torch.testing.assert_close(dot(features), z @ anchors.T / 0.1)  # eq. 2: T(y)^T z / t, raw token norms
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys):
