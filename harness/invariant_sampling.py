@@ -1,0 +1,98 @@
+"""Low-likelihood sampling in the invariant space (seed 000, Sec. 3.3-3.4, eq. 8-11).
+
+Per class y, a Gaussian N(mu_y, Sigma_y + lam I) on the mapped embeddings v = f(e, y) (eq. 8-10, Sigma_y the
+biased covariance); `rounds` x `candidates_per_round` draws, of which the `kept_per_round` with the lowest
+log-likelihood of each round are kept (official: 10 x 3,330, keep 10). Because f is volume-preserving these are
+also the lowest p_e(e | y) (eq. 11). `map_back` returns them to the embedding space, e' = f^-1(v', y).
+
+Which output dimensions the Gaussian is fitted on (`dims`): eq. 8 and the official code both use all D (the
+default, `dims=None`); passing the invariant dimensions fits and ranks on those only (the other coordinates are
+still drawn from the full class Gaussian, of which that Gaussian is the marginal).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+MIN_CLASS_SAMPLES = 2  # a mean and a non-zero covariance
+
+
+def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    centred = torch.linalg.solve_triangular(chol, (x - mean).T, upper=False)
+    half_logdet = chol.diagonal().log().sum()
+    return -0.5 * centred.pow(2).sum(0) - half_logdet - 0.5 * len(mean) * math.log(2 * math.pi)
+
+
+def _non_finite(c: int) -> None:
+    raise HarnessError(f"class {c}: low-likelihood sampling gives non-finite samples (its mapped embeddings or their "
+                       "covariance are not finite); check the cVPN outputs of that class")
+
+
+def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float, rounds: int,
+                           candidates_per_round: int, kept_per_round: int, generator: torch.Generator,
+                           dims: slice | Sequence[int] | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Samples (C * rounds * kept, D) in v's dtype, their labels (class-major, then round, then ascending
+    log-likelihood) and their class log-likelihoods (float64, on `dims`). Computed in float64 on the CPU;
+    `generator` is a CPU torch.Generator."""
+    if not lam > 0:
+        raise HarnessError(f"lambda={lam} must be positive (the ridge of eq. 8; paper 1e-5)")
+    if min(rounds, candidates_per_round, kept_per_round) < 1 or kept_per_round > candidates_per_round:
+        raise HarnessError(f"cannot keep {kept_per_round} of {candidates_per_round} candidates in {rounds} rounds; "
+                           "use 1 <= kept <= candidates and rounds >= 1")
+    x = v.detach().cpu().double()
+    y = labels.detach().cpu().long()
+    dim = x.shape[1]
+    index = torch.arange(dim)[dims] if isinstance(dims, slice) else (
+        torch.arange(dim) if dims is None else torch.as_tensor(list(dims), dtype=torch.long))
+    if len(index) == 0:
+        raise HarnessError(f"dims={dims} selects no output dimension of D={dim}; select at least one")
+    counts = torch.bincount(y, minlength=num_classes)
+    for c in range(num_classes):
+        if counts[c] < MIN_CLASS_SAMPLES:
+            raise HarnessError(f"class {c} has {int(counts[c])} mapped embeddings but its Gaussian needs at least "
+                               f"{MIN_CLASS_SAMPLES}; embed more images of that class (raise max_per_class)")
+    eye = torch.eye(dim, dtype=torch.float64)
+    samples, log_probs = [], []
+    for c in range(num_classes):
+        xc = x[y == c]
+        mean = xc.mean(0)
+        cov = (xc - mean).T @ (xc - mean) / len(xc) + lam * eye  # eq. 10 + lam I
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if info != 0 or not torch.isfinite(chol).all() or not torch.isfinite(mean).all():
+            _non_finite(c)
+        sub_chol = chol if dims is None else torch.linalg.cholesky(cov[index][:, index])
+        for _ in range(rounds):  # one round at a time: 3,330 x 768 float64 is 20 MB
+            draws = torch.randn(candidates_per_round, dim, generator=generator, dtype=torch.float64)
+            candidates = mean + draws @ chol.T
+            if not torch.isfinite(candidates).all():
+                _non_finite(c)
+            lp = _gaussian_log_prob(candidates[:, index], mean[index], sub_chol)
+            kept_lp, kept = lp.topk(kept_per_round, largest=False)  # ascending: the least likely first
+            samples.append(candidates[kept])
+            log_probs.append(kept_lp)
+    out_labels = torch.arange(num_classes).repeat_interleave(rounds * kept_per_round)
+    return torch.cat(samples).to(v.dtype), out_labels, torch.cat(log_probs)
+
+
+@torch.no_grad()
+def map_back(model: nn.Module, samples: torch.Tensor, labels: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """e' = f^-1(v', y) (Sec. 3.4) in batches on the model's device, returned on the samples' device; a non-finite
+    result is a HarnessError naming the class."""
+    device = next(iter(model.parameters()), next(iter(model.buffers()), samples)).device
+    parts = [model.inverse(samples[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).to(samples.device)
+             for i in range(0, len(samples), batch_size)]
+    out = torch.cat(parts) if parts else samples.clone()
+    bad = ~torch.isfinite(out).all(dim=1)
+    if bad.any():
+        classes = sorted({int(c) for c in labels[bad.to(labels.device)]})
+        raise HarnessError(f"mapping sampled outliers back through f^-1 gave non-finite embeddings for class "
+                           f"{classes[0]} ({int(bad.sum())} samples, classes {classes}); lower lambda or retrain "
+                           "the cVPN")
+    return out
