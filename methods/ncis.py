@@ -7,7 +7,7 @@ Diffusion from low-likelihood points of class-conditional manifolds in SD's own 
 2. Invariant map (Sec. 3.2, eq. 4-7; `harness.cvpn`): a conditional volume-preserving network f(e, y) whose K
    invariant outputs are driven to 0 (K from per-class PCA with `p`), cached under a content hash of its inputs;
    or linear invariants (per-class PCA rotation, Table 3), or no map at all (`sampling=npos`: NPOS-style boundary
-   sampling directly in embedding space, `harness.boundary`).
+   sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.text_latent`).
 3. Sampling (Sec. 3.3-3.4, eq. 8-11; `harness.invariant_sampling`): v = f(e, y), per class N(mu, Sigma + lambda I),
    `rounds` x `candidates_per_round` draws keeping the `kept_per_round` least likely, e' = f^-1(v', y).
 4. Decoding (`harness.diffusion.stage`): "A high-quality image of a <e'>", DDIM 50 steps, guidance 7.5, 512 -> 256,
@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 
-from harness.boundary import sample_boundary_outliers
 from harness.config import Protocol, content_hash
 from harness.contract import MethodInfo, Outliers
 from harness.cvpn import CVPN, CVPNConfig, LinearInvariants, check_reconstruction, invariant_count, train_cvpn
@@ -48,7 +47,13 @@ from harness.invariant_sampling import low_likelihood_samples, map_back
 from harness.outlier_images import OutlierImageSource, ResizePolicy, load_outlier_folder, to_channels_tensor
 from harness.plots import save_image_grid
 from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind, TestScore
-from harness.text_latent import TextLatentConfig, class_anchors, text_latent_embeddings
+from harness.text_latent import (
+    BoundarySampling,
+    TextLatentConfig,
+    class_anchors,
+    class_boundary_embeddings,
+    text_latent_embeddings,
+)
 from harness.training import ClassifierConfig
 
 Sampling = Literal["cvpn", "linear", "npos"]
@@ -137,6 +142,10 @@ class NCISConfig:
         if self.max_per_class is not None and self.max_per_class < need:
             raise ValueError(f"max_per_class={self.max_per_class} embeds fewer images per class than the {need} the "
                              f"{self.sampling} sampler needs; raise max_per_class")
+        if self.sampling == "npos" and self.embeddings_per_class > self.rounds * self.npos_boundary_count:
+            raise ValueError(f"sampling=npos draws rounds x npos_boundary_count = "
+                             f"{self.rounds * self.npos_boundary_count} embeddings per class, fewer than the "
+                             f"{self.embeddings_per_class} needed")
         if self.kept_per_round > self.candidates_per_round:
             raise ValueError(f"kept_per_round={self.kept_per_round} exceeds candidates_per_round="
                              f"{self.candidates_per_round}")
@@ -288,20 +297,16 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
         c, ctx = self.config, self.context
         generator = torch.Generator().manual_seed(ctx.seed)
         per_class = c.embeddings_per_class
-        if c.sampling == "npos":
+        if c.sampling == "npos":  # Table 3 "NPOS": Dream-OOD's boundary sampling on the normalised embeddings
             counts = torch.bincount(labels, minlength=num_classes)
-            need = max(c.npos_k, c.npos_boundary_count)
-            if int(counts.min()) < need:
-                bad = int(counts.argmin())
-                raise HarnessError(f"class {self.prompt_names('ncis_generation')[bad]!r} has {int(counts[bad])} "
-                                   f"embedded images, fewer than npos_k / npos_boundary_count = {need}; raise "
-                                   "ncis.max_per_class or lower ncis.npos_k")
-            bank = torch.stack([embeddings[labels == y][:int(counts.min())] for y in range(num_classes)])
-            points = min(c.kept_per_round, c.npos_boundary_count)
-            rounds = [sample_boundary_outliers(bank, c.npos_k, c.npos_boundary_count, points,
-                                               max(1, c.candidates_per_round // points), 1, c.npos_sigma,
-                                               "paper", generator) for _ in range(c.rounds)]
-            return torch.cat(rounds, dim=1)[:, :per_class]
+            norms = torch.stack([embeddings[labels == y].norm(dim=1).mean() for y in range(num_classes)])
+            sampling = BoundarySampling(features_per_class=int(counts.min()), k=c.npos_k,
+                                        boundary_count=c.npos_boundary_count,
+                                        candidates_per_point=max(1, c.candidates_per_round // c.npos_boundary_count),
+                                        kept_per_point=1, rounds=c.rounds, noise_std=c.npos_sigma)
+            sampled = class_boundary_embeddings(embeddings, labels, num_classes, sampling, norms, ctx.seed)
+            pick = torch.randperm(sampled.shape[1], generator=generator)[:per_class]
+            return sampled[:, pick]
         model = self.invariant_map(embeddings, labels, num_classes)
         with torch.no_grad():
             v = model(embeddings, labels)
