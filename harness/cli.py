@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     run.add_argument("--fpr-positive", choices=("id", "ood"), default="id",
                      help="FPR95 convention: id = the papers' (default), ood = OpenOOD's current one")
+    run.add_argument("--fpr-rule", choices=("recall-at-least", "hendrycks"), default="recall-at-least",
+                     help="FPR95 threshold: the highest with recall >= 0.95 (default) or the one with recall nearest "
+                          "0.95 (Hendrycks' fpr_and_fdr_at_recall, the VOS/NPOS/Dream-OOD evaluation code)")
     run.add_argument("--data-root", type=Path, default=None,
                      help="directory holding on-disk benchmark data (default $OODBENCH_DATA)")
     run.add_argument("--preset", default="paper",
@@ -100,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise HarnessError("--ood names must be distinct; give each extra OOD folder its own NAME")
     request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
                          overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
-                         device=args.device, fpr_positive=args.fpr_positive, extra_ood=extra,
+                         device=args.device, fpr_positive=args.fpr_positive,
+                         fpr_rule=args.fpr_rule, extra_ood=extra,
                          data_root=args.data_root, preset=args.preset, allow_incomplete=args.allow_incomplete)
     records = execute(request)
     labels = {r.label for r in records}

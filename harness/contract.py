@@ -27,6 +27,7 @@ from harness.benchmarks import Benchmark
 from harness.cache import Cache
 from harness.config import content_hash
 from harness.data import AnyImageSet
+from harness.metrics import FprRule, Positive
 from harness.models import Classifier, build_classifier
 from harness.training import ClassifierConfig, TrainingHook, extract_outputs, train_classifier
 
@@ -82,6 +83,8 @@ class RunContext:
     cache: Cache
     classifier_config: ClassifierConfig
     artifact_dir: Path | None = None
+    fpr_positive: Positive = "id"           # the run's metric conventions, for metrics a method adds to `details`
+    fpr_rule: FprRule = "recall-at-least"
 
     def new_classifier(self, config: ClassifierConfig | None = None) -> Classifier:
         spec, config = self.benchmark.spec, config or self.classifier_config

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -182,15 +182,27 @@ class DualLoss:
         return f"ID NLL {self.id_nll.item():.4g} nats, outlier softplus {sp}"
 
 
-def dual_loss(flow: Flow, x_id: torch.Tensor, x_out: torch.Tensor | None) -> DualLoss:
-    """NLL on ID + softplus(log p(x')) on outliers; both means over their own samples, ID term per sample in nats.
+OutlierWeighting = Literal["batch", "per-term"]
 
-    The paper sums the two terms (eq. 2 + eq. 3) without a weight. One forward pass over the concatenated batch.
+
+def dual_loss(flow: Flow, x_id: torch.Tensor, x_out: torch.Tensor | None,
+              weighting: OutlierWeighting = "batch") -> DualLoss:
+    """L_total = L_ID + L_OOD (eq. 2 + eq. 3, no weight), in nats per sample, one forward pass over the batch.
+
+    `batch` (the paper's reading, Sec. 2.3: "instead of utilizing weights ... we adjust the random probability of
+    generating outlier points"): both terms are sums over their samples divided by the whole batch size, so the
+    outlier probability p sets their balance (p / (1 - p) in expectation). `per-term`: each term is the mean over
+    its own samples, so p only changes the noise of the two means, not their weight.
     """
     if x_out is None or len(x_out) == 0:
         return DualLoss(-flow.log_prob(x_id).mean(), None)
     log_p = flow.log_prob(torch.cat([x_id, x_out]))
-    return DualLoss(-log_p[: len(x_id)].mean(), F.softplus(log_p[len(x_id):]).mean())
+    nll, penalty = -log_p[: len(x_id)], F.softplus(log_p[len(x_id):])
+    if weighting == "per-term":
+        return DualLoss(nll.mean(), penalty.mean())
+    if weighting != "batch":
+        raise ValueError(f"unknown outlier weighting {weighting!r}; choose batch or per-term")
+    return DualLoss(nll.sum() / len(log_p), penalty.sum() / len(log_p))
 
 
 def check_finite(loss: DualLoss, step: int) -> None:
@@ -208,6 +220,7 @@ class FlowTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     grad_clip: float = 100.0  # global norm clip; guards the first steps of deep affine flows
+    outlier_weighting: OutlierWeighting = "batch"
 
 
 def train_flow(flow: Flow, batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor | None]]],
@@ -225,7 +238,7 @@ def train_flow(flow: Flow, batches: Callable[[int], Iterator[tuple[torch.Tensor,
     for epoch in bar:
         total, count = 0.0, 0
         for x_id, x_out in batches(epoch):
-            loss = dual_loss(flow, x_id, x_out)
+            loss = dual_loss(flow, x_id, x_out, config.outlier_weighting)
             check_finite(loss, step)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
@@ -328,7 +341,9 @@ def train_toy(name: str, dual: bool, steps: int, seed: int, n: int = 2000, block
             x = tensor[order[i * batch:(i + 1) * batch]]
             yield x, torch.from_numpy(toy_outliers(name, batch, rng) * TOY_SCALE) if dual else None
 
-    train_flow(flow, batches, FlowTrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, weight_decay=0.0),
+    # as many outliers as ID points in every batch: the two weightings differ only by a factor 1/2 on the loss
+    train_flow(flow, batches, FlowTrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, weight_decay=0.0,
+                                              outlier_weighting="per-term"),
                desc=f"toy {name} {'dual' if dual else 'nll'}")
     return flow, data
 

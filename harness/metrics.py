@@ -5,8 +5,13 @@ FPR95 has two conventions in the literature (see shared/reference/protocols.md):
   highest score at which at least 95% of ID samples are accepted; FPR95 is the fraction of OOD samples accepted.
 - `positive="ood"` (OpenOOD after Aug 2023, pytorch-ood): OOD is positive with score -s. The threshold catches at
   least 95% of OOD samples; FPR95 is the fraction of ID samples flagged as OOD.
-Hendrycks' `fpr_and_fdr_at_recall`, used by the papers' code, picks the threshold whose recall is *nearest* 0.95
-(possibly just below it); here the recall is always at least 0.95, which can differ from it by one sample.
+Two threshold rules (`rule`, CLI `--fpr-rule`):
+- `recall-at-least` (default): the highest threshold whose recall is at least 0.95;
+- `hendrycks`: Hendrycks' `fpr_and_fdr_at_recall`, used by the VOS, NPOS and Dream-OOD evaluation code: among the
+  distinct-score thresholds down to the first that reaches full recall, plus an appended point (recall 1, no
+  false positives), the first (highest-recall) one whose recall is *nearest* 0.95, possibly below it. On small or
+  tied sets the two differ by up to a few points (and the appended point can give FPR 0 with fewer than ~20
+  positives).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 Positive = Literal["id", "ood"]
+FprRule = Literal["recall-at-least", "hendrycks"]
 METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
 
 
@@ -37,13 +43,30 @@ def fpr_at_tpr(positive_scores: np.ndarray, negative_scores: np.ndarray, tpr: fl
     return float(np.mean(np.asarray(negative_scores) >= threshold))
 
 
-def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positive = "id") -> float:
-    """FPR at 95% TPR under the chosen convention (module docstring)."""
+def fpr_at_nearest_recall(positive_scores: np.ndarray, negative_scores: np.ndarray, recall: float = 0.95) -> float:
+    """The `hendrycks` rule (module docstring): FPR at the threshold whose recall is nearest `recall`."""
+    pos = np.sort(np.asarray(positive_scores, dtype=np.float64))
+    neg = np.sort(np.asarray(negative_scores, dtype=np.float64))
+    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]          # distinct scores, highest first
+    tp = pos.size - np.searchsorted(pos, thresholds, side="left")     # positives with score >= t
+    fp = neg.size - np.searchsorted(neg, thresholds, side="left")
+    full = int(np.argmax(tp == pos.size)) + 1                         # down to the first threshold with recall 1
+    recalls = np.r_[tp[:full][::-1] / pos.size, 1.0]
+    fps = np.r_[fp[:full][::-1], 0]
+    return float(fps[np.argmin(np.abs(recalls - recall))] / neg.size)
+
+
+def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positive = "id",
+                  rule: FprRule = "recall-at-least") -> float:
+    """FPR at 95% TPR under the chosen convention and threshold rule (module docstring)."""
     id_scores, ood_scores = _check(id_scores, ood_scores)
+    if rule not in ("recall-at-least", "hendrycks"):
+        raise ValueError(f"rule must be 'recall-at-least' or 'hendrycks', got {rule!r}")
+    fpr = fpr_at_tpr if rule == "recall-at-least" else fpr_at_nearest_recall
     if positive == "id":
-        return fpr_at_tpr(id_scores, ood_scores)
+        return fpr(id_scores, ood_scores)
     if positive == "ood":
-        return fpr_at_tpr(-ood_scores, -id_scores)
+        return fpr(-ood_scores, -id_scores)
     raise ValueError(f"positive must be 'id' or 'ood', got {positive!r}")
 
 
@@ -80,10 +103,11 @@ def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return average_precision(-ood_scores, -id_scores)
 
 
-def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positive = "id") -> dict[str, float]:
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positive = "id",
+                rule: FprRule = "recall-at-least") -> dict[str, float]:
     """All four metrics as fractions in [0, 1]."""
     return {
-        "fpr95": fpr_at_95_tpr(id_scores, ood_scores, positive),
+        "fpr95": fpr_at_95_tpr(id_scores, ood_scores, positive, rule),
         "auroc": auroc(id_scores, ood_scores),
         "aupr_in": aupr_in(id_scores, ood_scores),
         "aupr_out": aupr_out(id_scores, ood_scores),

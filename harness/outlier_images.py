@@ -3,7 +3,8 @@ resolution by an explicit policy, augmented like the ID batch.
 
 Resize policies (`outlier_resize`):
 - `bilinear` / `nearest`: resize every outlier to the ID size with that interpolation (bilinear antialiased,
-  like PIL's Resize used by NCIS), then the ID augmentation (random crop with padding, flip);
+  like PIL's Resize used by NCIS; nearest samples pixel centres, torch's 'nearest-exact', equal to PIL's NEAREST,
+  not torch's top-left 'nearest'), then the ID augmentation (random crop with padding, flip);
 - `random`: per image a random choice of the two (NCIS's "Both", its best setting in Table 3);
 - `none-random-crop`: no resize; a random ID-size window of the padded outlier (the official Dream-OOD CIFAR script
   applies RandomCrop(32, padding=4) to 256x256 generated images, so each outlier is a small patch of the image).
@@ -58,7 +59,8 @@ def resize_outliers(images: torch.Tensor, size: int, policy: ResizePolicy, gener
         return images
     bilinear = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False) \
         if policy in ("bilinear", "random") else None
-    nearest = F.interpolate(images, size=(size, size), mode="nearest") if policy in ("nearest", "random") else None
+    nearest = F.interpolate(images, size=(size, size), mode="nearest-exact") if policy in ("nearest", "random") \
+        else None
     if policy == "bilinear":
         return bilinear
     if policy == "nearest":
@@ -72,6 +74,10 @@ class OutlierImageSource:
 
     def __init__(self, images: torch.Tensor, count: int, size: int, policy: ResizePolicy, padding: int,
                  hflip: bool, seed: int) -> None:
+        if policy == "none-random-crop" and min(images.shape[-2:]) + 2 * padding < size:
+            raise HarnessError(f"outlier images of {tuple(images.shape[-2:])} pixels are smaller than the ID size "
+                               f"{size} (padding {padding}), so outlier_resize=none-random-crop has no window to "
+                               "crop; use outlier_resize=bilinear, nearest or random")
         self.images = images
         self.count = count
         self.size = size

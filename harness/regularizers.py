@@ -2,10 +2,11 @@
 
     L = CE(f(x), y) + beta * CE(phi(E(x)), b),   b = 1 for ID inputs, 0 for outliers
 
-(VOS eq. 5 in its logistic form; Dream-OOD eq. 4; NCIS sec. 3.5). E is the negative free energy logsumexp of the
+(VOS eq. 5 in its logistic form; Dream-OOD eq. 7; NCIS sec. 3.5). E is the negative free energy logsumexp of the
 logits, or VOS's learnable weighted logsumexp log sum_k relu(w_k) exp(f_k) (`weighted_energy=True`); phi maps the
-scalar energy to two logits: `Linear(1, 2)` ("linear", the CIFAR scripts) or `Linear(1,512)-ReLU-Linear(512,2)`
-("mlp", the Dream-OOD/NCIS ImageNet scripts).
+scalar energy to two logits: `Linear(1, 2)` ("linear", the CIFAR scripts), `Linear(1,512)-ReLU-Linear(512,2)`
+("mlp", the Dream-OOD/NCIS ImageNet scripts) or three linear layers `Linear(1,512)-ReLU-Linear(512,512)-ReLU-
+Linear(512,2)` ("mlp3", the "three-layer nonlinear MLP" of the Dream-OOD paper below eq. 7; the paper gives no width).
 
 Outliers come from one of two sources, each a callable of the step's `StepBatch`:
 
@@ -45,19 +46,22 @@ from harness.errors import HarnessError
 from harness.models import Classifier
 from harness.training import StepBatch, TrainingHook
 
-PhiKind = Literal["linear", "mlp"]
+PhiKind = Literal["linear", "mlp", "mlp3"]
 TestScore = Literal["energy", "phi"]
 ImageSource = Callable[[StepBatch], torch.Tensor | None]
 FeatureSource = Callable[[StepBatch, Classifier], torch.Tensor | None]
 
 
 def build_phi(kind: PhiKind, hidden: int = 512) -> nn.Module:
-    """The energy-to-logits map: Linear(1, 2) or Linear(1, hidden)-ReLU-Linear(hidden, 2)."""
+    """The energy-to-logits map: Linear(1, 2), or an MLP with one ("mlp") or two ("mlp3") hidden ReLU layers."""
     if kind == "linear":
         return nn.Linear(1, 2)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2))
-    raise HarnessError(f"unknown phi {kind!r}; choose linear or mlp")
+    if kind == "mlp3":
+        return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                             nn.Linear(hidden, 2))
+    raise HarnessError(f"unknown phi {kind!r}; choose linear, mlp or mlp3")
 
 
 class WeightedLogSumExp(nn.Module):

@@ -79,6 +79,7 @@ class RunRecord:
     details: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # preset, data root, per set: source, path, subset drawn
+    fpr_rule: str = "recall-at-least"  # FPR95 threshold rule (harness.metrics); older records used this one
 
     def directory(self, out_dir: Path) -> Path:
         return Path(out_dir) / "records" / self.benchmark / label_slug(self.label)

@@ -29,7 +29,7 @@ from harness.config import build_config, changed_fields
 from harness.contract import Method, RunContext
 from harness.errors import HarnessError
 from harness.leaderboard import write_leaderboards
-from harness.metrics import METRIC_NAMES, Positive, accuracy, ood_metrics
+from harness.metrics import METRIC_NAMES, FprRule, Positive, accuracy, ood_metrics
 from harness.plots import save_score_histograms
 from harness.registry import default_config, discover, method_config, resolve_methods
 from harness.results import RunRecord, run_label
@@ -48,6 +48,7 @@ class RunRequest:
     cache_dir: Path | None = None
     device: str = "auto"
     fpr_positive: Positive = "id"
+    fpr_rule: FprRule = "recall-at-least"
     extra_ood: dict[str, str] = field(default_factory=dict)
     data_root: Path | None = None
     preset: str = "paper"
@@ -139,6 +140,8 @@ def plan(request: RunRequest) -> Plan:
             changes["protocol"] = config.protocol
         if request.fpr_positive != "id":
             changes["fpr_positive"] = request.fpr_positive
+        if request.fpr_rule != "recall-at-least":
+            changes["fpr_rule"] = request.fpr_rule
         planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes)))
     for entry in spec.ood:
         if entry.get("source") == "image_folder" and not Path(entry["path"]).expanduser().is_dir():
@@ -155,7 +158,8 @@ def plan(request: RunRequest) -> Plan:
     return Plan(planned, classifier, spec, data_root, data)
 
 
-def evaluate(method: Method, benchmark: Benchmark, positive: Positive) -> tuple[dict, dict, float | None, dict]:
+def evaluate(method: Method, benchmark: Benchmark, positive: Positive,
+             rule: FprRule = "recall-at-least") -> tuple[dict, dict, float | None, dict]:
     id_scores = np.asarray(method.score(benchmark.test), dtype=np.float64)
     per_set, scores = {}, {"ID": id_scores}
     for name, image_set in benchmark.ood.items():
@@ -164,7 +168,7 @@ def evaluate(method: Method, benchmark: Benchmark, positive: Positive) -> tuple[
             raise RuntimeError(f"{method.info.name}.score returned shape {ood_scores.shape} "
                                f"for {len(image_set)} images")
         scores[name] = ood_scores
-        per_set[name] = ood_metrics(id_scores, ood_scores, positive)
+        per_set[name] = ood_metrics(id_scores, ood_scores, positive, rule)
     average = {m: float(np.mean([per_set[s][m] for s in per_set])) for m in METRIC_NAMES}
     predictions = method.predict(benchmark.test)
     id_acc = None if predictions is None else accuracy(predictions, benchmark.test.labels.numpy())
@@ -187,7 +191,8 @@ def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
     data_facts = {**benchmark.provenance, **({"incomplete": incomplete} if incomplete else {})}
     records = []
     for seed in request.seeds:
-        context = RunContext(benchmark, seed, device, cache, classifier_config)
+        context = RunContext(benchmark, seed, device, cache, classifier_config, fpr_positive=request.fpr_positive,
+                             fpr_rule=request.fpr_rule)
         for item in planned:
             seed_everything(seed)  # a method's random draws never depend on the methods run before it
             method = item.cls(item.config, context)
@@ -200,13 +205,14 @@ def execute(request: RunRequest, cache: Cache | None = None) -> list[RunRecord]:
             method.train(outliers)
             timings["train"] = time.perf_counter() - start
             start = time.perf_counter()
-            per_set, average, id_acc, scores = evaluate(method, benchmark, request.fpr_positive)
+            per_set, average, id_acc, scores = evaluate(method, benchmark, request.fpr_positive, request.fpr_rule)
             timings["score"] = time.perf_counter() - start
             record = RunRecord(
                 benchmark=spec.name, method=item.cls.info.name, label=item.label, seed=seed,
                 paper=item.cls.info.paper, kind=item.cls.info.kind, config=dataclasses.asdict(item.config),
                 classifier_config=dataclasses.asdict(classifier_config) if id_acc is not None else None,
-                fpr_positive=request.fpr_positive, metrics=per_set, average=average, id_accuracy=id_acc,
+                fpr_positive=request.fpr_positive, fpr_rule=request.fpr_rule, metrics=per_set, average=average,
+                id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
                 details=method.details(), data=data_facts)

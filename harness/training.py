@@ -122,6 +122,13 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale:
                      aligned=True)
 
 
+def augmented(images_u8: torch.Tensor, config: ClassifierConfig, generator: torch.Generator) -> torch.Tensor:
+    """One training augmentation of a uint8 batch, in [0, 1]: RandomResizedCrop + flip, or RandomCrop + flip."""
+    if config.random_resized_crop:
+        return augment(random_resized_crop(to_unit(images_u8), generator), 0, config.hflip, generator)
+    return to_unit(augment(images_u8, config.crop_padding, config.hflip, generator))
+
+
 def _prefetched(train_set: AnyImageSet, order: torch.Tensor, batch_size: int,
                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices, uint8 images on `device`) per batch. In-memory sets are gathered on the device; file-backed sets
@@ -157,7 +164,15 @@ class StepBatch:
 
 
 class TrainingHook:
-    """Base class for a method's additions to classifier training; every method is optional."""
+    """Base class for a method's additions to classifier training; every method is optional.
+
+    Two class attributes change the step itself: `views` (each ID image enters the batch as this many independent
+    augmentations, labels repeated; the trainer uses the largest over its hooks) and `detach_classifier` (the
+    cross-entropy trains `fc` alone on detached features, a linear probe, so only the hooks' losses train the
+    encoder; used by CIDER-style objectives)."""
+
+    views: int = 1
+    detach_classifier: bool = False
 
     def modules(self) -> Sequence[nn.Module]:
         """Extra trainable modules, optimised together with the classifier."""
@@ -173,6 +188,19 @@ class TrainingHook:
 
     def on_epoch_end(self, epoch: int) -> None:
         return None
+
+
+def regulariser_start_epoch(method: str, start_epoch: int | None, start_fraction: float, epochs: int) -> int:
+    """First (0-based) epoch of a regulariser: `start_epoch` when given, else `floor(start_fraction * epochs)`, so
+    the papers' schedules (VOS 40 of 100, NPOS 200 of 500) scale with any recipe. An explicit start at or after the
+    last epoch is a HarnessError (no outlier would ever be used)."""
+    if start_epoch is None:
+        return int(start_fraction * epochs)
+    if start_epoch >= epochs:
+        raise HarnessError(f"{method}.start_epoch={start_epoch} is not before the classifier's {epochs} epochs, so "
+                           f"no outlier would ever be used; lower {method}.start_epoch or leave it unset "
+                           f"({method}.start_fraction={start_fraction} of the epochs)")
+    return start_epoch
 
 
 def cosine_lr(step: int, total_steps: int, lr: float, final_lr: float) -> float:
@@ -215,6 +243,8 @@ def train_classifier(model: Classifier, train_set: AnyImageSet, config: Classifi
     if isinstance(train_set, ImageSet):  # CIFAR scale: the whole uint8 set lives on the device
         train_set = ImageSet(train_set.name, to_device(train_set.images, device), train_set.labels)
     labels = to_device(train_set.labels, device)
+    views = max([1, *(hook.views for hook in hooks)])
+    probe_only = any(hook.detach_classifier for hook in hooks)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = config.epochs * steps_per_epoch
     step = 0
@@ -223,11 +253,8 @@ def train_classifier(model: Classifier, train_set: AnyImageSet, config: Classifi
     for epoch in range(config.epochs):
         order = torch.randperm(len(train_set), generator=generator)
         for idx, images_u8 in _prefetched(train_set, order, config.batch_size, device):
-            if config.random_resized_crop:
-                x = augment(random_resized_crop(to_unit(images_u8), generator), 0, config.hflip, generator)
-            else:
-                x = to_unit(augment(images_u8, config.crop_padding, config.hflip, generator))
-            batch = StepBatch(epoch, step, x, labels[idx.to(device)])
+            x = torch.cat([augmented(images_u8, config, generator) for _ in range(views)])
+            batch = StepBatch(epoch, step, x, labels[idx.to(device)].repeat(views))
             extras = [e for e in (hook.extra_images(batch) for hook in hooks) if e is not None]
             inputs = (torch.cat([x, *extras]) if extras else x).contiguous(memory_format=torch.channels_last)
             with autocast(dtype, device):
@@ -238,7 +265,8 @@ def train_classifier(model: Classifier, train_set: AnyImageSet, config: Classifi
             batch.features, batch.logits = features[:n], logits[:n]
             if extras:
                 batch.extra_features, batch.extra_logits = features[n:], logits[n:]
-            loss = F.cross_entropy(batch.logits, batch.labels)
+            class_logits = model.fc(batch.features.detach()) if probe_only else batch.logits
+            loss = F.cross_entropy(class_logits, batch.labels)
             terms = {"ce": loss.detach()}
             for hook in hooks:
                 extra, named = hook.loss(batch, model)

@@ -1,19 +1,23 @@
 """Dream-OOD (Du et al., NeurIPS 2023): outliers imagined by Stable Diffusion from low-likelihood text embeddings.
 
-1. Text-conditioned latent space (Sec. 3.1, eq. 2): an image encoder h (the benchmark's backbone) + Linear to the
-   token-embedding dimension, trained with cross-entropy over cos(h(x), T(y_c)) / t, t = 0.1, where T(y_c) is the
-   (frozen) token embedding of class c's name in SD's text encoder (first BPE token, recorded).
-2. Boundary sampling per class (Sec. 3.2, `harness.boundary`): L2-normalised embeddings of the ID training images;
-   the `boundary_count` with the largest k-NN distance are boundary points; each gets `candidates_per_point`
-   candidates z + sigma N(0, I), normalised; per point the `kept_per_point` with the largest k-NN distance are kept
-   (`selection=paper`), or the official code's mis-ordered reshape (`selection=reference`, effectively random
-   candidates); `rounds` repetitions; the kept embeddings are rescaled to the class token's norm (footnote 2).
-3. Decoding (`harness.diffusion`): prompt template with the class name, the class token's embedding replaced by
-   each sampled vector (one per image, batched), PLMS 50 steps, guidance 7.5, 512x512, bilinear resize to 256.
-4. Training (Sec. 3.3, eq. 4): the classifier from scratch on ID + outliers, one forward pass per step (as many
-   outliers as ID images), energy regulariser beta * CE(phi(E(x)), b) with phi = Linear(1, 2), beta 2.5 (CIFAR).
-   Outliers reach the ID resolution by `outlier_resize` (`harness.outlier_images`); the official CIFAR script crops
-   32x32 patches of the 256x256 images (`none-random-crop`). Test score `energy` (official test script) or `phi`.
+1. Text-conditioned latent space (Sec. 3.1, eq. 2; `harness.text_latent`): an image encoder h (the benchmark's
+   backbone) + Linear to the token-embedding dimension, z = h(x) / ||h(x)||, trained with cross-entropy over
+   T(y_c)^T z / t, t = 0.1 (`latent_similarity=dot`; the official code uses the cosine), where T(y_c) is the frozen
+   token embedding of class c's word in SD's text encoder (first BPE token, recorded with the token report).
+2. Boundary sampling per class (Sec. 3.2): L2-normalised embeddings of the ID training images; the `boundary_count`
+   with the largest k-NN distance are boundary points; each gets `candidates_per_point` candidates
+   v ~ N(z, sigma^2 I) (`sigma` a variance by default, as in the paper; the official code multiplies N(0, I) by
+   0.07, a std: `sigma_meaning=std`), normalised; per point the `kept_per_point` with the largest k-NN distance
+   are kept (`selection=paper`), or the official code's mis-ordered reshape (`selection=reference`); `rounds`
+   repetitions; the kept embeddings are rescaled to the class token's norm (footnote 2).
+3. Decoding (eq. 6, `harness.diffusion`): prompt template with the class word (`class_words`: the spec's natural
+   prompt names, or the official script's list), the class token's embedding replaced by each sampled vector,
+   PLMS 50 steps, guidance 7.5, 512x512, bilinear resize to 256.
+4. Training (Sec. 3.3, eq. 7): the classifier from scratch on ID + outliers, one forward pass per step (as many
+   outliers as ID images), L_CE + beta * L_ood with phi a three-layer MLP (`mlp3`), beta 2.5 (CIFAR) / 1.0
+   (ImageNet-100). Test score phi(E(f(x))) ("the output of the binary logistic classifier"); the official test
+   script uses the plain energy and a Linear(1, 2) phi on CIFAR. Outliers reach the ID resolution by
+   `outlier_resize`; the official CIFAR script crops 32x32 patches of the 256x256 images (`none-random-crop`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from harness.boundary import Selection
+from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
 from harness.data import ImageSet
 from harness.diffusion.backend import (
@@ -34,6 +39,7 @@ from harness.diffusion.backend import (
     load_backend,
     resolve_model_path,
 )
+from harness.diffusion.prompts import token_report
 from harness.diffusion.stage import check_template, generate_images, load_images
 from harness.errors import HarnessError
 from harness.outlier_images import OutlierImageSource, ResizePolicy, to_channels_tensor
@@ -52,21 +58,23 @@ from harness.training import ClassifierConfig
 
 @dataclass(frozen=True)
 class DreamOODConfig:
-    """Paper / official CIFAR-100 defaults."""
+    """Paper defaults (official CIFAR-100 values where the paper gives none); `reference_settings` has the
+    official code's departures."""
 
     model: str = ""                    # local SD v1.4 diffusers directory ("" = $OODBENCH_SD_MODEL)
     prompt_template: str = "A high-quality image of the {}"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # text-conditioned latent space (eq. 2)
     temperature: float = 0.1
-    latent_similarity: Similarity = "cosine"
+    latent_similarity: Similarity = "dot"   # eq. 2: T(y)^T z / t
     latent_epochs: int = 200
     latent_batch_size: int = 256
     features_per_class: int = 500
     # boundary sampling (Sec. 3.2)
     k: int = 300
     boundary_count: int = 50
-    sigma: float = 0.07
+    sigma: float = 0.03                     # the paper's sigma^2 = 0.03 (Sec. 4.2, Appendix C)
+    sigma_meaning: Literal["variance", "std"] = "variance"
     candidates_per_point: int = 1500
     kept_per_point: int = 2
     rounds: int = 100
@@ -80,13 +88,15 @@ class DreamOODConfig:
     output_size: int | None = 256
     output_interpolation: Interpolation = "bilinear"
     generation_batch_size: int = 16
-    # training with outliers (eq. 4)
+    # training with outliers (eq. 7)
     beta: float = 2.5
-    phi: PhiKind = "linear"
+    phi: PhiKind = "mlp3"                   # below eq. 7: a three-layer nonlinear MLP
     outlier_resize: ResizePolicy = "none-random-crop"
-    test_score: Literal["energy", "phi"] = "energy"
+    test_score: Literal["energy", "phi"] = "phi"
+    class_words: Literal["natural", "official"] = "natural"  # spec.prompt_names or official_prompt_names["dream_ood"]
     gallery_classes: int = 6
     gallery_per_class: int = 8
+    protocol: Protocol = "paper"
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.sigma < 0 or self.beta < 0:
@@ -124,8 +134,9 @@ class DreamOODConfig:
 
     @property
     def sampling(self) -> BoundarySampling:
+        noise_std = self.sigma ** 0.5 if self.sigma_meaning == "variance" else self.sigma
         return BoundarySampling(self.features_per_class, self.k, self.boundary_count, self.candidates_per_point,
-                                self.kept_per_point, self.rounds, self.sigma, self.selection)
+                                self.kept_per_point, self.rounds, noise_std, self.selection)
 
 
 class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
@@ -139,6 +150,17 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
                     "boundary_count": 20, "candidates_per_point": 200, "rounds": 5, "outliers_per_class": 40,
                     "steps": 20, "guidance_scale": 3.0, "generation_size": None, "output_size": None,
                     "generation_batch_size": 50, "outlier_resize": "bilinear"},
+        # paper Sec. 4: beta 1.0 for ImageNet-100; official ImageNet-100 script: 200 boundary points; the 256x256
+        # outliers are resized to the 224 ID resolution (then the ID augmentation) rather than cropped
+        "imagenet100": {"beta": 1.0, "boundary_count": 200, "outlier_resize": "bilinear"},
+    }
+    reference_settings = {
+        # official scripts: cosine latent (resnet_anchor.py), N(0, I) * 0.07, KNN_dis_search_distance's reshape,
+        # Linear(1, 2) phi and the plain energy at test time (train/test_ood_*_cifar100.py)
+        "*": {"latent_similarity": "cosine", "sigma": 0.07, "sigma_meaning": "std", "selection": "reference",
+              "phi": "linear", "test_score": "energy"},
+        "cifar100": {"class_words": "official"},
+        "imagenet100": {"sigma": 0.03, "phi": "mlp", "class_words": "official"},
     }
 
     @classmethod
@@ -152,13 +174,25 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
             self.backend = load_backend(self.config.model, self.context.device, self.config.dtype)
         return self.backend
 
+    def class_words(self) -> tuple[str, ...]:
+        """The words put in every prompt and whose first token is substituted (paper: natural names)."""
+        spec = self.context.benchmark.spec
+        if self.config.class_words == "natural":
+            return spec.prompt_names
+        if "dream_ood" not in spec.official_prompt_names:
+            raise HarnessError(f"benchmark {spec.name} has no official Dream-OOD class-word list; use "
+                               "dream_ood.class_words=natural")
+        return spec.official_prompt_names["dream_ood"]
+
     # --- stages 2-3: boundary sampling and decoding ----------------------------------------------------------------
     def synthesize(self) -> Outliers:
         ctx, c = self.context, self.config
         spec = ctx.benchmark.spec
         backend = self._backend()
-        tokens, anchors = class_anchors(backend, spec.class_names)
-        self.tokens = tokens
+        words = self.class_words()
+        self.token_report = token_report(backend, words, c.prompt_template)
+        self.token_report.require_present("choose other dream_ood.class_words or fix the spec's prompt_names")
+        _, anchors = class_anchors(backend, words)
         latent = text_latent_embeddings(ctx, backend, anchors, c.latent)
         self.latent_accuracy = latent.train_accuracy
         embeddings = class_boundary_embeddings(latent.embeddings, ctx.benchmark.train.labels, spec.num_classes,
@@ -167,7 +201,7 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
         chosen = embeddings[:, pick[:c.outliers_per_class]].reshape(-1, embeddings.shape[2])
         labels = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)
         seeds = ctx.seed * 10_000_000 + torch.arange(len(labels))
-        paths = generate_images(self._backend(), ctx.cache, list(spec.class_names), labels, seeds, c.generation,
+        paths = generate_images(backend, ctx.cache, list(words), labels, seeds, c.generation,
                                 c.prompt_template, chosen, desc="dream-ood outliers")
         images = to_channels_tensor(load_images(paths), spec.channels)
         self.embedding_norms = chosen.norm(dim=1)
@@ -191,8 +225,7 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
         return {"selection": self.config.selection, "outlier_resize": self.config.outlier_resize,
                 "test_score": self.config.test_score, "model_directory": str(self.backend.directory),
                 "model_fingerprint": self.backend.fingerprint, "outliers": len(self.outliers),
-                "substituted_tokens": {t.name: t.token for t in self.tokens},
-                "multi_token_classes": sorted(t.name for t in self.tokens if len(t.token_ids) > 1),
+                "class_words": self.config.class_words, **self.token_report.as_record(),
                 "latent_train_accuracy": round(self.latent_accuracy, 4),
                 "outlier_embedding_norm_mean": round(float(self.embedding_norms.mean()), 5)}
 

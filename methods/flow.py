@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.config import content_hash
+from harness.config import Protocol, content_hash
 from harness.contract import Method, MethodInfo, Outliers
 from harness.data import ImageSet, get_source
 from harness.errors import HarnessError
@@ -27,6 +27,7 @@ from harness.flows import (
     Flow,
     FlowSpec,
     FlowTrainConfig,
+    OutlierWeighting,
     bits_per_dim,
     lipschitz_estimate,
     log_prob_batched,
@@ -60,12 +61,16 @@ class FlowConfig:
     real_fraction: float = 0.1  # variant=real: real outliers as a fraction of the ID training set (paper RO: 10%)
     blocks: int = 8  # AllInOneBlocks
     hidden: int = 128  # channels of the two 3x3 convs of each subnet (not given in the paper)
-    haar: bool = True  # Haar downsampling before the blocks (needed for 1-channel images)
+    # Haar downsampling before the blocks: None = only where needed, i.e. 1-channel images (an affine coupling
+    # splits channels, and 1 channel cannot be split; Haar makes 4). The paper has the 8 AllInOneBlocks only.
+    haar: bool | None = None
     epochs: int = 500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-5
     lipschitz_samples: int = 1000  # Table 4 estimate on this many ID test images; 0 skips it
+    outlier_weighting: OutlierWeighting = "batch"  # Sec. 2.3: outlier_prob balances the terms (harness.flows)
+    protocol: Protocol = "paper"  # no official code is published: reference = paper (reference_settings empty)
 
     def __post_init__(self) -> None:
         self.synthesis()  # validates outlier_prob, alpha, blur_radius
@@ -80,7 +85,8 @@ class FlowConfig:
         return SynthesisConfig(self.variant, self.outlier_prob, self.alpha, self.blur_radius)
 
     def train_config(self) -> FlowTrainConfig:
-        return FlowTrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay)
+        return FlowTrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay,
+                               outlier_weighting=self.outlier_weighting)
 
 
 class NormalizingFlow(Method[FlowConfig]):
@@ -109,8 +115,9 @@ class NormalizingFlow(Method[FlowConfig]):
 
     def _flow_spec(self) -> FlowSpec:
         shape = tuple(self.context.benchmark.train.images.shape[1:])
+        haar = shape[0] == 1 if self.config.haar is None else self.config.haar
         try:
-            return FlowSpec(shape, self.config.blocks, self.config.hidden, self.config.haar)
+            return FlowSpec(shape, self.config.blocks, self.config.hidden, haar)
         except ValueError as err:
             raise HarnessError(f"flow: {err}") from None
 
@@ -187,7 +194,8 @@ class NormalizingFlow(Method[FlowConfig]):
         return self.scores(images, self.config.score)
 
     def details(self) -> dict[str, Any]:
-        bench = self.context.benchmark
+        ctx = self.context
+        bench = ctx.benchmark
         other = "complexity" if self.config.score == "nll" else "nll"
         id_other = self.scores(bench.test, other)
         sets = {"ID": bench.test, **bench.ood}
@@ -196,10 +204,12 @@ class NormalizingFlow(Method[FlowConfig]):
             "compressor": compressor_name(),
             "flow_key": self.key,  # checkpoint <cache dir>/flow/<key>.pt; `python -m harness.flows lipschitz KEY`
             "final_train_loss": self.history[-1],
+            "haar": self.flow.spec.haar,
             "train_seconds_uncached": round(self.train_seconds, 1),
             "mean_bits_per_dim": {n: float(self.bits_per_dim(s).mean()) for n, s in sets.items()},
             "mean_complexity_bits_per_dim": {n: float(self.complexity(s).mean()) for n, s in sets.items()},
-            f"metrics_{other}": {n: ood_metrics(id_other, self.scores(s, other)) for n, s in bench.ood.items()},
+            f"metrics_{other}": {n: ood_metrics(id_other, self.scores(s, other), ctx.fpr_positive, ctx.fpr_rule)
+                                 for n, s in bench.ood.items()},
         }
         if self.config.lipschitz_samples:
             idx = np.random.default_rng(self.context.seed).permutation(len(bench.test))[:self.config.lipschitz_samples]

@@ -10,16 +10,24 @@ random candidates; see harness/boundary.py). An outlier head Linear(D, 128)-ReLU
 binary cross-entropy (ID features 1, synthetic outliers 0), weight `head_weight`, through the ID features into the
 backbone. Test score: -(distance to the `test_k`-th nearest L2-normalised training feature) (FAISS, exact).
 
-Departures from the official code (deeplearning-wisc/npos, CIFAR/train_KNN.py): the harness trainer's
-cross-entropy replaces the CIDER dispersion/compactness losses on a 128-d projection; the head shares the
-classifier's learning rate (official: 0.1x); the queue is not reset to zeros at every epoch (an official oddity
-that feeds zero rows to the normaliser); boundary points are picked with the run's seeded generator.
+Representation objective (`objective`): `cider` (paper default, Sec. 4): CIDER's dispersion + compactness losses
+on a 128-d projection over two augmented views per image (`harness.cider`), `fc` trained as a linear probe on
+detached features for the reported ID accuracy; `ce`: plain cross-entropy of the classifier (one view).
+
+Departures from the official code (deeplearning-wisc/npos, training_from_scratch/train_CIFAR100.py + losses.py,
+script train_npos_cifar100.sh): the run's classifier recipe (e.g. CIFAR-100: 100 epochs, lr 0.1, batch 160)
+replaces the official 500 epochs, lr 0.5, batch 256, wd 1e-4 (set them with --set classifier.*); the head shares
+the classifier's learning rate (official: 0.1x); the official `fc` is in no loss (its ID accuracy is meaningless),
+here it is a probe; prototypes start at zero, not from a pass over the test loader; the queue is not reset to
+zeros at every epoch (an official oddity that feeds zero rows to the normaliser); boundary points are picked with
+the run's seeded generator. `protocol=reference` sets the official candidate selection and the official
+compactness scale temperature / base_temperature = 0.1 / 0.07.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,19 +35,22 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.boundary import Selection, sample_boundary_outliers
+from harness.cider import CIDERLoss
+from harness.config import Protocol
 from harness.contract import Method, MethodInfo, Outliers
 from harness.data import ImageSet
 from harness.errors import HarnessError
 from harness.feature_queues import ClassFeatureQueues
 from harness.models import Classifier
 from harness.scores import KNNScorer
-from harness.training import ClassifierConfig, StepBatch, TrainingHook
+from harness.training import ClassifierConfig, StepBatch, TrainingHook, regulariser_start_epoch
 
 
 @dataclass(frozen=True)
 class NPOSConfig:
     """Paper defaults for CIFAR-100 (methods.md: queues of 1,000, k 300, 200 boundary points, 2 picked, 600
-    candidates per point, 200 kept, noise 0.1, outlier weight 0.1, from epoch 200 of 500)."""
+    candidates per point, 200 kept, noise 0.1, outlier weight 0.1, from epoch 200 of 500; CIDER losses with
+    weights 0.5 / 1.0, temperature 0.1, prototype momentum 0.5, 128-d projection)."""
 
     queue_size: int = 1000
     k: int = 300
@@ -49,10 +60,18 @@ class NPOSConfig:
     kept_per_point: int = 200
     noise_std: float = 0.1
     selection: Selection = "paper"
-    start_epoch: int = 200
+    start_epoch: int | None = None  # explicit first epoch; None = start_fraction of the classifier's epochs
+    start_fraction: float = 0.4     # start_epoch_KNN 200 of 500 epochs
     head_weight: float = 0.1
     head_hidden: int = 128
     test_k: int = 300
+    objective: Literal["cider", "ce"] = "cider"
+    projection_dim: int = 128
+    cider_temperature: float = 0.1
+    prototype_momentum: float = 0.5
+    dispersion_weight: float = 0.5
+    compactness_weight: float = 1.0
+    protocol: Protocol = "paper"
 
     def __post_init__(self) -> None:
         if min(self.queue_size, self.k, self.boundary_count, self.points_per_class, self.candidates_per_point,
@@ -73,16 +92,22 @@ class NPOSConfig:
             raise ValueError(f"noise_std={self.noise_std} must be > 0")
         if self.head_weight < 0:
             raise ValueError(f"head_weight={self.head_weight} is negative; use >= 0")
-        if self.start_epoch < 0:
+        if self.start_epoch is not None and self.start_epoch < 0:
             raise ValueError(f"start_epoch={self.start_epoch} must be >= 0")
+        if not 0.0 <= self.start_fraction < 1.0:
+            raise ValueError(f"start_fraction={self.start_fraction} must lie in [0, 1)")
+        if self.projection_dim < 1 or self.cider_temperature <= 0 or not 0.0 <= self.prototype_momentum < 1.0:
+            raise ValueError("projection_dim must be >= 1, cider_temperature > 0, prototype_momentum in [0, 1)")
 
 
 class OutlierHeadLoss(TrainingHook):
     """weight * BCE(head(features), b): ID features b = 1, boundary outliers synthesised from the queues b = 0."""
 
-    def __init__(self, queues: ClassFeatureQueues, feature_dim: int, config: NPOSConfig, seed: int) -> None:
+    def __init__(self, queues: ClassFeatureQueues, feature_dim: int, config: NPOSConfig, start_epoch: int,
+                 seed: int) -> None:
         self.queues = queues
         self.config = config
+        self.start_epoch = start_epoch
         self.head = nn.Sequential(nn.Linear(feature_dim, config.head_hidden), nn.ReLU(),
                                   nn.Linear(config.head_hidden, 1))
         self.generator = torch.Generator().manual_seed(seed)
@@ -98,7 +123,7 @@ class OutlierHeadLoss(TrainingHook):
         return outliers.reshape(-1, outliers.shape[2])
 
     def loss(self, batch: StepBatch, model: Classifier) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        if batch.epoch < self.config.start_epoch or not self.queues.full:
+        if batch.epoch < self.start_epoch or not self.queues.full:
             return None, {}
         outliers = self.synthesize()
         logits = self.head(torch.cat([batch.features, outliers])).squeeze(1)
@@ -114,14 +139,18 @@ class NPOS(Method[NPOSConfig]):
     benchmark_defaults = {
         # embedded scale: ~400 training images per class, 12 epochs, 128-d features
         "mnist5k": {"queue_size": 200, "k": 50, "boundary_count": 40, "candidates_per_point": 200,
-                    "kept_per_point": 20, "start_epoch": 4, "test_k": 50},
+                    "kept_per_point": 20, "test_k": 50},
     }
+    # official: KNN_dis_search_distance's mis-ordered reshape; CompLoss(temperature=0.1, base_temperature=0.07)
+    reference_settings = {"*": {"selection": "reference", "compactness_weight": 0.1 / 0.07}}
 
     @classmethod
     def check_config(cls, config: NPOSConfig, classifier: ClassifierConfig) -> None:
-        if config.start_epoch >= classifier.epochs:
-            raise HarnessError(f"npos.start_epoch={config.start_epoch} is not before the classifier's "
-                               f"{classifier.epochs} epochs, so no outlier would ever be used; lower npos.start_epoch")
+        regulariser_start_epoch("npos", config.start_epoch, config.start_fraction, classifier.epochs)
+
+    def start_epoch(self) -> int:
+        c = self.config
+        return regulariser_start_epoch("npos", c.start_epoch, c.start_fraction, self.context.classifier_config.epochs)
 
     def train(self, outliers: Outliers | None) -> None:
         spec, train_set = self.context.benchmark.spec, self.context.benchmark.train
@@ -130,8 +159,13 @@ class NPOS(Method[NPOSConfig]):
                                "lower npos.test_k")
         queues = ClassFeatureQueues(spec.num_classes, self.config.queue_size)
         feature_dim = self.context.new_classifier().feature_dim
-        head = OutlierHeadLoss(queues, feature_dim, self.config, self.context.seed)
-        self.classifier = self.context.train_classifier("npos", hooks=[queues, head], key_parts=[self.config])
+        c = self.config
+        head = OutlierHeadLoss(queues, feature_dim, c, self.start_epoch(), self.context.seed)
+        hooks: list[TrainingHook] = [queues, head]
+        if c.objective == "cider":
+            hooks.append(CIDERLoss(spec.num_classes, feature_dim, c.projection_dim, c.cider_temperature,
+                                   c.prototype_momentum, c.dispersion_weight, c.compactness_weight))
+        self.classifier = self.context.train_classifier("npos", hooks=hooks, key_parts=[c])
         self.scorer = KNNScorer(self.config.test_k).fit(self.context.outputs(self.classifier, train_set)["features"])
 
     def score(self, images: ImageSet) -> np.ndarray:
@@ -141,4 +175,8 @@ class NPOS(Method[NPOSConfig]):
         return self.context.outputs(self.classifier, images)["logits"].argmax(1)
 
     def details(self) -> dict[str, Any]:
-        return {"selection": self.config.selection}
+        c = self.config
+        accuracy = ("fc as a linear probe on detached penultimate features, trained with the CIDER losses"
+                    if c.objective == "cider" else "fc trained end to end with cross-entropy")
+        return {"selection": c.selection, "objective": c.objective, "start_epoch": self.start_epoch(),
+                "id_accuracy_protocol": accuracy}

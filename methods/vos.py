@@ -1,12 +1,14 @@
 """VOS: virtual outlier synthesis (Du et al., ICLR 2022), the classification variant of the official code.
 
 During classifier training, per-class FIFO queues keep the last `queue_size` penultimate features. From epoch
-`start_epoch` on, each step fits class-conditional Gaussians with the class means and ONE shared covariance
-Sigma = X^T X / |X| + eps I (X: every queue centred on its class mean; paper eq. 1-2), draws `samples_per_class`
-samples per class and keeps the `kept_per_class` with the lowest likelihood (eq. 3; "outside the epsilon-likelihood
-boundary"). The virtual outliers' logits fc(v) and the ID logits enter the energy regulariser with VOS's learnable
-weighted logsumexp and phi = Linear(1, 2), weight `beta` (the official `loss_weight`, eq. 5). Test score: the plain
-energy logsumexp of the logits (official test script; `test_score=phi` uses phi(E) instead).
+`start_epoch` on (default: `start_fraction` 0.4 of the classifier's epochs, the official 40 of 100), each step fits
+class-conditional Gaussians with the class means and ONE shared covariance Sigma = X^T X / |X| + eps I (X: every
+queue centred on its class mean; paper eq. 1-2), draws `samples_per_class` samples per class and keeps the
+`kept_per_class` with the lowest likelihood (eq. 3; "outside the epsilon-likelihood boundary").
+The virtual outliers' logits fc(v) and the ID logits enter the energy regulariser with VOS's learnable weighted
+logsumexp and phi (a nonlinear MLP in the paper, `mlp3`; official Linear(1, 2)), weight `beta` (the
+official `loss_weight`, eq. 5). Test score: the plain energy logsumexp of the logits (official test script;
+`test_score=phi` uses phi(E) instead).
 
 Sampling detail: with a shared covariance, x = mu_c + L z (Sigma = L L^T) has log-likelihood
 const - ||z||^2 / 2 under its class Gaussian, so the lowest-likelihood samples are the draws with the largest
@@ -24,27 +26,29 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
-from harness.errors import HarnessError
 from harness.feature_queues import ClassFeatureQueues
 from harness.models import Classifier
 from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
-from harness.training import ClassifierConfig, StepBatch
+from harness.training import ClassifierConfig, StepBatch, regulariser_start_epoch
 
 
 @dataclass(frozen=True)
 class VOSConfig:
-    """Paper / official CIFAR defaults (train_virtual.py)."""
+    """Paper defaults (CIFAR: official train_virtual.py values where the paper gives none)."""
 
     queue_size: int = 1000          # --sample_number
     samples_per_class: int = 10000  # --sample_from
     kept_per_class: int = 1         # --select
     covariance_eps: float = 1e-4
-    start_epoch: int = 40           # --start_epoch (of 100)
+    start_epoch: int | None = None  # explicit first epoch; None = start_fraction of the classifier's epochs
+    start_fraction: float = 0.4     # --start_epoch 40 of 100 epochs
     beta: float = 0.1               # --loss_weight
-    phi: PhiKind = "linear"
+    phi: PhiKind = "mlp3"           # paper: a nonlinear MLP (Dream-OOD eq. 7: "same architecture as VOS")
     weighted_energy: bool = True    # learnable weighted logsumexp (official `weight_energy`)
     test_score: Literal["energy", "phi"] = "energy"
+    protocol: Protocol = "paper"
 
     def __post_init__(self) -> None:
         if self.beta < 0:
@@ -58,8 +62,10 @@ class VOSConfig:
                              f"{self.samples_per_class}")
         if self.covariance_eps <= 0:
             raise ValueError(f"covariance_eps={self.covariance_eps} must be > 0")
-        if self.start_epoch < 0:
+        if self.start_epoch is not None and self.start_epoch < 0:
             raise ValueError(f"start_epoch={self.start_epoch} must be >= 0")
+        if not 0.0 <= self.start_fraction < 1.0:
+            raise ValueError(f"start_fraction={self.start_fraction} must lie in [0, 1)")
 
 
 def shared_gaussian(queues: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,24 +123,27 @@ class VOS(EnergyRegularizedMethod[VOSConfig]):
     Config = VOSConfig
     benchmark_defaults = {
         # embedded scale: ~400 training images per class, 12 epochs, 128-d features
-        "mnist5k": {"queue_size": 200, "start_epoch": 4},
+        "mnist5k": {"queue_size": 200},
     }
+    reference_settings = {"*": {"phi": "linear"}}  # official train_virtual.py: logistic_regression = Linear(1, 2)
 
     @classmethod
     def check_config(cls, config: VOSConfig, classifier: ClassifierConfig) -> None:
-        if config.start_epoch >= classifier.epochs:
-            raise HarnessError(f"vos.start_epoch={config.start_epoch} is not before the classifier's "
-                               f"{classifier.epochs} epochs, so no outlier would ever be used; lower vos.start_epoch")
+        regulariser_start_epoch("vos", config.start_epoch, config.start_fraction, classifier.epochs)
+
+    def start_epoch(self) -> int:
+        c = self.config
+        return regulariser_start_epoch("vos", c.start_epoch, c.start_fraction, self.context.classifier_config.epochs)
 
     def train(self, outliers: Outliers | None) -> None:
         num_classes = self.context.benchmark.spec.num_classes
         self.queues = ClassFeatureQueues(num_classes, self.config.queue_size)
         self.regularizer = EnergyRegularizer(
-            num_classes, self.config.beta, self.config.phi, self.config.weighted_energy, self.config.start_epoch,
+            num_classes, self.config.beta, self.config.phi, self.config.weighted_energy, self.start_epoch(),
             self.config.test_score, outlier_features=VOSSampler(self.queues, self.config, self.context.seed))
         self.classifier = self.context.train_classifier("vos", hooks=[self.queues, self.regularizer],
                                                         key_parts=[self.config])
 
     def details(self) -> dict[str, Any]:
-        return {"test_score": self.config.test_score}
+        return {"test_score": self.config.test_score, "phi": self.config.phi, "start_epoch": self.start_epoch()}
 

@@ -8,7 +8,15 @@ import shutil
 import pytest
 import torch
 
-from harness.diffusion.backend import MODEL_ENV, GenerationConfig, load_backend, png_bytes, read_png, resolve_model_path
+from harness.diffusion.backend import (
+    MODEL_ENV,
+    DiffusionBackend,
+    GenerationConfig,
+    load_backend,
+    png_bytes,
+    read_png,
+    resolve_model_path,
+)
 from harness.errors import HarnessError
 
 PROMPT = "A high-quality image of a {}"
@@ -130,3 +138,53 @@ def test_png_metadata_round_trip(tmp_path):
     pixels, meta = read_png(path)
     assert torch.equal(pixels, image)
     assert meta == {"class": "dog", "embedding_id": "3", "seed": "7"}
+
+
+class _TokenizerOnly:
+    """The two tokenizer methods of DiffusionBackend over a word tokenizer (no model needed)."""
+
+    def __init__(self, directory, words):
+        from transformers import CLIPTokenizer
+
+        from harness.diffusion.tokenizer import write_word_tokenizer
+
+        write_word_tokenizer(words, directory, model_max_length=77)
+        self.tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
+        self.directory = directory
+
+    class_token = DiffusionBackend.class_token
+    prompt_ids = DiffusionBackend.prompt_ids
+
+
+def test_natural_prompt_names_tokenise_as_words_and_labels_with_underscores_do_not(tmp_path):
+    from harness.benchmarks import load_spec
+
+    spec = load_spec("cifar100")
+    vocab = _TokenizerOnly(tmp_path, ["aquarium", "fish", "maple", "tree"])
+    for index in (1, 47):  # aquarium_fish, maple_tree
+        label, natural = spec.class_names[index], spec.prompt_names[index]
+        assert "_" in label and "_" not in natural
+        assert any("_" in piece for piece in vocab.class_token(label).tokens)   # CLIP's own "_" token
+        assert vocab.class_token(natural).tokens == tuple(f"{w}</w>" for w in natural.split())
+
+
+def test_token_report_names_multi_token_and_missing_token_classes(tmp_path):
+    from harness.benchmarks import load_spec
+    from harness.diffusion.prompts import token_report
+
+    spec = load_spec("cifar100")
+    vocab = _TokenizerOnly(tmp_path, ["chimp", "chimpanzee", "fish", "aquarium", "apples"])
+    ncis_tokens = spec.official_prompt_names["ncis_embedding"]
+    generation = spec.official_prompt_names["ncis_generation"]
+    assert sum(a != b for a, b in zip(ncis_tokens, generation, strict=True)) == 6
+    picked = [0, 1, 21]  # apples, (aquarium) fish, chimp(anzee)
+    report = token_report(vocab, [ncis_tokens[i] for i in picked], "A high-quality image of the {}",
+                          [generation[i] for i in picked])
+    assert report.tokens == ("apples</w>", "fish</w>", "chimp</w>")
+    assert report.missing == ["chimp"]          # 'chimp</w>' never occurs in "... of the chimpanzee"
+    assert report.as_record()["missing_token_classes"] == ["chimp"]
+    with pytest.raises(HarnessError, match="'chimp' does not occur"):
+        report.require_present("pick other words")
+    same = token_report(vocab, ["aquarium fish", "chimpanzee"], "A high-quality image of the {}")
+    assert same.missing == [] and same.multi_token == ["aquarium fish"]
+    assert same.as_record()["multi_token_classes"] == {"aquarium fish": ["aquarium</w>", "fish</w>"]}

@@ -91,13 +91,23 @@ def test_outlier_resize_policies():
     for policy in ("bilinear", "nearest", "random"):
         assert resize_outliers(images, 32, policy, generator).shape == (6, 1, 32, 32)
     nearest = resize_outliers(images, 32, "nearest", generator)
-    assert torch.equal(nearest, images[:, :, ::2, ::2])
+    assert torch.equal(nearest, images[:, :, 1::2, 1::2])  # pixel centres, as PIL's NEAREST
     windows = random_windows(images, 32, 0, generator)  # none-random-crop: a patch of the full-size image
     for window, image in zip(windows, images, strict=True):
         found = any(torch.equal(window, image[:, t:t + 32, s:s + 32]) for t in range(33) for s in range(33))
         assert found
     rgb = torch.tensor([[[[255]], [[0]], [[0]]]], dtype=torch.uint8)
     assert to_channels_tensor(rgb, 1).item() == 76  # ITU-R 601 luma of pure red
+
+
+@pytest.mark.parametrize("source, size", [(256, 32), (45, 32), (20, 32), (37, 224)])
+def test_nearest_resize_equals_pil_nearest_on_random_images(source, size):
+    rng = np.random.default_rng(source)
+    pixels = rng.integers(0, 256, (3, 2, source, source), dtype=np.uint8)
+    ours = resize_outliers(torch.from_numpy(pixels).float() / 255, size, "nearest", torch.Generator())
+    for image, resized in zip(pixels, ours, strict=True):
+        pil = [np.asarray(Image.fromarray(channel).resize((size, size), Image.NEAREST)) for channel in image]
+        np.testing.assert_array_equal((resized * 255).round().byte().numpy(), np.stack(pil))
 
 
 def test_latent_head_is_eq2_dot_product_or_official_cosine_over_temperature():
@@ -137,7 +147,42 @@ def test_end_to_end_dream_ood_on_mnist5k(tmp_path):
     assert record["details"]["selection"] == "reference" and record["details"]["test_score"] == "phi"
     assert record["details"]["outliers"] == 30
     assert record["details"]["substituted_tokens"]["seven"] == "seven</w>"
+    assert record["details"]["missing_token_classes"] == [] and record["details"]["class_words"] == "natural"
     gallery = [f for f in record["figures"] if f.endswith("_outliers.png")]
     assert gallery and Image.open(out / gallery[0]).size[0] > 100
     assert "seed0_outliers.png" in (out / "leaderboards" / "mnist5k.md").read_text()
     assert 0.0 <= record["average"]["auroc"] <= 1.0
+
+
+def test_paper_defaults_and_the_reference_protocol_reproduce_the_official_settings():
+    from harness.registry import method_config
+    from methods.dream_ood import DreamOOD
+
+    paper = method_config(DreamOOD, "cifar100", {})
+    assert (paper.latent_similarity, paper.sigma, paper.sigma_meaning, paper.phi, paper.test_score, paper.beta,
+            paper.class_words) == ("dot", 0.03, "variance", "mlp3", "phi", 2.5, "natural")
+    assert paper.sampling.noise_std == pytest.approx(0.03 ** 0.5)  # N(z, sigma^2 I) with sigma^2 = 0.03
+    official = method_config(DreamOOD, "cifar100", {"protocol": "reference"})
+    assert (official.latent, official.sampling.noise_std, official.phi, official.test_score, official.selection,
+            official.class_words) == (DreamOOD.Config().latent.__class__(200, 256, 0.1, "cosine"), 0.07, "linear",
+                                      "energy", "reference", "official")
+    inet, inet_ref = method_config(DreamOOD, "imagenet100", {}), method_config(DreamOOD, "imagenet100",
+                                                                               {"protocol": "reference"})
+    assert (inet.beta, inet.boundary_count, inet.phi) == (1.0, 200, "mlp3")
+    assert (inet_ref.beta, inet_ref.boundary_count, inet_ref.phi, inet_ref.sampling.noise_std) == (1.0, 200, "mlp",
+                                                                                                    0.03)
+    # mnist5k before the protocol switch was the official code's behaviour except the (paper) selection
+    before = {"latent_similarity": "cosine", "sigma": 0.07, "sigma_meaning": "std", "phi": "linear",
+              "test_score": "energy", "selection": "paper"}
+    today = method_config(DreamOOD, "mnist5k", {"protocol": "reference", "selection": "paper"})
+    assert {k: getattr(today, k) for k in before} == before
+    assert method_config(DreamOOD, "mnist5k", {"protocol": "reference", "phi": "mlp"}).phi == "mlp"  # --set wins
+
+
+def test_crop_policy_refuses_outliers_smaller_than_the_id_images():
+    from harness.errors import HarnessError
+    from harness.outlier_images import OutlierImageSource
+
+    with pytest.raises(HarnessError, match="smaller than the ID size 224"):
+        OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "none-random-crop", 0, True, 0)
+    OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "bilinear", 0, True, 0)

@@ -69,6 +69,16 @@ def test_ood_positive_convention_is_recorded_separately(tmp_path, session_cache)
     assert "OOD positive" in (tmp_path / "out/leaderboards/mnist5k.md").read_text()
 
 
+def test_hendrycks_fpr_rule_is_recorded_labelled_and_applied(tmp_path, session_cache):
+    request = RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "out", fpr_rule="hendrycks")
+    (record,) = execute(request, cache=session_cache)
+    assert record.fpr_rule == "hendrycks" and "fpr_rule=hendrycks" in record.label
+    (plain,) = execute(RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "plain"), cache=session_cache)
+    assert plain.fpr_rule == "recall-at-least" and "fpr_rule" not in plain.label
+    assert record.average["auroc"] == plain.average["auroc"]
+    assert all(0.0 <= m["fpr95"] <= 1.0 for m in record.metrics.values())
+
+
 def test_leaderboard_shows_a_dash_for_methods_without_id_accuracy(tmp_path, session_cache):
     (record,) = execute(RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "out"), cache=session_cache)
     density = type(record)(**{**record.__dict__, "method": "density", "label": "density", "id_accuracy": None})

@@ -108,14 +108,31 @@ def test_dual_loss_reverses_the_likelihood_bias_on_blurred_vectors():
     assert out_lp < id_lp
 
 
-def test_dual_loss_terms():
+def test_dual_loss_terms_and_the_outlier_probability_weighting():
     flow = Flow(FlowSpec((2,), blocks=1, hidden=4, haar=False))
-    x = torch.randn(4, 2)
-    loss = dual_loss(flow, x, x)
-    assert loss.id_nll.item() == pytest.approx(-flow.log_prob(x).mean().item(), rel=1e-5)
-    assert loss.outlier_softplus.item() == pytest.approx(torch.nn.functional.softplus(flow.log_prob(x)).mean().item(),
-                                                         rel=1e-5)
+    x, x_out = torch.randn(4, 2), torch.randn(1, 2)  # outlier_prob 0.2: 1 outlier in a batch of 5
+    nll, sp = -flow.log_prob(x), torch.nn.functional.softplus(flow.log_prob(x_out))
+    per_term = dual_loss(flow, x, x_out, "per-term")
+    assert per_term.id_nll.item() == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert per_term.outlier_softplus.item() == pytest.approx(sp.mean().item(), rel=1e-5)
+    paper = dual_loss(flow, x, x_out)  # default: sums over the whole batch, so the terms weigh 4 : 1
+    assert paper.id_nll.item() == pytest.approx(nll.sum().item() / 5, rel=1e-5)
+    assert paper.outlier_softplus.item() == pytest.approx(sp.sum().item() / 5, rel=1e-5)
     assert dual_loss(flow, x, None).outlier_softplus is None
+
+
+def test_haar_only_where_a_one_channel_input_needs_it():
+    from types import SimpleNamespace
+
+    from methods.flow import FlowConfig, NormalizingFlow
+
+    def spec(channels, **config):
+        images = torch.zeros(2, channels, 8, 8, dtype=torch.uint8)
+        context = SimpleNamespace(benchmark=SimpleNamespace(train=SimpleNamespace(images=images)))
+        return NormalizingFlow(FlowConfig(**config), context)._flow_spec()
+
+    assert spec(3).haar is False and spec(1).haar is True     # paper: the AllInOneBlocks only, for RGB
+    assert spec(3, haar=True).haar is True
 
 
 def test_lipschitz_estimate_reports_max_over_samples():
@@ -169,7 +186,15 @@ def test_end_to_end_run_scores_both_ways_with_one_training(tmp_path, capsys):
     assert nll["details"]["compressor"] in ("jpeg2000", "png")
     # each record carries the other score's metrics: they must agree with the other run's own metrics
     for name, metrics in comp["metrics"].items():
-        assert nll["details"]["metrics_complexity"][name]["auroc"] == pytest.approx(metrics["auroc"])
+        assert nll["details"]["metrics_complexity"][name] == pytest.approx(metrics)
+    # ... under the run's FPR convention too (--fpr-positive ood)
+    ood_out = tmp_path / "ood"
+    ood_args = [*args[:3], "--out", str(ood_out), *args[5:], "--fpr-positive", "ood", "--fpr-rule", "hendrycks"]
+    assert cli_main(ood_args) == 0 and cli_main([*ood_args, "--set", "flow.score=complexity"]) == 0
+    ood_records = [json.loads(p.read_text()) for p in (ood_out / "records" / "mnist5k").rglob("*.json")]
+    ood_by_score = {r["config"]["score"]: r for r in ood_records}
+    for name, metrics in ood_by_score["complexity"]["metrics"].items():
+        assert ood_by_score["nll"]["details"]["metrics_complexity"][name] == pytest.approx(metrics)
     assert nll["details"]["lipschitz"]["samples"] == 20
     assert nll["id_accuracy"] is None
     capsys.readouterr()

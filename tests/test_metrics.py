@@ -44,6 +44,44 @@ def test_fpr95_equals_brute_force_count_for_both_conventions(id_scores, ood_scor
     assert fpr_at_95_tpr(id_scores, ood_scores, "ood") == brute_force_fpr(-ood_scores, -id_scores)
 
 
+def brute_force_hendrycks(positives, negatives, level=0.95):
+    """fpr_and_fdr_at_recall written out with loops: walk the distinct thresholds from the highest, stop at the first
+    with full recall, read them back from there (highest recall first), append (recall 1, fp 0), take the first
+    point whose recall is nearest `level`."""
+    points = []
+    for t in sorted(set(positives) | set(negatives), reverse=True):
+        tp = sum(p >= t for p in positives)
+        points.append((tp / len(positives), sum(n >= t for n in negatives)))
+        if tp == len(positives):
+            break
+    points = points[::-1] + [(1.0, 0)]
+    best = 0
+    for i, (recall, _) in enumerate(points):
+        if abs(recall - level) < abs(points[best][0] - level):
+            best = i
+    return points[best][1] / len(negatives)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scores, scores)
+def test_hendrycks_rule_equals_its_brute_force_replica_for_both_conventions(id_scores, ood_scores):
+    id_scores, ood_scores = np.array(id_scores), np.array(ood_scores)
+    assert fpr_at_95_tpr(id_scores, ood_scores, "id", "hendrycks") == pytest.approx(
+        brute_force_hendrycks(list(id_scores), list(ood_scores)), abs=1e-12)
+    assert fpr_at_95_tpr(id_scores, ood_scores, "ood", "hendrycks") == pytest.approx(
+        brute_force_hendrycks(list(-ood_scores), list(-id_scores)), abs=1e-12)
+
+
+def test_the_two_fpr_rules_differ_on_a_small_set():
+    id_scores = np.arange(17, dtype=float)          # recall 16/17 = 0.941 at t = 1, 1.0 at t = 0
+    ood_scores = np.array([0.0, 10.0])              # one OOD score tied with the lowest ID score
+    assert fpr_at_95_tpr(id_scores, ood_scores) == 1.0                     # t = 0: the first recall >= 0.95
+    assert fpr_at_95_tpr(id_scores, ood_scores, rule="hendrycks") == 0.5   # t = 1: recall 0.941 is nearest
+    assert ood_metrics(id_scores, ood_scores, rule="hendrycks")["fpr95"] == 0.5
+    with pytest.raises(ValueError, match="rule"):
+        fpr_at_95_tpr(id_scores, ood_scores, rule="nearest")
+
+
 @settings(max_examples=200, deadline=None)
 @given(scores, scores)
 def test_ood_positive_fpr95_matches_openood_formula(id_scores, ood_scores):

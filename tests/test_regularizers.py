@@ -141,3 +141,14 @@ def test_non_finite_loss_stops_with_terms_and_keeps_last_good_state(tmp_path):
     restored = tiny_classifier()
     restored.load_state_dict(saved["state_dict"])
     assert len(saved["hooks"]) == 1 and set(saved["hooks"][0][0]) == {"weight", "bias"}
+
+
+def test_phi_kinds_have_the_stated_linear_layers():
+    from harness.regularizers import build_phi
+
+    layers = {kind: [m for m in build_phi(kind).modules() if isinstance(m, torch.nn.Linear)]
+              for kind in ("linear", "mlp", "mlp3")}
+    assert [(m.in_features, m.out_features) for m in layers["linear"]] == [(1, 2)]
+    assert [(m.in_features, m.out_features) for m in layers["mlp"]] == [(1, 512), (512, 2)]
+    assert [(m.in_features, m.out_features) for m in layers["mlp3"]] == [(1, 512), (512, 512), (512, 2)]
+    assert build_phi("mlp3")(torch.randn(5, 1)).shape == (5, 2)

@@ -189,8 +189,9 @@ def test_bad_input_is_one_line_error_before_any_work(tmp_path, capsys, args, mes
 
 def test_vos_config_defaults_are_the_papers():
     config = VOSConfig()
-    assert (config.queue_size, config.samples_per_class, config.kept_per_class, config.start_epoch, config.beta,
-            config.covariance_eps) == (1000, 10000, 1, 40, 0.1, 1e-4)
+    assert (config.queue_size, config.samples_per_class, config.kept_per_class, config.start_fraction, config.beta,
+            config.covariance_eps) == (1000, 10000, 1, 0.4, 0.1, 1e-4)
+    assert config.start_epoch is None and config.phi == "mlp3"
 
 
 @pytest.mark.slow
@@ -211,3 +212,83 @@ def test_end_to_end_vos_npos_on_mnist5k_write_records(tmp_path):
         assert set(record["metrics"]) == {"glyphs", "textures", "photos", "faces", "noise"}
         assert 0.0 <= record["average"]["auroc"] <= 1.0
     assert list((out / "leaderboards").glob("mnist5k*"))
+
+
+# ---------------------------------------------------------------- CIDER losses (NPOS's paper objective)
+
+def _cider_replica(prototypes, z, labels, momentum, t):
+    """The official per-sample loop and the two losses written out directly (numpy, float64)."""
+    protos = prototypes.copy()
+    for j in range(len(z)):
+        v = protos[labels[j]] * momentum + z[j] * (1 - momentum)
+        protos[labels[j]] = v / np.linalg.norm(v)
+    c = len(protos)
+    sims = protos @ protos.T / t
+    dis = np.mean([np.log(np.mean([np.exp(sims[i, j]) for j in range(c) if j != i])) for i in range(c)])
+    unit = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+    logits = z @ unit.T / t
+    comp = -np.mean([logits[n, labels[n]] - np.log(np.exp(logits[n]).sum()) for n in range(len(z))])
+    return protos, dis, comp
+
+
+def test_cider_losses_match_a_direct_computation_on_a_toy_batch():
+    from harness.cider import compactness_loss, dispersion_loss, update_prototypes
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(13, 6, generator=generator, dtype=torch.float64), dim=1)
+    labels = torch.tensor([2, 0, 2, 2, 1, 0, 3, 2, 1, 1, 0, 2, 3])
+    start = torch.nn.functional.normalize(torch.randn(4, 6, generator=generator, dtype=torch.float64), dim=1)
+    start[3] = 0.0  # a class not seen before: its first sample sets the prototype
+    protos = update_prototypes(start, z, labels, 0.5)
+    want_protos, want_dis, want_comp = _cider_replica(start.numpy(), z.numpy(), labels.numpy(), 0.5, 0.1)
+    np.testing.assert_allclose(protos.numpy(), want_protos, atol=1e-12)
+    assert float(dispersion_loss(protos, 0.1)) == pytest.approx(want_dis, abs=1e-9)
+    assert float(compactness_loss(z, protos, labels, 0.1)) == pytest.approx(want_comp, abs=1e-9)
+
+
+def test_cider_dispersion_gradient_reaches_the_batch_features():
+    from harness.cider import dispersion_loss, update_prototypes
+
+    z = torch.nn.functional.normalize(torch.randn(8, 5), dim=1).requires_grad_()
+    protos = update_prototypes(torch.zeros(3, 5), z, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), 0.5)
+    dispersion_loss(protos, 0.1).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_cider_hook_trains_on_two_views_with_fc_as_a_probe():
+    from harness.cider import CIDERLoss
+    from harness.data import ImageSet
+    from harness.models import build_classifier
+    from harness.training import ClassifierConfig, train_classifier
+
+    gen = torch.Generator().manual_seed(0)
+    train = ImageSet("toy", (torch.rand(48, 1, 8, 8, generator=gen) * 255).to(torch.uint8), torch.arange(48) % 3)
+    seen = []
+
+    class Spy(CIDERLoss):
+        def loss(self, batch, model):
+            seen.append((len(batch.images), batch.labels[:16].tolist() == batch.labels[16:].tolist()))
+            return super().loss(batch, model)
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet_small", 1, 3, [0.5], [0.25])
+    spy = Spy(3, model.feature_dim, dim=8)
+    config = ClassifierConfig(backbone="resnet_small", epochs=1, batch_size=16, lr=0.01)
+    train_classifier(model, train, config, torch.device("cpu"), 0, [spy])
+    assert seen == [(32, True)] * 3  # two augmented views of the 16 images, labels repeated
+    torch.testing.assert_close(spy.state.prototypes.norm(dim=1), torch.ones(3))
+
+    class ProbeOnly(CIDERLoss):  # only the probe's cross-entropy: the encoder must not move
+        def loss(self, batch, model):
+            return None, {}
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet_small", 1, 3, [0.5], [0.25])
+    encoder = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    plain_sgd = ClassifierConfig(backbone="resnet_small", epochs=1, batch_size=16, lr=0.01, weight_decay=0.0,
+                                 momentum=0.0, nesterov=False)
+    train_classifier(model, train, plain_sgd, torch.device("cpu"), 0, [ProbeOnly(3, model.feature_dim, dim=8)])
+    moved = [k for k, v in model.state_dict().items() if k in encoder and v.dtype.is_floating_point
+             and "running" not in k and not torch.equal(v, encoder[k])]
+    assert moved == []
+    assert NPOSConfig().objective == "cider"

@@ -258,10 +258,10 @@ class DiffusionBackend:
         images = (images.float() / 2 + 0.5).clamp(0, 1)
         if config.output_size is not None and images.shape[-1] != config.output_size:
             antialias = config.antialias and config.interpolation in ("bilinear", "bicubic")
-            images = F.interpolate(images, size=(config.output_size, config.output_size), mode=config.interpolation,
+            mode = "nearest-exact" if config.interpolation == "nearest" else config.interpolation  # PIL's NEAREST
+            images = F.interpolate(images, size=(config.output_size, config.output_size), mode=mode,
                                    antialias=antialias,
-                                   **({"align_corners": False} if config.interpolation != "nearest" and
-                                      config.interpolation != "area" else {}))
+                                   **({"align_corners": False} if mode in ("bilinear", "bicubic") else {}))
         return images.clamp(0, 1).cpu()
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], config: GenerationConfig,
