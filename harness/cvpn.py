@@ -20,9 +20,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
-
 from FrEIA.modules import InvertibleModule
+from torch import nn
 
 from harness.errors import HarnessError
 
@@ -66,12 +65,7 @@ class CayleyOrthogonal(InvertibleModule):
         return input_dims
 
 
-def conditional_mlp(in_features: int, cond_features: int, out_features: int, hidden: int, layers: int,
-                    activation: str) -> nn.Module:
-    return _ConditionalMLP(in_features, cond_features, out_features, hidden, layers, ACTIVATIONS[activation])
-
-
-class _ConditionalMLP(nn.Module):
+class ConditionalMLP(nn.Module):
     """tau(x2, h): the class embedding enters through SiLU + Linear added to the first hidden layer (official);
     `layers` hidden layers of width `hidden`; the output layer starts at zero so each coupling starts as identity."""
 
@@ -102,7 +96,7 @@ class ConditionalAdditiveCoupling(InvertibleModule):
         if dim < 2:
             raise HarnessError(f"a coupling layer needs at least 2 dimensions, got D={dim}")
         self.split = condition_size(dim)
-        self.tau = conditional_mlp(dim - self.split, dims_c[0][0], self.split, hidden, layers, activation)
+        self.tau = ConditionalMLP(dim - self.split, dims_c[0][0], self.split, hidden, layers, ACTIVATIONS[activation])
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         (x,) = x_or_z
@@ -272,7 +266,8 @@ def invariant_count(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | 
         if variances.sum() <= 0:
             raise HarnessError(f"class {int(c)} has {len(xc)} identical embeddings (zero variance); check the "
                                "embedding stage")
-        first = int(np.argmax(np.cumsum(variances / variances.sum()) > 1 - p / 100))
+        above = np.cumsum(variances / variances.sum()) > 1 - p / 100  # may be all False by rounding for tiny p
+        first = int(np.argmax(above)) if above.any() else dim - 1
         counts.append(dim - first - (1 if rule == "paper" else 0))
     k = int(np.mean(counts))
     if not 1 <= k <= dim - 1:

@@ -110,7 +110,7 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True, sharey=True)
     colours = ("tab:blue", "tab:orange", "tab:green")
-    for ax, (name, (o, labels)) in zip(axes, outliers.items()):
+    for ax, (name, (o, labels)) in zip(axes, outliers.items(), strict=True):
         for c in range(classes):
             ax.scatter(*x[y == c, :2].T, s=3, c=colours[c], alpha=0.35)
             ax.scatter(*o[labels == c, :2].T, s=14, marker="x", c=colours[c])

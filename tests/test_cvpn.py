@@ -7,11 +7,19 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from harness.cvpn import (CVPN, CayleyOrthogonal, CVPNConfig, LinearInvariants, check_reconstruction,
-                          invariant_count, train_cvpn)
+from harness.cvpn import (
+    CVPN,
+    CayleyOrthogonal,
+    CVPNConfig,
+    LinearInvariants,
+    check_reconstruction,
+    invariant_count,
+    train_cvpn,
+)
 from harness.errors import HarnessError
 from harness.invariant_sampling import low_likelihood_samples, map_back
-from harness.invariants import TOY_CVPN, main as invariants_main, toy_arcs
+from harness.invariants import TOY_CVPN, toy_arcs
+from harness.invariants import main as invariants_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,7 +52,7 @@ def test_log_det_is_exactly_zero_and_the_jacobian_is_unimodular():
     assert torch.equal(log_jac, torch.zeros(8, dtype=torch.float64))
     assert torch.equal(log_jac_rev, torch.zeros(8, dtype=torch.float64))
     for i in range(3):  # the claim checked against autograd: |det J| = 1 (eq. 5, 11)
-        jac = torch.autograd.functional.jacobian(lambda e: model(e[None], y[i:i + 1])[0], x[i])
+        jac = torch.autograd.functional.jacobian(lambda e, i=i: model(e[None], y[i:i + 1])[0], x[i])
         assert abs(torch.linalg.det(jac).abs().item() - 1.0) < 1e-10
 
 
@@ -84,7 +92,8 @@ def test_trained_cvpn_leaves_far_less_invariant_variance_than_linear_pca():
     x, y = toy_arcs(150, seed=0, dim=2)
     pca = LinearInvariants.fit(x, y, 3, k=1)
     pca_var = pca.invariant_part(pca(x, y)).pow(2).mean().item()
-    model, history = train_cvpn(x, y, 3, 1, CVPNConfig(**{**TOY_CVPN.__dict__, "epochs": 40, "lr": 1e-2}), seed=0, progress=False)
+    config = CVPNConfig(**{**TOY_CVPN.__dict__, "epochs": 40, "lr": 1e-2})
+    model, history = train_cvpn(x, y, 3, 1, config, seed=0, progress=False)
     with torch.no_grad():
         cvpn_var = model.invariant_part(model(x, y)).pow(2).mean().item()
     # measured: PCA leaves 0.094 (half circles), the cVPN 0.0042 -> ratio 22; radial noise floor 0.05^2 = 0.0025
@@ -100,7 +109,7 @@ def test_training_is_deterministic_and_keep_best_returns_the_best_epoch():
     a, hist_a = train_cvpn(x, y, 3, 1, config, seed=3, progress=False)
     b, hist_b = train_cvpn(x, y, 3, 1, config, seed=3, progress=False)
     assert hist_a == hist_b
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert len(hist_a["reconstruction"]) == 6
     best = int(np.argmin(hist_a["subset_invariant_mse"]))
     assert hist_a["best_epoch"] == best
