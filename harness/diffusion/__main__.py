@@ -1,7 +1,8 @@
 """`python -m harness.diffusion train-tiny --out DIR` (retrain the shipped tiny model), `finetune-decoder --model
 DIR` (its last stage alone, on a saved model), and
-`python -m harness.diffusion generate ...` (class-prompt generation as a sharded stage; run it under torchrun to
-split the work across processes)."""
+`python -m harness.diffusion generate ...` (class-prompt generation as a sharded stage) and
+`python -m harness.diffusion embed ...` (NCIS diffusion embeddings of a benchmark's training images); run either
+under torchrun to split the work across processes."""
 
 from __future__ import annotations
 
@@ -38,28 +39,51 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     gen.add_argument("--device", default="auto")
     gen.add_argument("--cache-dir", type=Path, default=None)
+    embed = sub.add_parser("embed", help="NCIS diffusion embeddings of a benchmark's training images as a sharded "
+                                         "stage (torchrun-aware)")
+    embed.add_argument("--model", default=None, help="local diffusers SD directory (default $OODBENCH_SD_MODEL)")
+    embed.add_argument("--benchmark", default="mnist5k")
+    embed.add_argument("--preset", default="paper")
+    embed.add_argument("--data-root", type=Path, default=None)
+    embed.add_argument("--seed", type=int, default=0)
+    embed.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="an EmbeddingConfig field, e.g. --set embed.max_per_class=10 (repeatable)")
+    embed.add_argument("--out", type=Path, default=None, help="also save the embeddings (a torch file) here")
+    embed.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"))
+    embed.add_argument("--device", default="auto")
+    embed.add_argument("--cache-dir", type=Path, default=None)
     return parser
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def _device_for_rank(name: str):  # noqa: ANN202 (a torch.device)
+    """The device named by --device; under torchrun on CUDA, this rank's local GPU. Joins the process group."""
     import os
 
     import torch
 
-    from harness.cache import Cache, dist_rank_world, init_distributed
+    from harness.cache import dist_rank_world, init_distributed
+    from harness.runner import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and dist_rank_world()[1] > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    init_distributed(device)
+    return device
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from harness.cache import Cache, dist_rank_world
     from harness.diffusion.backend import GenerationConfig, load_backend
     from harness.diffusion.stage import generate_images
-    from harness.runner import resolve_device
 
     try:
         config = GenerationConfig(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance,
                                   batch_size=args.batch_size, output_size=args.output_size)
     except ValueError as err:
         raise HarnessError(f"generate: {err}") from None
-    device = resolve_device(args.device)
-    if device.type == "cuda" and dist_rank_world()[1] > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    init_distributed(device)
+    device = _device_for_rank(args.device)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     labels = torch.arange(len(classes)).repeat_interleave(args.per_class)
     embeddings = torch.load(args.embeddings, map_location="cpu") if args.embeddings else None
@@ -68,6 +92,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
                             args.seed + torch.arange(len(labels)), config, args.template, embeddings)
     if dist_rank_world()[0] == 0:
         print(paths[0].parent)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from harness.benchmarks import load_benchmark, load_spec
+    from harness.cache import Cache, atomic_torch_save, dist_rank_world
+    from harness.config import build_config, parse_set_options
+    from harness.diffusion.backend import load_backend
+    from harness.diffusion.embeddings import EmbeddingConfig, diffusion_embeddings
+
+    scopes = parse_set_options(args.set)
+    if set(scopes) - {"embed"}:
+        raise HarnessError(f"--set {sorted(set(scopes) - {'embed'})[0]}.* is not an embedding setting; write "
+                           "--set embed.FIELD=VALUE, e.g. --set embed.max_per_class=10")
+    config = build_config(EmbeddingConfig, scopes.get("embed", {}), "embed")
+    device = _device_for_rank(args.device)
+    cache = Cache(args.cache_dir) if args.cache_dir else Cache()
+    spec = load_spec(args.benchmark)
+    backend = load_backend(args.model, device, args.dtype)
+    train = load_benchmark(spec, cache, args.data_root, args.preset).train
+    result = diffusion_embeddings(backend, cache, train, spec.prompt_names, config, args.seed)
+    if dist_rank_world()[0] == 0:
+        if args.out:
+            atomic_torch_save(asdict(result), args.out)
+        print(json.dumps({"images": len(result.indices), "dim": result.embeddings.shape[1],
+                          "initial_loss": result.initial_loss.mean().item(),
+                          "final_loss": result.final_loss.mean().item(), "tokens": result.tokens}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             from harness.diffusion.tiny import finetune_saved_decoder
 
             print(json.dumps(finetune_saved_decoder(args.model), indent=2))
+        elif args.command == "embed":
+            cmd_embed(args)
         else:
             cmd_generate(args)
 
