@@ -328,11 +328,17 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
         backend = self._backend()
         generation_names = self.prompt_names("ncis_generation")
         embedding_names = self.prompt_names("ncis_embedding")
-        self.tokens = [backend.class_token(name) for name in generation_names]  # a name without token fails here
+        generation_tokens = [backend.class_token(name) for name in generation_names]  # a name without token fails
         embedding_tokens = [backend.class_token(name) for name in embedding_names]
-        # the official code substitutes the embedding name's first token, absent from some generation prompts
-        self.missing_token_classes = sorted(g.name for g, e in zip(self.tokens, embedding_tokens, strict=True)
-                                            if e.token_id not in g.token_ids)
+        # e' replaces the token it was optimised as (the embedding name's first token, as the official code does)
+        # where the generation prompt contains it; else the generation name's first token (official: no
+        # substitution at all, so that class's "outliers" are plain ID images, e.g. CIFAR 'chimp' / 'chimpanzee')
+        present = [e.token_id in g.token_ids for g, e in zip(generation_tokens, embedding_tokens, strict=True)]
+        self.missing_token_classes = sorted(g.name for g, ok in zip(generation_tokens, present, strict=True) if not ok)
+        token_names = [e.name if ok else g.name
+                       for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
+        self.tokens = [e if ok else g for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
+        self.generation_tokens = generation_tokens
         embeddings, labels = self.embed()
         self.embedded_labels = labels
         chosen = self.sample_embeddings(embeddings, labels, spec.num_classes)
@@ -344,7 +350,7 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
         labels_out = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)
         seeds = ctx.seed * 10_000_000 + torch.arange(len(labels_out))
         paths = generate_images(backend, ctx.cache, generation_names, labels_out, seeds, c.generation,
-                                c.prompt_template, chosen, desc="ncis outliers")
+                                c.prompt_template, chosen, desc="ncis outliers", token_names=token_names)
         images = to_channels_tensor(load_images(paths), spec.channels)
         self.outlier_embedding_norms = chosen.norm(dim=1)
         return Outliers("images", images, labels_out, meta={"directory": str(paths[0].parent)})
@@ -392,8 +398,9 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
                     "embedding": c.embedding, "sampling": c.sampling, "embedded_images": len(self.embedded_labels),
                     "embedded_per_class_min": int(torch.bincount(self.embedded_labels).min()),
                     **self.embedding_facts,
-                    "substituted_tokens": {t.name: t.token for t in self.tokens},
-                    "multi_token_classes": sorted(t.name for t in self.tokens if len(t.token_ids) > 1),
+                    "substituted_tokens": {name: t.token for name, t in zip(
+                        self.prompt_names("ncis_generation"), self.tokens, strict=True)},
+                    "multi_token_classes": sorted(t.name for t in self.generation_tokens if len(t.token_ids) > 1),
                     "missing_token_classes": self.missing_token_classes,
                     "outlier_embedding_norm_mean": round(float(self.outlier_embedding_norms.mean()), 5)})
         if c.sampling != "npos":

@@ -151,6 +151,23 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, model_dir):
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+def test_generation_substitutes_the_named_token(tmp_path, backend):
+    from harness.cache import Cache
+    from harness.diffusion.backend import GenerationConfig, read_png
+    from harness.diffusion.stage import generate_images
+
+    config = GenerationConfig("ddim", steps=1, guidance_scale=1.0, batch_size=2)
+    vectors = torch.randn(2, backend.token_dim) * 0.1
+    cache = Cache(tmp_path / "cache")
+    args = (backend, cache, ["cat dog"], torch.zeros(2, dtype=torch.long), torch.arange(2), config, "{}", vectors)
+    paths = generate_images(*args, token_names=["dog"])  # the official code's embedding word inside a longer name
+    assert read_png(paths[0])[1]["substituted_token"] == "dog</w>"
+    default = generate_images(*args)
+    assert read_png(default[0])[1]["substituted_token"] == "cat</w>" and default[0].parent != paths[0].parent
+    with pytest.raises(HarnessError, match="does not occur in prompt"):
+        generate_images(*args, token_names=["bird"])
+
+
 TINY_NCIS = {"max_per_class": "3", "images_per_call": "15", "timesteps_per_image": "4", "embedding_iterations": "2",
              "cvpn_epochs": "2", "rounds": "1", "candidates_per_round": "40", "kept_per_round": "2",
              "outliers_per_class": "2", "steps": "2"}
