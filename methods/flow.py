@@ -48,6 +48,7 @@ from harness.outlier_synthesis import (
 
 DATA_SCALING = "x = (v + u) / 256, u ~ U(0,1) in training and 0.5 at evaluation; log p in nats on [0,1]^D"
 SCORE_ONLY_FIELDS = ("score", "lipschitz_samples")  # do not change the trained flow
+SCORE_BATCH = 1000  # images read (and scored) at once: file-backed sets are never held in memory whole
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class NormalizingFlow(Method[FlowConfig]):
     # --- training ------------------------------------------------------------------------------------------------
 
     def _flow_spec(self) -> FlowSpec:
-        shape = tuple(self.context.benchmark.train.images.shape[1:])
+        shape = tuple(self.context.benchmark.train.gather(torch.tensor([0])).shape[1:])
         haar = shape[0] == 1 if self.config.haar is None else self.config.haar
         try:
             return FlowSpec(shape, self.config.blocks, self.config.hidden, haar)
@@ -124,14 +125,14 @@ class NormalizingFlow(Method[FlowConfig]):
     def _batches(self, outliers: Outliers | None):
         """Load-time batches (x_id, x_outliers): seeded shuffling, dequantization and outlier draws."""
         config, device = self.config, self.context.device
-        pixels = self.context.benchmark.train.images
+        pixels = self.context.benchmark.train  # in memory or file-backed (ImageNet scale): read per batch
         gen = torch.Generator().manual_seed(self.context.seed)
         synthesis = config.synthesis()
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
             order = torch.randperm(len(pixels), generator=gen)
             for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
-                batch = pixels[order[start:start + config.batch_size]].to(device)
+                batch = pixels.gather(order[start:start + config.batch_size]).to(device)
                 if config.variant == "mle":
                     yield scale_pixels(batch, gen), None
                     continue
@@ -167,23 +168,26 @@ class NormalizingFlow(Method[FlowConfig]):
     # --- scores --------------------------------------------------------------------------------------------------
 
     def _check_channels(self, images: ImageSet) -> None:
-        if tuple(images.images.shape[1:]) != self.flow.spec.input_shape:
+        shape = tuple(images.gather(torch.tensor([0])).shape[1:])
+        if shape != self.flow.spec.input_shape:
             raise HarnessError(f"flow was built for images shaped {self.flow.spec.input_shape} but {images.name} has "
-                               f"{tuple(images.images.shape[1:])}; convert the set to the benchmark's channels/size")
+                               f"{shape}; convert the set to the benchmark's channels/size")
 
     def bits_per_dim(self, images: ImageSet) -> np.ndarray:
         """Cached NLL in bits/dim per image (eq. 4 in bits/dim, centre dequantization)."""
         self._check_channels(images)
         key = content_hash(self.key, images.fingerprint)
         log_p = self.context.cache.get_or_compute(
-            "flow-loglik", key, lambda: log_prob_batched(self.flow, scale_pixels(images.images)))
+            "flow-loglik", key, lambda: np.concatenate([log_prob_batched(self.flow, scale_pixels(batch))
+                                                        for batch in images.batches(SCORE_BATCH)]))
         return bits_per_dim(log_p, self.flow.spec.dims)
 
     def complexity(self, images: ImageSet) -> np.ndarray:
         """Cached C(x) in bits/dim (Definition 1) with the recorded compressor."""
         compressor = compressor_name()
         return self.context.cache.get_or_compute("complexity", content_hash(compressor, images.fingerprint),
-                                                 lambda: complexity_bits_per_dim(images.images, compressor))
+                                                 lambda: np.concatenate([complexity_bits_per_dim(batch, compressor)
+                                                                         for batch in images.batches(SCORE_BATCH)]))
 
     def scores(self, images: ImageSet, kind: str) -> np.ndarray:
         """-S_nll = -bpd (eq. 4) or -S_comp = C(x) - bpd (eq. 5); higher = more in-distribution."""
@@ -213,5 +217,6 @@ class NormalizingFlow(Method[FlowConfig]):
         }
         if self.config.lipschitz_samples:
             idx = np.random.default_rng(self.context.seed).permutation(len(bench.test))[:self.config.lipschitz_samples]
-            facts["lipschitz"] = lipschitz_estimate(self.flow, scale_pixels(bench.test.images[np.sort(idx)]))
+            sample = bench.test.gather(torch.from_numpy(np.sort(idx)))
+            facts["lipschitz"] = lipschitz_estimate(self.flow, scale_pixels(sample))
         return facts

@@ -127,8 +127,10 @@ def test_haar_only_where_a_one_channel_input_needs_it():
     from methods.flow import FlowConfig, NormalizingFlow
 
     def spec(channels, **config):
-        images = torch.zeros(2, channels, 8, 8, dtype=torch.uint8)
-        context = SimpleNamespace(benchmark=SimpleNamespace(train=SimpleNamespace(images=images)))
+        from harness.data import ImageSet
+
+        images = ImageSet("t", torch.zeros(2, channels, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+        context = SimpleNamespace(benchmark=SimpleNamespace(train=images))
         return NormalizingFlow(FlowConfig(**config), context)._flow_spec()
 
     assert spec(3).haar is False and spec(1).haar is True     # paper: the AllInOneBlocks only, for RGB
