@@ -8,15 +8,22 @@ Resize policies (`outlier_resize`):
 - `random`: per image a random choice of the two (NCIS's "Both", its best setting in Table 3);
 - `none-random-crop`: no resize; a random ID-size window of the padded outlier (the official Dream-OOD CIFAR script
   applies RandomCrop(32, padding=4) to 256x256 generated images, so each outlier is a small patch of the image).
+
+`load_outlier_folder` reads pre-generated outliers from disk ("bring your own outliers").
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
+from harness.data import IMAGE_SUFFIXES, list_images, to_channels
 from harness.errors import HarnessError
 from harness.training import StepBatch, augment, to_unit
 
@@ -88,3 +95,40 @@ class OutlierImageSource:
             return augment(x, 0, self.hflip, self.generator)
         return augment(resize_outliers(x, self.size, self.policy, self.generator), self.padding, self.hflip,
                        self.generator)
+
+
+def load_outlier_folder(path: str | Path, channels: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Pre-generated outlier images from a folder (e.g. the images an official repository released), for methods
+    that train on outliers without synthesising them: uint8 (N, channels, H, W) at their stored size (all images
+    must share it; training resizes them by the method's `outlier_resize`), labels when every image sits in a class
+    subfolder (index of the subfolder in sorted order, else None), and a fingerprint of the files' names and bytes.
+    An empty folder, an unreadable image or a size mismatch raises a HarnessError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise HarnessError(f"outliers folder {root} does not exist; pass a directory of outlier images")
+    files = list_images(root)
+    if not files:
+        raise HarnessError(f"outliers folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}); point it at a "
+                           "directory of generated outlier images")
+    digest, arrays = hashlib.sha256(), []
+    for file in files:
+        raw = file.read_bytes()
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + raw)
+        try:
+            with Image.open(io.BytesIO(raw)) as img:
+                array = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise HarnessError(f"cannot read outlier image {file}; remove or replace that file") from None
+        if arrays and array.shape != arrays[0].shape:
+            raise HarnessError(f"outlier image {file} is {array.shape[1]}x{array.shape[0]} but {files[0]} is "
+                               f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; give the folder images of one size")
+        arrays.append(array)
+    images = torch.from_numpy(np.ascontiguousarray(to_channels(np.stack(arrays), channels)))
+    parents = [file.parent for file in files]
+    labels = None
+    if all(parent.parent == root for parent in parents):
+        classes = sorted({parent.name for parent in parents})
+        labels = torch.tensor([classes.index(parent.name) for parent in parents])
+    return images, labels, digest.hexdigest()[:16]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -96,9 +97,10 @@ def class_tokens(backend: DiffusionBackend, prompt_names: Sequence[str]) -> list
     return [backend.class_token(name) for name in prompt_names]
 
 
-def check_vae_encoder(backend: DiffusionBackend) -> None:
-    """The model directory must ship the VAE encoder's weights (some SD exports keep only the decoder)."""
-    vae_dir = backend.directory / "vae"
+def check_vae_encoder(model: DiffusionBackend | Path) -> None:
+    """The model directory (or a loaded backend's) must ship the VAE encoder's weights (some SD exports keep only
+    the decoder); cheap: reads only the weight files' key lists, so plugins call it before any work."""
+    vae_dir = (model if isinstance(model, Path) else model.directory) / "vae"
     weights = sorted(vae_dir.glob("*.safetensors")) or sorted(vae_dir.glob("*.bin"))
     if not weights:
         raise HarnessError(f"no VAE weights in {vae_dir}; the embedding stage needs the VAE encoder: use a complete "

@@ -51,11 +51,16 @@ def _digest(*arrays: torch.Tensor | None) -> str:
 
 def generate_images(backend: DiffusionBackend, cache: Cache, class_names: list[str], labels: torch.Tensor,
                     seeds: torch.Tensor, config: GenerationConfig, template: str,
-                    embeddings: torch.Tensor | None = None, desc: str = "generate") -> list[Path]:
-    """PNG paths of images i = 0..N-1: prompt `template` with class_names[labels[i]], the class word's first
-    token embedded as embeddings[i] (or the stock embedding when None), initial noise from seeds[i]."""
+                    embeddings: torch.Tensor | None = None, desc: str = "generate",
+                    token_names: list[str] | None = None) -> list[Path]:
+    """PNG paths of images i = 0..N-1: prompt `template` with class_names[labels[i]], the first token of
+    token_names[labels[i]] (default: the class name itself) embedded as embeddings[i] (or the stock embedding when
+    None), initial noise from seeds[i]. A token that does not occur in its prompt is a HarnessError."""
     check_template(template)
-    tokens = [backend.class_token(name) for name in class_names]
+    token_names = list(class_names) if token_names is None else list(token_names)
+    if len(token_names) != len(class_names):
+        raise HarnessError(f"{len(token_names)} token names for {len(class_names)} classes; give one per class")
+    tokens = [backend.class_token(name) for name in token_names]
     labels = torch.as_tensor(labels, dtype=torch.long)
     seeds = torch.as_tensor(seeds, dtype=torch.long)
     if len(seeds) != len(labels) or (embeddings is not None and len(embeddings) != len(labels)):
@@ -67,6 +72,7 @@ def generate_images(backend: DiffusionBackend, cache: Cache, class_names: list[s
         embeddings = embeddings.detach().float().cpu()
         backend.check_embeddings(embeddings)
     key = content_hash("generation", backend.fingerprint, str(backend.dtype), config, template, class_names,
+                       *([] if token_names == list(class_names) else [token_names]),
                        _digest(labels, seeds, embeddings))
     stage = ShardedStage(cache, "generation", key, suffix=".png")
     items = [GenerationItem(i, int(c), class_names[int(c)], int(s))

@@ -1,0 +1,428 @@
+"""NCIS, "Non-linear outlier synthesis for out-of-distribution detection" (seed 000): outliers decoded by Stable
+Diffusion from low-likelihood points of class-conditional manifolds in SD's own conditioning space.
+
+1. Diffusion embeddings (Sec. 3.1, eq. 1, Alg. 1; `harness.diffusion.embeddings`): per ID training image, the class
+   word's token embedding e is optimised on the noise-prediction loss of that image (3 Adam steps, lr 1e-2, 32
+   noised copies on the 50-step DDIM grid), many images per UNet call; `max_per_class` embeds a fraction (Fig. 5d).
+2. Invariant map (Sec. 3.2, eq. 4-7; `harness.cvpn`): a conditional volume-preserving network f(e, y) whose K
+   invariant outputs are driven to 0 (K from per-class PCA with `p`), cached under a content hash of its inputs;
+   or linear invariants (per-class PCA rotation, Table 3), or no map at all (`sampling=npos`: NPOS-style boundary
+   sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.text_latent`).
+3. Sampling (Sec. 3.3-3.4, eq. 8-11; `harness.invariant_sampling`): v = f(e, y), per class N(mu, Sigma + lambda I),
+   `rounds` x `candidates_per_round` draws keeping the `kept_per_round` least likely, e' = f^-1(v', y).
+4. Decoding (`harness.diffusion.stage`): "A high-quality image of a <e'>", DDIM 50 steps, guidance 7.5, 512 -> 256,
+   `images_per_embedding` seeds per e'.
+5. Training (Sec. 3.5, eq. 12-13; `harness.regularizers`): the classifier on ID + outliers in one forward pass,
+   beta 1.0, phi an MLP, test score phi(E(f(x))); outliers resized per sample by nearest or bilinear (`random`,
+   the paper's "Both", Table 3).
+
+`protocol=reference` switches every documented departure of the official code at once (`reference_settings`;
+docs/ncis.md has the table); `outliers_dir` trains on a folder of pre-generated outliers instead of synthesising.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from harness.config import Protocol, content_hash
+from harness.contract import MethodInfo, Outliers
+from harness.cvpn import CVPN, CVPNConfig, LinearInvariants, check_reconstruction, invariant_count, train_cvpn
+from harness.data import ImageSet, list_images
+from harness.diffusion.backend import (
+    DiffusionBackend,
+    GenerationConfig,
+    Interpolation,
+    load_backend,
+    resolve_model_path,
+)
+from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, diffusion_embeddings, select_images
+from harness.diffusion.stage import check_template, generate_images, load_images
+from harness.errors import HarnessError
+from harness.invariant_sampling import low_likelihood_samples, map_back
+from harness.outlier_images import OutlierImageSource, ResizePolicy, load_outlier_folder, to_channels_tensor
+from harness.plots import save_image_grid
+from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind, TestScore
+from harness.text_latent import (
+    BoundarySampling,
+    TextLatentConfig,
+    class_anchors,
+    class_boundary_embeddings,
+    text_latent_embeddings,
+)
+from harness.training import ClassifierConfig
+
+Sampling = Literal["cvpn", "linear", "npos"]
+
+
+@dataclass(frozen=True)
+class NCISConfig:
+    """Paper defaults (seed 000 Sec. 3-4); `protocol=reference` applies the official code's values."""
+
+    protocol: Protocol = "paper"
+    model: str = ""                       # local SD v1.4 diffusers directory ("" = $OODBENCH_SD_MODEL)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"   # generation precision
+    class_names: Literal["natural", "official"] = "natural"  # spec.prompt_names, or spec.official_prompt_names
+    outliers_dir: str = ""                # train on these pre-generated outlier images, skipping synthesis
+    # 1. diffusion embeddings (Sec. 3.1, Alg. 1), or Dream-OOD's text-conditioned latent space (Table 3)
+    embedding: Literal["diffusion", "dream_ood"] = "diffusion"
+    embedding_prompt: str = "A high-quality image of a {}"
+    embedding_iterations: int = 3
+    embedding_lr: float = 1e-2
+    timesteps_per_image: int = 32
+    timestep_grid: int = 50
+    images_per_call: int = 8
+    max_per_class: int | None = None      # embed at most this many training images per class (Fig. 5d)
+    embedding_precision: Literal["float32", "bfloat16"] = "float32"
+    latent_epochs: int = 200              # embedding=dream_ood: its latent encoder's recipe (Dream-OOD defaults)
+    latent_batch_size: int = 256
+    # 2. invariant map (Sec. 3.2)
+    sampling: Sampling = "cvpn"
+    p: float = 2.0                        # % of per-class variance left to the K invariants
+    invariant_rule: Literal["paper", "reference"] = "paper"
+    invariants: Literal["first", "last"] = "first"
+    cvpn_blocks: int = 4
+    cvpn_epochs: int = 200
+    cvpn_batch_size: int = 64
+    cvpn_lr: float = 1e-4
+    reconstruction_step: bool = False     # official: a second step per batch on the reconstruction error
+    best_checkpoint: bool = False         # official: keep the epoch with the lowest invariant MSE
+    reconstruction_tolerance: float = 1e-4  # max |f^-1(f(e)) - e| accepted before sampling
+    # 3. low-likelihood sampling (Sec. 3.3-3.4, eq. 8-11)
+    lam: float = 1e-5
+    gaussian_dims: Literal["all", "invariants"] = "all"
+    rounds: int = 10
+    candidates_per_round: int = 3330
+    kept_per_round: int = 10
+    npos_k: int = 300                     # sampling=npos: k-NN boundary sampling in embedding space
+    npos_boundary_count: int = 50
+    npos_sigma: float = 0.07
+    # 4. decoding
+    prompt_template: str = "A high-quality image of a {}"
+    outliers_per_class: int = 64          # Table 3: 6,400 outliers for CIFAR-100
+    images_per_embedding: int = 1
+    scheduler: Literal["pndm", "ddim"] = "ddim"
+    steps: int = 50
+    guidance_scale: float = 7.5
+    generation_size: int | None = 512
+    output_size: int | None = 256
+    output_interpolation: Interpolation = "bilinear"
+    generation_batch_size: int = 16
+    # 5. training with outliers (Sec. 3.5)
+    beta: float = 1.0
+    phi: PhiKind = "mlp"
+    test_score: TestScore = "phi"
+    outlier_resize: ResizePolicy = "random"
+    epochs: int | None = None             # None = the benchmark recipe's; else scaled like it (preset, --set)
+    batch_size: int | None = None         # ID images per step (as many outliers); None = the recipe's
+    gallery_classes: int = 6
+    gallery_per_class: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.lam > 0:
+            raise ValueError(f"lam={self.lam} must be > 0 (the covariance ridge lambda of eq. 8)")
+        if not 0 < self.p < 100:
+            raise ValueError(f"p={self.p} must be a percentage in (0, 100)")
+        if self.beta < 0 or self.npos_sigma < 0 or self.embedding_lr <= 0 or self.cvpn_lr <= 0:
+            raise ValueError("beta and npos_sigma must be >= 0, embedding_lr and cvpn_lr > 0")
+        for name in ("embedding_iterations", "timesteps_per_image", "timestep_grid", "images_per_call", "cvpn_blocks",
+                     "cvpn_epochs", "cvpn_batch_size", "latent_epochs", "latent_batch_size", "rounds",
+                     "candidates_per_round", "kept_per_round", "npos_k", "npos_boundary_count",
+                     "outliers_per_class", "images_per_embedding", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or none (got {getattr(self, name)})")
+        need = max(self.npos_k, self.npos_boundary_count) if self.sampling == "npos" else 2
+        if self.max_per_class is not None and self.max_per_class < need:
+            raise ValueError(f"max_per_class={self.max_per_class} embeds fewer images per class than the {need} the "
+                             f"{self.sampling} sampler needs; raise max_per_class")
+        if self.sampling == "npos" and self.embeddings_per_class > self.rounds * self.npos_boundary_count:
+            raise ValueError(f"sampling=npos draws rounds x npos_boundary_count = "
+                             f"{self.rounds * self.npos_boundary_count} embeddings per class, fewer than the "
+                             f"{self.embeddings_per_class} needed")
+        if self.kept_per_round > self.candidates_per_round:
+            raise ValueError(f"kept_per_round={self.kept_per_round} exceeds candidates_per_round="
+                             f"{self.candidates_per_round}")
+        if self.embeddings_per_class > self.rounds * self.kept_per_round:
+            raise ValueError(f"outliers_per_class={self.outliers_per_class} / images_per_embedding="
+                             f"{self.images_per_embedding} needs {self.embeddings_per_class} sampled embeddings per "
+                             f"class but rounds x kept_per_round gives {self.rounds * self.kept_per_round}")
+        for name in ("prompt_template", "embedding_prompt"):
+            if getattr(self, name).count("{}") != 1:
+                raise ValueError(f"{name} {getattr(self, name)!r} needs exactly one {{}} for the class name")
+        self.generation  # noqa: B018  (validates steps, guidance, sizes)
+
+    @property
+    def embeddings_per_class(self) -> int:
+        return -(-self.outliers_per_class // self.images_per_embedding)
+
+    @property
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(self.scheduler, self.steps, self.guidance_scale, self.generation_size,
+                                self.generation_size, output_size=self.output_size,
+                                interpolation=self.output_interpolation, antialias=False,
+                                batch_size=self.generation_batch_size)
+
+    @property
+    def embedding_config(self) -> EmbeddingConfig:
+        return EmbeddingConfig(prompt_template=self.embedding_prompt, iterations=self.embedding_iterations,
+                               lr=self.embedding_lr, timesteps_per_image=self.timesteps_per_image,
+                               timestep_grid=self.timestep_grid, images_per_call=self.images_per_call,
+                               max_per_class=self.max_per_class, precision=self.embedding_precision)
+
+    @property
+    def cvpn(self) -> CVPNConfig:
+        return CVPNConfig(blocks=self.cvpn_blocks, epochs=self.cvpn_epochs, batch_size=self.cvpn_batch_size,
+                          lr=self.cvpn_lr, invariants=self.invariants, reconstruction_step=self.reconstruction_step,
+                          keep_best=self.best_checkpoint)
+
+
+class NCIS(EnergyRegularizedMethod[NCISConfig]):
+    info = MethodInfo("ncis", "Non-linear outlier synthesis (anonymous, under review; seed 000)", "pixel-synthesis",
+                      "SD-decoded outliers from low-likelihood samples of cVPN class manifolds in SD's "
+                      "conditioning space + energy reg.")
+    Config = NCISConfig
+    benchmark_defaults = {
+        # embedded scale: the shipped tiny SD model (32x32 digits), 40 embedded images per class, 40 outliers per
+        # class (as dream_ood's mnist5k default), a short cVPN fit
+        "mnist5k": {"model": "models/tiny-sd-mnist5k", "max_per_class": 40, "images_per_call": 20,
+                    "cvpn_epochs": 40, "cvpn_batch_size": 32, "cvpn_lr": 1e-3, "rounds": 4,
+                    "candidates_per_round": 500, "npos_k": 10, "npos_boundary_count": 10,
+                    "outliers_per_class": 40, "steps": 20, "guidance_scale": 3.0, "generation_size": None,
+                    "output_size": None, "generation_batch_size": 50},
+        # Sec. 4: ResNet-34, 250 epochs on CIFAR-100 (the spec's shared recipe has 100)
+        "cifar100": {"epochs": 250},
+        # Sec. 4: 20 epochs of fine-tuning at lr 1e-3 (the spec's recipe), phi 512 wide
+        "imagenet100": {},
+    }
+    reference_settings = {
+        # LarsDoorenbos/NCIS at 42fb174 (methods.md "NCIS official code")
+        "*": {"p": 5.0, "invariant_rule": "reference", "invariants": "last", "reconstruction_step": True,
+              "best_checkpoint": True, "embedding_prompt": "An image of a {}",
+              "prompt_template": "A high-quality image of the {}", "scheduler": "pndm", "images_per_embedding": 8,
+              "test_score": "energy", "class_names": "official"},
+        "cifar100": {"phi": "linear", "batch_size": 256},
+        "imagenet100": {"batch_size": 80},
+    }
+
+    @classmethod
+    def check_config(cls, config: NCISConfig, classifier: ClassifierConfig) -> None:
+        if config.outliers_dir:
+            folder = Path(config.outliers_dir).expanduser()
+            if not folder.is_dir() or not list_images(folder):
+                problem = "holds no images" if folder.is_dir() else "does not exist"
+                raise HarnessError(f"ncis.outliers_dir {folder} {problem}; pass a directory of outlier images")
+            return
+        check_template(config.prompt_template)
+        check_template(config.embedding_prompt)
+        directory = resolve_model_path(config.model)  # a missing SD directory or component fails before any work
+        if config.embedding == "diffusion":
+            check_vae_encoder(directory)
+
+    # --- names and tokens -----------------------------------------------------------------------------------------
+    def _backend(self) -> DiffusionBackend:
+        if not hasattr(self, "backend"):
+            self.backend = load_backend(self.config.model, self.context.device, self.config.dtype)
+        return self.backend
+
+    def prompt_names(self, use: str) -> list[str]:
+        """Class words for `use` ("ncis_embedding" / "ncis_generation"): the spec's official list when
+        `class_names=official` and the spec has one, else its natural prompt names."""
+        spec = self.context.benchmark.spec
+        if self.config.class_names == "official" and use in spec.official_prompt_names:
+            return list(spec.official_prompt_names[use])
+        return list(spec.prompt_names)
+
+    # --- stages 1-3: embeddings, invariant map, sampling ----------------------------------------------------------
+    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) ID embeddings and labels: Sec. 3.1 diffusion embeddings, or (`embedding=dream_ood`, Table 3)
+        Dream-OOD's normalised latent z times the class token's norm (its footnote 2), so both sources live at the
+        token-embedding scale; `max_per_class` selects the same images for either."""
+        ctx, c = self.context, self.config
+        backend = self._backend()
+        names = self.prompt_names("ncis_embedding")
+        if c.embedding == "diffusion":
+            embedded = diffusion_embeddings(backend, ctx.cache, ctx.benchmark.train, names, c.embedding_config,
+                                            ctx.seed, desc="ncis embeddings")
+            self.embedding_facts = {
+                "embedding_loss_initial_mean": round(float(embedded.initial_loss.mean()), 6),
+                "embedding_loss_final_mean": round(float(embedded.final_loss.mean()), 6),
+                "embedding_loss_lowered_fraction": round(float((embedded.final_loss < embedded.initial_loss)
+                                                               .float().mean()), 4)}
+            return embedded.embeddings.float(), embedded.labels.long()
+        _, anchors = class_anchors(backend, names)
+        latent = text_latent_embeddings(ctx, backend, anchors,
+                                        TextLatentConfig(c.latent_epochs, c.latent_batch_size, similarity="cosine"))
+        labels = torch.as_tensor(ctx.benchmark.train.labels, dtype=torch.long)
+        chosen = select_images(labels, c.max_per_class, ctx.seed)
+        self.embedding_facts = {"latent_train_accuracy": round(latent.train_accuracy, 4)}
+        return latent.embeddings[chosen] * anchors.norm(dim=1)[labels[chosen], None], labels[chosen]
+
+    def invariant_map(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
+                      ) -> CVPN | LinearInvariants:
+        """The fitted map f: linear invariants, or the cVPN cached under a hash of its inputs and config; its
+        inverse must reconstruct the embeddings to `reconstruction_tolerance`."""
+        c, ctx = self.config, self.context
+        k = invariant_count(embeddings, labels, c.p, rule=c.invariant_rule)  # K outside [1, D-1] is refused
+        self.invariant_k = k
+        if c.sampling == "linear":
+            model: CVPN | LinearInvariants = LinearInvariants.fit(embeddings, labels, num_classes, k, c.invariants)
+        else:
+            key = content_hash("ncis-cvpn", hashlib.sha256(embeddings.numpy().tobytes()).hexdigest(),
+                               hashlib.sha256(labels.numpy().tobytes()).hexdigest(), num_classes, k, c.cvpn, ctx.seed)
+
+            def compute() -> dict[str, Any]:
+                trained, history = train_cvpn(embeddings, labels, num_classes, k, c.cvpn, ctx.seed, ctx.device)
+                return {"state_dict": {n: v.cpu() for n, v in trained.state_dict().items()}, "history": history}
+
+            stored = ctx.cache.get_or_compute("ncis-cvpn", key, compute)
+            model = CVPN(embeddings.shape[1], num_classes, k, c.cvpn)
+            model.load_state_dict(stored["state_dict"])
+            history = stored["history"]
+            self.cvpn_facts = {"cvpn_invariant_mse": float(history["subset_invariant_mse"][history["best_epoch"]]),
+                               "cvpn_best_epoch": int(history["best_epoch"]),
+                               "cvpn_final_loss": float(history["loss"][-1])}
+        model.eval()
+        self.reconstruction_error = check_reconstruction(model, embeddings, labels, c.reconstruction_tolerance)
+        return model
+
+    def sample_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(C, embeddings_per_class, D) outlier embeddings e' by the configured sampler."""
+        c, ctx = self.config, self.context
+        generator = torch.Generator().manual_seed(ctx.seed)
+        per_class = c.embeddings_per_class
+        if c.sampling == "npos":  # Table 3 "NPOS": Dream-OOD's boundary sampling on the normalised embeddings
+            counts = torch.bincount(labels, minlength=num_classes)
+            norms = torch.stack([embeddings[labels == y].norm(dim=1).mean() for y in range(num_classes)])
+            sampling = BoundarySampling(features_per_class=int(counts.min()), k=c.npos_k,
+                                        boundary_count=c.npos_boundary_count,
+                                        candidates_per_point=max(1, c.candidates_per_round // c.npos_boundary_count),
+                                        kept_per_point=1, rounds=c.rounds, noise_std=c.npos_sigma)
+            sampled = class_boundary_embeddings(embeddings, labels, num_classes, sampling, norms, ctx.seed)
+            pick = torch.randperm(sampled.shape[1], generator=generator)[:per_class]
+            return sampled[:, pick]
+        model = self.invariant_map(embeddings, labels, num_classes)
+        with torch.no_grad():
+            v = model(embeddings, labels)
+        samples, sample_labels, log_probs = low_likelihood_samples(
+            v, labels, num_classes, c.lam, c.rounds, c.candidates_per_round, c.kept_per_round, generator,
+            dims=None if c.gaussian_dims == "all" else model.invariant_dims)
+        self.sample_log_prob_mean = float(log_probs.mean())
+        back = map_back(model, samples, sample_labels)
+        return torch.stack([back[sample_labels == y][:per_class] for y in range(num_classes)])
+
+    def synthesize(self) -> Outliers:
+        ctx, c = self.context, self.config
+        spec = ctx.benchmark.spec
+        if c.outliers_dir:
+            images, labels, fingerprint = load_outlier_folder(c.outliers_dir, spec.channels)
+            self.folder_fingerprint = fingerprint
+            return Outliers("images", images, labels, meta={"directory": str(Path(c.outliers_dir).expanduser()),
+                                                           "fingerprint": fingerprint})
+        backend = self._backend()
+        generation_names = self.prompt_names("ncis_generation")
+        embedding_names = self.prompt_names("ncis_embedding")
+        generation_tokens = [backend.class_token(name) for name in generation_names]  # a name without token fails
+        embedding_tokens = [backend.class_token(name) for name in embedding_names]
+        # e' replaces the token it was optimised as (the embedding name's first token, as the official code does)
+        # where the generation prompt contains it; else the generation name's first token (official: no
+        # substitution at all, so that class's "outliers" are plain ID images, e.g. CIFAR 'chimp' / 'chimpanzee')
+        present = [e.token_id in g.token_ids for g, e in zip(generation_tokens, embedding_tokens, strict=True)]
+        self.missing_token_classes = sorted(g.name for g, ok in zip(generation_tokens, present, strict=True) if not ok)
+        token_names = [e.name if ok else g.name
+                       for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
+        self.tokens = [e if ok else g for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
+        self.generation_tokens = generation_tokens
+        embeddings, labels = self.embed()
+        self.embedded_labels = labels
+        chosen = self.sample_embeddings(embeddings, labels, spec.num_classes)
+        per_class = chosen.shape[1]
+        chosen = chosen.reshape(-1, chosen.shape[2]).repeat_interleave(c.images_per_embedding, dim=0)
+        keep = torch.arange(per_class * c.images_per_embedding) < c.outliers_per_class
+        keep = keep.repeat(spec.num_classes)
+        chosen = chosen[keep]
+        labels_out = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)
+        seeds = ctx.seed * 10_000_000 + torch.arange(len(labels_out))
+        paths = generate_images(backend, ctx.cache, generation_names, labels_out, seeds, c.generation,
+                                c.prompt_template, chosen, desc="ncis outliers", token_names=token_names)
+        images = to_channels_tensor(load_images(paths), spec.channels)
+        self.outlier_embedding_norms = chosen.norm(dim=1)
+        return Outliers("images", images, labels_out, meta={"directory": str(paths[0].parent)})
+
+    # --- stage 5: training with the energy regulariser ------------------------------------------------------------
+    def recipe(self) -> ClassifierConfig:
+        """The classifier recipe NCIS trains with: the run's, with NCIS's epochs (scaled by the same factor as the
+        run's recipe relative to the spec's, e.g. preset quick) and batch size where set."""
+        ctx, c = self.context, self.config
+        recipe = ctx.classifier_config
+        if c.epochs is not None:
+            spec_epochs = int(ctx.benchmark.spec.classifier.get("epochs", ClassifierConfig.epochs))
+            recipe = replace(recipe, epochs=max(1, round(c.epochs * recipe.epochs / spec_epochs)))
+        if c.batch_size is not None:
+            recipe = replace(recipe, batch_size=c.batch_size)
+        return recipe
+
+    def train(self, outliers: Outliers | None) -> None:
+        if outliers is None:
+            raise HarnessError("ncis trains on its synthesised outliers; run synthesize first")
+        ctx, c = self.context, self.config
+        self.outliers = outliers
+        recipe = self.recipe()
+        self.trained_recipe = recipe
+        source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
+                                    c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
+        self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
+                                             outlier_images=source)
+        fingerprint = outliers.meta.get("fingerprint") or ImageSet("outliers", outliers.data,
+                                                                   outliers.labels).fingerprint
+        self.classifier = ctx.train_classifier("ncis", recipe, hooks=[self.regularizer], key_parts=[c, fingerprint])
+
+    # --- record ---------------------------------------------------------------------------------------------------
+    def details(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {"protocol": c.protocol, "outliers": len(self.outliers),
+                               "outlier_resize": c.outlier_resize, "test_score": c.test_score, "phi": c.phi,
+                               "classifier_epochs": self.trained_recipe.epochs,
+                               "classifier_batch_size": self.trained_recipe.batch_size}
+        if c.outliers_dir:
+            return {**out, "outliers_dir": str(Path(c.outliers_dir).expanduser().resolve()),
+                    "outliers_fingerprint": self.folder_fingerprint,
+                    "outliers_labelled": self.outliers.labels is not None}
+        out.update({"model_directory": str(self.backend.directory), "model_fingerprint": self.backend.fingerprint,
+                    "embedding": c.embedding, "sampling": c.sampling, "embedded_images": len(self.embedded_labels),
+                    "embedded_per_class_min": int(torch.bincount(self.embedded_labels).min()),
+                    **self.embedding_facts,
+                    "substituted_tokens": {name: t.token for name, t in zip(
+                        self.prompt_names("ncis_generation"), self.tokens, strict=True)},
+                    "multi_token_classes": sorted(t.name for t in self.generation_tokens if len(t.token_ids) > 1),
+                    "missing_token_classes": self.missing_token_classes,
+                    "outlier_embedding_norm_mean": round(float(self.outlier_embedding_norms.mean()), 5)})
+        if c.sampling != "npos":
+            out.update({"invariant_k": self.invariant_k, "invariants": c.invariants,
+                        "invariant_rule": c.invariant_rule, "p": c.p, "lam": c.lam, "gaussian_dims": c.gaussian_dims,
+                        "reconstruction_error": self.reconstruction_error,
+                        "kept_log_prob_mean": round(self.sample_log_prob_mean, 4)})
+        if c.sampling == "cvpn":
+            out.update(self.cvpn_facts)
+        return out
+
+    def figures(self, directory: Path, stem: str) -> list[Path]:
+        """A gallery: up to `gallery_classes` rows (class names) x `gallery_per_class` outliers (paper Fig. 4)."""
+        c = self.config
+        data, labels = self.outliers.data, self.outliers.labels
+        if labels is None:  # an unlabelled outliers_dir: rows in file order
+            labels = torch.arange(len(data)) // c.gallery_per_class
+        classes = torch.unique(labels).tolist()[:c.gallery_classes]
+        rows = [data[labels == k][:c.gallery_per_class] for k in classes]
+        per_row = min(len(r) for r in rows)
+        names = None if c.outliers_dir else [self.prompt_names("ncis_generation")[k] for k in classes]
+        path = directory / f"{stem}_outliers.png"
+        save_image_grid(torch.cat([r[:per_row] for r in rows]), path, rows=len(classes), row_titles=names,
+                        title="NCIS outliers" + (f" from {Path(c.outliers_dir).name}/" if c.outliers_dir else ""))
+        return [path]

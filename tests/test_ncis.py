@@ -1,0 +1,201 @@
+"""NCIS plugin: config and protocol switch, bring-your-own outliers (folder loading, fingerprint in the cache key,
+bad folders), bad input before any work, and the end-to-end `run --methods ncis,dream_ood` on mnist5k."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness.cli import main
+from harness.config import changed_fields
+from harness.errors import HarnessError
+from harness.outlier_images import load_outlier_folder
+from harness.registry import method_config
+from harness.runner import RunRequest, execute
+from harness.training import ClassifierConfig
+from methods.ncis import NCIS, NCISConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_images(folder: Path, count: int, size: int = 12, seed: int = 0, mode: str = "L") -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = []
+    for i in range(count):
+        shape = (size, size) if mode == "L" else (size, size, 3)
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(array, mode).save(folder / f"{i:03d}.png")
+        arrays.append(array)
+    return arrays
+
+
+def test_outlier_folder_images_labels_and_fingerprint(tmp_path):
+    flat = _write_images(tmp_path / "flat", 3, mode="RGB")
+    images, labels, fingerprint = load_outlier_folder(tmp_path / "flat", channels=3)
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 12, 12) and labels is None
+    np.testing.assert_array_equal(images[1].permute(1, 2, 0).numpy(), flat[1])  # bytes read exactly, no resize
+    grey, _, _ = load_outlier_folder(tmp_path / "flat", channels=1)
+    assert grey.shape == (3, 1, 12, 12)
+
+    _write_images(tmp_path / "byclass" / "b_dog", 2, seed=1)
+    _write_images(tmp_path / "byclass" / "a_cat", 3, seed=2)
+    _, labels, fp_classes = load_outlier_folder(tmp_path / "byclass", channels=1)
+    assert labels.tolist() == [0, 0, 0, 1, 1]  # sorted class subfolders
+    assert load_outlier_folder(tmp_path / "byclass", channels=1)[2] == fp_classes  # deterministic
+    _write_images(tmp_path / "byclass" / "a_cat", 1, seed=9)  # overwrite one file's pixels
+    assert load_outlier_folder(tmp_path / "byclass", channels=1)[2] != fp_classes
+
+
+def test_bad_outlier_folders_name_the_problem(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HarnessError, match="holds no images"):
+        load_outlier_folder(tmp_path / "empty", 1)
+    with pytest.raises(HarnessError, match="does not exist"):
+        load_outlier_folder(tmp_path / "missing", 1)
+    _write_images(tmp_path / "broken", 2)
+    (tmp_path / "broken" / "zz.png").write_bytes(b"not a png")
+    with pytest.raises(HarnessError, match=r"cannot read outlier image .*zz\.png"):
+        load_outlier_folder(tmp_path / "broken", 1)
+    _write_images(tmp_path / "sizes", 1, size=12)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "sizes" / "small.png")
+    with pytest.raises(HarnessError, match=r"small\.png is 8x8"):
+        load_outlier_folder(tmp_path / "sizes", 1)
+
+
+def test_paper_defaults_and_reference_protocol_change_exactly_the_documented_fields():
+    paper = NCISConfig()
+    assert (paper.scheduler, paper.steps, paper.guidance_scale, paper.beta, paper.lam, paper.p) == \
+        ("ddim", 50, 7.5, 1.0, 1e-5, 2.0)
+    assert paper.prompt_template == "A high-quality image of a {}" and paper.invariants == "first"
+    assert (paper.phi, paper.test_score, paper.outlier_resize, paper.sampling) == ("mlp", "phi", "random", "cvpn")
+    for benchmark in ("mnist5k", "cifar100", "imagenet100"):
+        base = method_config(NCIS, benchmark, {})
+        reference = method_config(NCIS, benchmark, {"protocol": "reference"})
+        documented = {**NCIS.reference_settings["*"], **NCIS.reference_settings.get(benchmark, {})}
+        changed = changed_fields(reference, base)
+        assert changed.pop("protocol") == "reference"
+        assert changed == documented, benchmark
+    reference = method_config(NCIS, "cifar100", {"protocol": "reference", "scheduler": "ddim"})
+    assert reference.scheduler == "ddim" and reference.p == 5.0  # a --set field still overrides the protocol
+    assert method_config(NCIS, "cifar100", {}).epochs == 250
+
+
+def _recipe(benchmark_epochs: int, run_epochs: int, **fields) -> ClassifierConfig:
+    method = NCIS.__new__(NCIS)
+    method.config = NCISConfig(**fields)
+    spec = SimpleNamespace(classifier={"epochs": benchmark_epochs})
+    method.context = SimpleNamespace(classifier_config=ClassifierConfig(epochs=run_epochs, batch_size=160),
+                                     benchmark=SimpleNamespace(spec=spec))
+    return method.recipe()
+
+
+def test_classifier_recipe_override_follows_the_run_scaling():
+    assert _recipe(100, 100).epochs == 100 and _recipe(100, 100).batch_size == 160  # no override: the run's recipe
+    assert _recipe(100, 100, epochs=250).epochs == 250  # CIFAR-100 paper: 250 epochs
+    assert _recipe(100, 2, epochs=250).epochs == 5  # preset quick (epoch_scale 0.02) scales NCIS's epochs too
+    assert _recipe(100, 100, batch_size=256).batch_size == 256
+
+
+def test_outliers_dir_fingerprint_enters_the_classifier_key(tmp_path):
+    _write_images(tmp_path / "own", 4, size=32)
+    calls = []
+    method = NCIS.__new__(NCIS)
+    method.config = NCISConfig(outliers_dir=str(tmp_path / "own"))
+    spec = SimpleNamespace(channels=1, image_size=32, num_classes=10, classifier={"epochs": 12})
+    method.context = SimpleNamespace(
+        benchmark=SimpleNamespace(spec=spec), seed=0, classifier_config=ClassifierConfig(epochs=1, batch_size=8),
+        train_classifier=lambda purpose, config, hooks, key_parts: calls.append(key_parts))
+    first = method.synthesize()
+    method.train(first)
+    _write_images(tmp_path / "own", 1, size=32, seed=5)  # same names, new pixels
+    second = method.synthesize()
+    method.train(second)
+    assert first.meta["fingerprint"] != second.meta["fingerprint"]
+    assert calls[0][1] == first.meta["fingerprint"] and calls[1][1] == second.meta["fingerprint"]
+    details = method.details()
+    assert details["outliers_fingerprint"] == second.meta["fingerprint"] and details["outliers"] == 4
+
+
+def _strip_vae_encoder(source: Path, target: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    (weights,) = (target / "vae").glob("*.safetensors")
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("encoder.")}, weights)
+    return target
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, model_dir):
+    (tmp_path / "empty").mkdir()
+    decoder_only = _strip_vae_encoder(model_dir, tmp_path / "decoder-only")
+    for setting, message in [("ncis.lam=0", "lam=0.0 must be > 0"),
+                             ("ncis.p=0", "must be a percentage"),
+                             ("ncis.max_per_class=1", "max_per_class=1 embeds fewer images"),
+                             ("ncis.model=/nonexistent/sd", "does not exist"),
+                             (f"ncis.model={decoder_only}", "has no encoder weights"),
+                             (f"ncis.outliers_dir={tmp_path / 'empty'}", "holds no images"),
+                             (f"ncis.outliers_dir={tmp_path / 'nothing'}", "does not exist"),
+                             ("ncis.prompt_template=no class", "exactly one")]:
+        code = main(["run", "--methods", "ncis", "--set", setting, "--out", str(tmp_path / "out"),
+                     "--cache-dir", str(tmp_path / "cache")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, (setting, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_generation_substitutes_the_named_token(tmp_path, backend):
+    from harness.cache import Cache
+    from harness.diffusion.backend import GenerationConfig, read_png
+    from harness.diffusion.stage import generate_images
+
+    config = GenerationConfig("ddim", steps=1, guidance_scale=1.0, batch_size=2)
+    vectors = torch.randn(2, backend.token_dim) * 0.1
+    cache = Cache(tmp_path / "cache")
+    args = (backend, cache, ["cat dog"], torch.zeros(2, dtype=torch.long), torch.arange(2), config, "{}", vectors)
+    paths = generate_images(*args, token_names=["dog"])  # the official code's embedding word inside a longer name
+    assert read_png(paths[0])[1]["substituted_token"] == "dog</w>"
+    default = generate_images(*args)
+    assert read_png(default[0])[1]["substituted_token"] == "cat</w>" and default[0].parent != paths[0].parent
+    with pytest.raises(HarnessError, match="does not occur in prompt"):
+        generate_images(*args, token_names=["bird"])
+
+
+TINY_NCIS = {"max_per_class": "3", "images_per_call": "15", "timesteps_per_image": "4", "embedding_iterations": "2",
+             "cvpn_epochs": "2", "rounds": "1", "candidates_per_round": "40", "kept_per_round": "2",
+             "outliers_per_class": "2", "steps": "2"}
+
+
+@pytest.mark.slow
+def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
+    overrides = {"classifier": {"epochs": "1"}, "ncis": TINY_NCIS,
+                 "dream_ood": {"latent_epochs": "1", "outliers_per_class": "2", "steps": "2", "rounds": "1"}}
+    records = execute(RunRequest(methods=["ncis", "dream_ood"], overrides=overrides, out_dir=tmp_path / "out"),
+                      cache=session_cache)
+    assert [r.method for r in records] == ["ncis", "dream_ood"]
+    ncis = json.loads(records[0].path(tmp_path / "out").read_text())
+    details = ncis["details"]
+    assert details["protocol"] == "paper" and details["sampling"] == "cvpn" and details["outliers"] == 20
+    assert details["embedded_images"] == 30 and details["embedded_per_class_min"] == 3
+    assert details["substituted_tokens"]["seven"] == "seven</w>" and details["missing_token_classes"] == []
+    assert 1 <= details["invariant_k"] <= 63 and details["reconstruction_error"] < 1e-4
+    assert details["embedding_loss_final_mean"] < details["embedding_loss_initial_mean"]
+    assert np.isfinite(details["cvpn_invariant_mse"]) and details["classifier_epochs"] == 1
+    assert ncis["config"]["max_per_class"] == 3 and 0.0 <= ncis["average"]["auroc"] <= 1.0
+    gallery = [f for f in ncis["figures"] if f.endswith("_outliers.png")]
+    assert gallery and Image.open(tmp_path / "out" / gallery[0]).size[0] > 100
+    board = (tmp_path / "out" / "leaderboards" / "mnist5k.md").read_text()
+    assert "| ncis(" in board and "| dream_ood(" in board
+    # a second run finds every NCIS stage in the cache (embeddings, cVPN, images, classifier)
+    before = {stage: session_cache.misses(stage) for stage in ("ncis-embeddings", "ncis-cvpn", "generation",
+                                                               "classifier")}
+    again = {"classifier": overrides["classifier"], "ncis": TINY_NCIS}
+    execute(RunRequest(methods=["ncis"], overrides=again, out_dir=tmp_path / "again"), cache=session_cache)
+    assert {stage: session_cache.misses(stage) for stage in before} == before
