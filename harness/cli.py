@@ -126,6 +126,9 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
                          help="an empty cache directory, or an interrupted publish's to resume (default: a new one)")
     publish.add_argument("--threads", type=int, default=None, help="torch threads (default: the labels file's)")
     publish.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    publish.add_argument("--jobs", type=int, default=1,
+                         help="worker processes running (label, seed) tasks side by side (default 1; e.g. one per "
+                              "core with threads 1)")
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -178,7 +181,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     from harness.publish import PUBLISHED_FILE, publish
 
     records, changed = publish(args.benchmark, args.out, args.labels or PUBLISHED_FILE, args.cache_dir,
-                               args.threads, args.device)
+                               args.threads, args.device, args.jobs)
     print("\n".join(changed) or "expectations unchanged")
     print(f"published {len(records)} records under {args.out}")
 

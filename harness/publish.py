@@ -9,8 +9,11 @@ as a whole, then its leaderboard and its expectations (`harness.regression`).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +62,22 @@ def clean_cache_dir(cache_dir: Path | None, benchmark: str) -> Path:
     return cache_dir
 
 
+def seed_tasks(requests: list[RunRequest]) -> list[RunRequest]:
+    """One request per (label, seed), seeds innermost: parallel workers then start on different seeds (each trains
+    its own seed's shared classifier) instead of waiting on one cache lock."""
+    return [replace(request, seeds=[seed]) for request in requests for seed in request.seeds]
+
+
 def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE, cache_dir: Path | None = None,
-            threads: int | None = None, device: str = "auto") -> tuple[list[RunRecord], list[str]]:
+            threads: int | None = None, device: str = "auto", jobs: int = 1) -> tuple[list[RunRecord], list[str]]:
     """Run every published label into a staging directory, then replace `<out>/records/<benchmark>` with it and
-    rewrite the leaderboard and `<out>/expectations/<benchmark>.json`; returns the records and what changed."""
+    rewrite the leaderboard and `<out>/expectations/<benchmark>.json`; returns the records and what changed.
+
+    `jobs` > 1 runs (label, seed) tasks in that many worker processes sharing the cache (its file locks make each
+    entry computed once); every task still runs with the labels file's thread count, so the numbers equal a
+    one-job publish's."""
+    if jobs < 1:
+        raise HarnessError(f"--jobs {jobs} must be at least 1")
     name = load_spec(benchmark).name
     cache_dir = clean_cache_dir(cache_dir, name)
     staging = Path(out_dir) / f".publish-{name}"
@@ -70,10 +85,16 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / CACHE_MARKER).touch()
     shutil.rmtree(staging, ignore_errors=True)
-    for request in requests:
-        print(f"publish {name}: {request.methods[0]} {request.overrides or ''} seeds {request.seeds} "
+    tasks = seed_tasks(requests)
+    for request in tasks:
+        print(f"publish {name}: {request.methods[0]} {request.overrides or ''} seed {request.seeds[0]} "
               f"(cache {cache_dir})")
-        execute(request)
+    if jobs == 1:
+        for request in tasks:
+            execute(request)
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(execute, tasks))
     target = Path(out_dir) / "records" / name
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -105,3 +105,11 @@ def test_publish_refuses_a_cache_that_is_not_clean(tiny, tmp_path, capsys):
     assert main(["publish", "--benchmark", str(tiny["spec"]), "--labels", str(tiny["labels"]), "--out",
                  str(tmp_path / "out"), "--cache-dir", str(used)]) == 2
     assert "publish runs from a clean one" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_publish_with_two_jobs_gives_the_one_job_numbers(tiny, tmp_path):
+    """(label, seed) tasks in two worker processes sharing one cache: same metrics as the sequential publish."""
+    records, _ = publish(str(tiny["spec"]), tmp_path / "results", tiny["labels"], tmp_path / "cache", jobs=2)
+    parallel = {(r.label, r.seed): (r.metrics, r.id_accuracy) for r in records}
+    sequential = {(r.label, r.seed): (r.metrics, r.id_accuracy) for r in tiny["records"]}
+    assert parallel == sequential
