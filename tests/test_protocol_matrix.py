@@ -27,6 +27,10 @@ TINY = {
                   "outliers_per_class": "1", "steps": "2", "generation_size": "none", "output_size": "none",
                   "generation_batch_size": "100"},
     "flow": {"epochs": "1", "blocks": "2", "hidden": "4", "lipschitz_samples": "2"},
+    "ncis": {"model": str(REPO / "models/tiny-sd-mnist5k"), "max_per_class": "2", "timesteps_per_image": "2",
+             "embedding_iterations": "1", "cvpn_epochs": "1", "rounds": "1", "candidates_per_round": "8",
+             "kept_per_round": "1", "outliers_per_class": "1", "steps": "2", "generation_size": "none",
+             "output_size": "none", "generation_batch_size": "100", "epochs": "none"},
 }
 
 
@@ -68,7 +72,9 @@ def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp
     if name == "mnist5k":  # its own small backbone and the shipped tiny SD model
         settings = [s for s in settings if not s.startswith(("classifier.", "dream_ood."))]
         settings += ["dream_ood.latent_epochs=1", "dream_ood.outliers_per_class=2", "dream_ood.steps=2",
-                     "dream_ood.rounds=1", "flow.epochs=1", "flow.blocks=2", "flow.hidden=4"]
+                     "dream_ood.rounds=1", "flow.epochs=1", "flow.blocks=2", "flow.hidden=4",
+                     "ncis.max_per_class=2", "ncis.timesteps_per_image=2", "ncis.cvpn_epochs=1", "ncis.rounds=1",
+                     "ncis.kept_per_round=1", "ncis.outliers_per_class=1", "ncis.steps=2"]
     args = ["run", "--methods", ",".join(methods), "--benchmark", name, "--preset", "quick",
             "--allow-incomplete", "--data-root", str(data_root), "--out", str(tmp_path / "out"),
             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
