@@ -97,6 +97,14 @@ class OutlierImageSource:
                        self.generator)
 
 
+def check_outlier_folder(path: str, option: str) -> None:
+    """Fail before any work when the setting `option` (e.g. `ncis.outliers_dir`) names no folder of images."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or not list_images(folder):
+        problem = "holds no images" if folder.is_dir() else "does not exist"
+        raise HarnessError(f"{option} {folder} {problem}; pass a directory of outlier images")
+
+
 def load_outlier_folder(path: str | Path, channels: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """Pre-generated outlier images from a folder (e.g. the images an official repository released), for methods
     that train on outliers without synthesising them: uint8 (N, channels, H, W) at their stored size (all images

@@ -32,7 +32,7 @@ import torch
 from harness.config import Protocol, content_hash
 from harness.contract import MethodInfo, Outliers
 from harness.cvpn import CVPN, CVPNConfig, LinearInvariants, check_reconstruction, invariant_count, train_cvpn
-from harness.data import ImageSet, list_images
+from harness.data import ImageSet
 from harness.diffusion.backend import (
     DiffusionBackend,
     GenerationConfig,
@@ -44,7 +44,13 @@ from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, dif
 from harness.diffusion.stage import check_template, generate_images, load_images
 from harness.errors import HarnessError
 from harness.invariant_sampling import low_likelihood_samples, map_back
-from harness.outlier_images import OutlierImageSource, ResizePolicy, load_outlier_folder, to_channels_tensor
+from harness.outlier_images import (
+    OutlierImageSource,
+    ResizePolicy,
+    check_outlier_folder,
+    load_outlier_folder,
+    to_channels_tensor,
+)
 from harness.plots import save_image_grid
 from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind, TestScore
 from harness.text_latent import (
@@ -214,10 +220,7 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
     @classmethod
     def check_config(cls, config: NCISConfig, classifier: ClassifierConfig) -> None:
         if config.outliers_dir:
-            folder = Path(config.outliers_dir).expanduser()
-            if not folder.is_dir() or not list_images(folder):
-                problem = "holds no images" if folder.is_dir() else "does not exist"
-                raise HarnessError(f"ncis.outliers_dir {folder} {problem}; pass a directory of outlier images")
+            check_outlier_folder(config.outliers_dir, "ncis.outliers_dir")
             return
         check_template(config.prompt_template)
         check_template(config.embedding_prompt)

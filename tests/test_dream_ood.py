@@ -186,3 +186,30 @@ def test_crop_policy_refuses_outliers_smaller_than_the_id_images():
     with pytest.raises(HarnessError, match="smaller than the ID size 224"):
         OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "none-random-crop", 0, True, 0)
     OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "bilinear", 0, True, 0)
+
+
+def test_outliers_dir_trains_on_the_folder_and_skips_synthesis(tmp_path, capsys):
+    """dream_ood.outliers_dir: the folder's images are the outliers (no SD model is loaded), recorded with its
+    fingerprint; an empty folder is refused in one line before any work."""
+    from types import SimpleNamespace
+
+    from methods.dream_ood import DreamOOD, DreamOODConfig
+
+    (tmp_path / "own").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L").save(tmp_path / "own" / f"{i}.png")
+    method = DreamOOD.__new__(DreamOOD)
+    method.config = DreamOODConfig(model="/nonexistent", outliers_dir=str(tmp_path / "own"))
+    method.context = SimpleNamespace(benchmark=SimpleNamespace(spec=SimpleNamespace(channels=1)))
+    DreamOOD.check_config(method.config, None)  # the model is not needed
+    outliers = method.synthesize()
+    assert outliers.data.shape == (3, 1, 32, 32) and outliers.labels is None
+    method.outliers = outliers
+    assert method.details()["outliers_fingerprint"] == outliers.meta["fingerprint"]
+    (tmp_path / "empty").mkdir()
+    code = main(["run", "--methods", "dream_ood", "--set", f"dream_ood.outliers_dir={tmp_path / 'empty'}",
+                 "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "dream_ood.outliers_dir" in err and "holds no images" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
