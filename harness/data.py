@@ -231,6 +231,19 @@ def load_image_files(files: Sequence[Path | str], name: str, size: int, channels
     return ImageSet(name, torch.cat(chunks), labels)
 
 
+def folder_images(path: str | Path, what: str) -> list[Path]:
+    """The image files under `path` (recursively, sorted); a one-line HarnessError naming `what` (e.g. "OOD
+    folder", "ncis.outliers_dir") when the folder is missing or holds none."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise HarnessError(f"{what} {root} does not exist; pass an existing directory of images")
+    files = list_images(root)
+    if not files:
+        raise HarnessError(f"{what} {root} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                           "point it at a directory that contains image files")
+    return files
+
+
 def load_image_folder(path: str | Path, name: str, size: int, channels: int, limit: int | None = None,
                       seed: int = 0) -> ImageSet:
     """Load every image under `path` (recursively) as `size` x `size` with `channels` channels.
@@ -238,13 +251,7 @@ def load_image_folder(path: str | Path, name: str, size: int, channels: int, lim
     With `limit`, a seeded random subset of that many files is loaded. Raises HarnessError for a missing folder,
     a folder without images, or an unreadable file (named).
     """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise HarnessError(f"OOD folder {root} does not exist; pass an existing directory of images")
-    files = list_images(root)
-    if not files:
-        raise HarnessError(f"OOD folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                           "point it at a directory that contains image files")
+    files = folder_images(path, "OOD folder")
     if limit is not None and len(files) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(files), size=limit, replace=False))
         files = [files[i] for i in keep]

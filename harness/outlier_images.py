@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from harness.data import IMAGE_SUFFIXES, list_images, to_channels
+from harness.data import folder_images, to_channels
 from harness.errors import HarnessError
 from harness.training import StepBatch, augment, to_unit
 
@@ -99,10 +99,7 @@ class OutlierImageSource:
 
 def check_outlier_folder(path: str, option: str) -> None:
     """Fail before any work when the setting `option` (e.g. `ncis.outliers_dir`) names no folder of images."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir() or not list_images(folder):
-        problem = "holds no images" if folder.is_dir() else "does not exist"
-        raise HarnessError(f"{option} {folder} {problem}; pass a directory of outlier images")
+    folder_images(path, option)
 
 
 def load_outlier_folder(path: str | Path, channels: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -114,12 +111,7 @@ def load_outlier_folder(path: str | Path, channels: int) -> tuple[torch.Tensor, 
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise HarnessError(f"outliers folder {root} does not exist; pass a directory of outlier images")
-    files = list_images(root)
-    if not files:
-        raise HarnessError(f"outliers folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}); point it at a "
-                           "directory of generated outlier images")
+    files = folder_images(root, "outliers folder")
     digest, arrays = hashlib.sha256(), []
     for file in files:
         raw = file.read_bytes()
