@@ -33,18 +33,19 @@ Typical use (a method plugin):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.contract import ConfigT, Method, TrainedClassifier
+from harness.contract import ConfigT, Method, Outliers, TrainedClassifier
 from harness.data import AnyImageSet
 from harness.errors import HarnessError
 from harness.models import Classifier
-from harness.training import StepBatch, TrainingHook
+from harness.outlier_images import OutlierImageSource
+from harness.training import ClassifierConfig, StepBatch, TrainingHook
 
 PhiKind = Literal["linear", "mlp", "mlp3"]
 TestScore = Literal["energy", "phi"]
@@ -146,11 +147,26 @@ class EnergyRegularizer(TrainingHook):
 
 
 class EnergyRegularizedMethod(Method[ConfigT]):
-    """A method whose detector is a classifier trained with an `EnergyRegularizer` (VOS, Dream-OOD): `train` sets
+    """A method whose detector is a classifier trained with an `EnergyRegularizer` (VOS, Dream-OOD, NCIS): `train` sets
     `self.classifier` and `self.regularizer`; scores are the regulariser's test score of the cached logits."""
 
     classifier: TrainedClassifier
     regularizer: EnergyRegularizer
+
+    def train_with_outlier_images(self, purpose: str, outliers: Outliers | None, recipe: ClassifierConfig,
+                                  key_parts: Sequence[Any]) -> None:
+        """Pixel-space synthesis training (Dream-OOD eq. 7, NCIS eq. 12-13): `recipe`'s classifier on ID +
+        `outliers` in one forward pass per step, outliers brought to the ID size by the config's `outlier_resize`,
+        the regulariser with the config's `beta`, `phi`, `test_score`; cached under `purpose` and `key_parts`."""
+        if outliers is None:
+            raise HarnessError(f"{self.info.name} trains on its synthesised outliers; run synthesize first")
+        ctx, c = self.context, self.config
+        self.outliers = outliers
+        source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
+                                    c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
+        self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
+                                             outlier_images=source)
+        self.classifier = ctx.train_classifier(purpose, recipe, hooks=[self.regularizer], key_parts=key_parts)
 
     def _logits(self, images: AnyImageSet) -> torch.Tensor:
         return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])

@@ -43,14 +43,13 @@ from harness.diffusion.prompts import token_report
 from harness.diffusion.stage import check_template, generate_images, load_images
 from harness.errors import HarnessError
 from harness.outlier_images import (
-    OutlierImageSource,
     ResizePolicy,
     check_outlier_folder,
     load_outlier_folder,
     to_channels_tensor,
 )
 from harness.plots import save_image_grid
-from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
+from harness.regularizers import EnergyRegularizedMethod, PhiKind
 from harness.text_latent import (
     BoundarySampling,
     Similarity,
@@ -226,17 +225,9 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
 
     # --- stage 4: training with the energy regulariser -------------------------------------------------------------
     def train(self, outliers: Outliers | None) -> None:
-        if outliers is None:
-            raise HarnessError("dream_ood trains on its synthesised outliers; run synthesize first")
-        ctx, c = self.context, self.config
-        self.outliers = outliers
-        recipe = ctx.classifier_config
-        source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
-                                    c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
-        self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
-                                             outlier_images=source)
-        fingerprint = ImageSet("outliers", outliers.data, outliers.labels).fingerprint
-        self.classifier = ctx.train_classifier("dream-ood", hooks=[self.regularizer], key_parts=[c, fingerprint])
+        fingerprint = None if outliers is None else ImageSet("outliers", outliers.data, outliers.labels).fingerprint
+        self.train_with_outlier_images("dream-ood", outliers, self.context.classifier_config,
+                                       key_parts=[self.config, fingerprint])
 
     def details(self) -> dict[str, Any]:
         if self.config.outliers_dir:

@@ -42,17 +42,15 @@ from harness.diffusion.backend import (
 )
 from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, diffusion_embeddings, select_images
 from harness.diffusion.stage import check_template, generate_images, load_images
-from harness.errors import HarnessError
 from harness.invariant_sampling import low_likelihood_samples, map_back
 from harness.outlier_images import (
-    OutlierImageSource,
     ResizePolicy,
     check_outlier_folder,
     load_outlier_folder,
     to_channels_tensor,
 )
 from harness.plots import save_image_grid
-from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind, TestScore
+from harness.regularizers import EnergyRegularizedMethod, PhiKind, TestScore
 from harness.text_latent import (
     BoundarySampling,
     TextLatentConfig,
@@ -372,19 +370,10 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
         return recipe
 
     def train(self, outliers: Outliers | None) -> None:
-        if outliers is None:
-            raise HarnessError("ncis trains on its synthesised outliers; run synthesize first")
-        ctx, c = self.context, self.config
-        self.outliers = outliers
-        recipe = self.recipe()
-        self.trained_recipe = recipe
-        source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
-                                    c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
-        self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
-                                             outlier_images=source)
-        fingerprint = outliers.meta.get("fingerprint") or ImageSet("outliers", outliers.data,
-                                                                   outliers.labels).fingerprint
-        self.classifier = ctx.train_classifier("ncis", recipe, hooks=[self.regularizer], key_parts=[c, fingerprint])
+        self.trained_recipe = self.recipe()
+        fingerprint = None if outliers is None else (
+            outliers.meta.get("fingerprint") or ImageSet("outliers", outliers.data, outliers.labels).fingerprint)
+        self.train_with_outlier_images("ncis", outliers, self.trained_recipe, key_parts=[self.config, fingerprint])
 
     # --- record ---------------------------------------------------------------------------------------------------
     def details(self) -> dict[str, Any]:
