@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from harness.training import augment, to_unit
+from harness.classifier.augment import augment, to_unit
 
 N, BATCH = 2560, 160
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.flows import Flow, FlowSpec, dual_loss, scale_pixels
+from harness.components.flows import Flow, FlowSpec, dual_loss, scale_pixels
 
 
 @pytest.mark.parametrize("haar", [True, False], ids=["haar", "no-haar"])

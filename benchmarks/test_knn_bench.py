@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from harness.scores import KNNScorer, l2_normalize
+from harness.components.scores import KNNScorer, l2_normalize
 
 K = 50
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.boundary import sample_boundary_outliers
+from harness.components.boundary import sample_boundary_outliers
 
 CLASSES, DEPTH, DIM = 100, 1000, 512
 SETTINGS = {"k": 300, "boundary_count": 200, "points_per_class": 2, "candidates_per_point": 600,

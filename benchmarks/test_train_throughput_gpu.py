@@ -9,9 +9,9 @@ projected 250-epoch wall time = 250 * 50,000 / images_per_s)
 import pytest
 import torch
 
-from harness.data import ImageSet
-from harness.models import build_classifier
-from harness.training import ClassifierConfig, train_classifier
+from harness.classifier.models import build_classifier
+from harness.classifier.training import ClassifierConfig, train_classifier
+from harness.data.sets import ImageSet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 STEPS, BATCH = 40, 160

@@ -133,10 +133,10 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_regress(args: argparse.Namespace) -> int:
     """Print the comparison table; exit 1 on any violation (0 after --update)."""
-    from harness import regression
-    from harness.benchmarks import load_spec
     from harness.config import parse_set_options
-    from harness.results import load_record_tree
+    from harness.data.spec import load_spec
+    from harness.records import regression
+    from harness.records.results import load_record_tree
     from harness.runner import RunRequest, execute, plan
 
     name = load_spec(args.benchmark).name
@@ -201,8 +201,8 @@ def cmd_list() -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from harness.config import parse_set_options
-    from harness.leaderboard import benchmark_markdown
-    from harness.results import load_records
+    from harness.records.leaderboard import benchmark_markdown
+    from harness.records.results import load_records
     from harness.runner import RunRequest, execute
 
     extra = dict(args.ood)
@@ -223,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from harness.leaderboard import write_leaderboards
+    from harness.records.leaderboard import write_leaderboards
 
     if not (args.out / "records").is_dir():
         raise HarnessError(f"no records under {args.out / 'records'}; run `python -m harness run` first or pass --out")
@@ -239,8 +239,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     """Print the data table; exit status 1 when any set is not usable as is."""
     from tabulate import tabulate
 
-    from harness.benchmarks import check_data, load_spec
-    from harness.real_data import DATA_ROOT_ENV, resolve_data_root
+    from harness.data.check import check_data
+    from harness.data.readers import DATA_ROOT_ENV, resolve_data_root
+    from harness.data.spec import load_spec
 
     spec = load_spec(args.benchmark)
     root = resolve_data_root(args.data_root)

@@ -23,13 +23,14 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 import torch
 
-from harness.benchmarks import Benchmark
 from harness.cache import Cache
+from harness.classifier.hooks import TrainingHook
+from harness.classifier.models import Classifier, build_classifier
+from harness.classifier.training import ClassifierConfig, extract_outputs, train_classifier
 from harness.config import content_hash
-from harness.data import AnyImageSet
+from harness.data.benchmarks import Benchmark
+from harness.data.sets import AnyImageSet
 from harness.metrics import FprRule, Positive
-from harness.models import Classifier, build_classifier
-from harness.training import ClassifierConfig, TrainingHook, extract_outputs, train_classifier
 
 MethodKind = Literal["post-hoc", "feature-synthesis", "pixel-synthesis", "density"]
 ConfigT = TypeVar("ConfigT")

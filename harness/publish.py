@@ -17,15 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.benchmarks import load_spec
 from harness.config import parse_set_options
+from harness.data.spec import load_spec
 from harness.errors import HarnessError
-from harness.leaderboard import write_leaderboards
-from harness.regression import build_expectations, changes, expectations_path, write_expectations
-from harness.results import REPO_ROOT, RunRecord, load_records
+from harness.paths import PUBLISHED_FILE
+from harness.records.leaderboard import write_leaderboards
+from harness.records.regression import build_expectations, changes, expectations_path, write_expectations
+from harness.records.results import RunRecord, load_records
 from harness.runner import RunRequest, execute, plan
 
-PUBLISHED_FILE = REPO_ROOT / "results" / "published.json"
 CACHE_MARKER = ".oodbench-publish"
 
 

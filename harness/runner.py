@@ -12,29 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from harness.benchmarks import (
-    Benchmark,
-    BenchmarkSpec,
-    DataCheck,
-    check_data,
-    data_problem_message,
-    load_benchmark,
-    load_spec,
-    reads_data_root,
-)
 from harness.cache import Cache
+from harness.classifier.training import ClassifierConfig, seed_everything
 from harness.config import build_config, changed_fields
 from harness.contract import Method, RunContext
+from harness.data.benchmarks import Benchmark, load_benchmark
+from harness.data.check import DataCheck, check_data, data_problem_message, reads_data_root
+from harness.data.spec import BenchmarkSpec, load_spec
+from harness.device import resolve_device
 from harness.errors import HarnessError
-from harness.leaderboard import write_leaderboards
 from harness.metrics import METRIC_NAMES, FprRule, Positive, accuracy, ood_metrics
-from harness.plots import save_score_histograms
-from harness.provenance import environment, run_settings
+from harness.records.leaderboard import write_leaderboards
+from harness.records.plots import save_score_histograms
+from harness.records.provenance import environment, run_settings
+from harness.records.results import RunRecord, run_label
 from harness.registry import default_config, discover, method_config, resolve_methods
-from harness.results import RunRecord, run_label
-from harness.training import ClassifierConfig, seed_everything
 
 CLASSIFIER_SCOPE = "classifier"
 
@@ -56,16 +49,6 @@ class RunRequest:
     allow_incomplete: bool = False
     threads: int | None = None  # torch intra-op threads (None: torch's current value); recorded, changes numerics
     deterministic: bool = False  # deterministic algorithms on GPU (recorded)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise HarnessError(f"--device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
-    return torch.device(name)
 
 
 def check_writable(directory: Path, option: str) -> None:
@@ -116,7 +99,7 @@ class Plan:
 def plan(request: RunRequest) -> Plan:
     """Resolve methods, configs, the benchmark spec and its data on disk; every input error surfaces here, before
     any work (a missing, incomplete or corrupted set stops the run before anything is written)."""
-    from harness.real_data import resolve_data_root
+    from harness.data.readers import resolve_data_root
 
     registry = discover()
     classes = resolve_methods(request.methods, registry)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness.cache import Cache
 from harness.config import parse_set_options
-from harness.regression import (
+from harness.records.regression import (
     compare,
     expectations_path,
     load_expectations,
@@ -22,7 +22,7 @@ from harness.regression import (
     recorded_threads,
     table,
 )
-from harness.results import RunRecord
+from harness.records.results import RunRecord
 from harness.runner import RunRequest, execute, plan
 
 

@@ -28,10 +28,26 @@ from typing import Any, Literal
 
 import torch
 
-from harness.boundary import Selection
+from harness.classifier.training import ClassifierConfig
+from harness.components.boundary import Selection
+from harness.components.outlier_images import (
+    ResizePolicy,
+    check_outlier_folder,
+    load_outlier_folder,
+    to_channels_tensor,
+)
+from harness.components.regularizers import EnergyRegularizedMethod, PhiKind
+from harness.components.text_latent import (
+    BoundarySampling,
+    Similarity,
+    TextLatentConfig,
+    class_anchors,
+    class_boundary_embeddings,
+    text_latent_embeddings,
+)
 from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
-from harness.data import ImageSet
+from harness.data.sets import ImageSet
 from harness.diffusion.backend import (
     DiffusionBackend,
     GenerationConfig,
@@ -42,23 +58,7 @@ from harness.diffusion.backend import (
 from harness.diffusion.prompts import token_report
 from harness.diffusion.stage import check_template, generate_images, load_images
 from harness.errors import HarnessError
-from harness.outlier_images import (
-    ResizePolicy,
-    check_outlier_folder,
-    load_outlier_folder,
-    to_channels_tensor,
-)
-from harness.plots import save_image_grid
-from harness.regularizers import EnergyRegularizedMethod, PhiKind
-from harness.text_latent import (
-    BoundarySampling,
-    Similarity,
-    TextLatentConfig,
-    class_anchors,
-    class_boundary_embeddings,
-    text_latent_embeddings,
-)
-from harness.training import ClassifierConfig
+from harness.records.plots import save_image_grid
 
 
 @dataclass(frozen=True)

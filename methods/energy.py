@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.components.scores import energy_score
 from harness.contract import BaselineClassifierMethod, MethodInfo
-from harness.scores import energy_score
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.config import Protocol, content_hash
-from harness.contract import Method, MethodInfo, Outliers
-from harness.data import ImageSet, get_source
-from harness.errors import HarnessError
-from harness.flows import (
+from harness.components.flows import (
     Flow,
     FlowSpec,
     FlowTrainConfig,
@@ -35,8 +31,7 @@ from harness.flows import (
     train_flow,
     unit_to_pixels,
 )
-from harness.metrics import ood_metrics
-from harness.outlier_synthesis import (
+from harness.components.outlier_synthesis import (
     SYNTHETIC_VARIANTS,
     SynthesisConfig,
     Variant,
@@ -45,6 +40,12 @@ from harness.outlier_synthesis import (
     split_for_outliers,
     synthesize_outliers,
 )
+from harness.config import Protocol, content_hash
+from harness.contract import Method, MethodInfo, Outliers
+from harness.data.sets import ImageSet
+from harness.data.sources import get_source
+from harness.errors import HarnessError
+from harness.metrics import ood_metrics
 
 DATA_SCALING = "x = (v + u) / 256, u ~ U(0,1) in training and 0.5 at evaluation; log p in nats on [0,1]^D"
 SCORE_ONLY_FIELDS = ("score", "lipschitz_samples")  # do not change the trained flow

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.components.scores import KNNScorer
 from harness.contract import BaselineClassifierMethod, MethodInfo
-from harness.scores import KNNScorer
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,33 @@ from typing import Any, Literal
 
 import torch
 
+from harness.classifier.training import ClassifierConfig
+from harness.components.cvpn import (
+    CVPN,
+    CVPNConfig,
+    LinearInvariants,
+    check_reconstruction,
+    invariant_count,
+    train_cvpn,
+)
+from harness.components.invariant_sampling import low_likelihood_samples, map_back
+from harness.components.outlier_images import (
+    ResizePolicy,
+    check_outlier_folder,
+    load_outlier_folder,
+    to_channels_tensor,
+)
+from harness.components.regularizers import EnergyRegularizedMethod, PhiKind, TestScore
+from harness.components.text_latent import (
+    BoundarySampling,
+    TextLatentConfig,
+    class_anchors,
+    class_boundary_embeddings,
+    text_latent_embeddings,
+)
 from harness.config import Protocol, content_hash
 from harness.contract import MethodInfo, Outliers
-from harness.cvpn import CVPN, CVPNConfig, LinearInvariants, check_reconstruction, invariant_count, train_cvpn
-from harness.data import ImageSet
+from harness.data.sets import ImageSet
 from harness.diffusion.backend import (
     DiffusionBackend,
     GenerationConfig,
@@ -42,23 +65,7 @@ from harness.diffusion.backend import (
 )
 from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, diffusion_embeddings, select_images
 from harness.diffusion.stage import check_template, generate_images, load_images
-from harness.invariant_sampling import low_likelihood_samples, map_back
-from harness.outlier_images import (
-    ResizePolicy,
-    check_outlier_folder,
-    load_outlier_folder,
-    to_channels_tensor,
-)
-from harness.plots import save_image_grid
-from harness.regularizers import EnergyRegularizedMethod, PhiKind, TestScore
-from harness.text_latent import (
-    BoundarySampling,
-    TextLatentConfig,
-    class_anchors,
-    class_boundary_embeddings,
-    text_latent_embeddings,
-)
-from harness.training import ClassifierConfig
+from harness.records.plots import save_image_grid
 
 Sampling = Literal["cvpn", "linear", "npos"]
 

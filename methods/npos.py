@@ -34,16 +34,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.boundary import Selection, sample_boundary_outliers
-from harness.cider import CIDERLoss
+from harness.classifier.hooks import StepBatch, TrainingHook, regulariser_start_epoch
+from harness.classifier.models import Classifier
+from harness.classifier.training import ClassifierConfig
+from harness.components.boundary import Selection, sample_boundary_outliers
+from harness.components.cider import CIDERLoss
+from harness.components.feature_queues import ClassFeatureQueues
+from harness.components.scores import KNNScorer
 from harness.config import Protocol
 from harness.contract import Method, MethodInfo, Outliers
-from harness.data import ImageSet
+from harness.data.sets import ImageSet
 from harness.errors import HarnessError
-from harness.feature_queues import ClassFeatureQueues
-from harness.models import Classifier
-from harness.scores import KNNScorer
-from harness.training import ClassifierConfig, StepBatch, TrainingHook, regulariser_start_epoch
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.components.scores import ReActScorer
 from harness.contract import BaselineClassifierMethod, MethodInfo
-from harness.scores import ReActScorer
 
 
 @dataclass(frozen=True)

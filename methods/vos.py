@@ -26,12 +26,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from harness.classifier.hooks import StepBatch, regulariser_start_epoch
+from harness.classifier.models import Classifier
+from harness.classifier.training import ClassifierConfig
+from harness.components.feature_queues import ClassFeatureQueues
+from harness.components.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
 from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
-from harness.feature_queues import ClassFeatureQueues
-from harness.models import Classifier
-from harness.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
-from harness.training import ClassifierConfig, StepBatch, regulariser_start_epoch
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from harness.benchmarks import DATASETS_DIR
+from harness.paths import DATASETS_DIR
 
 TINY_PRESET = "tiny"
 

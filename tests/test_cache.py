@@ -1,6 +1,7 @@
 import pytest
 
-from harness.cache import Cache, ShardedStage, atomic_write_bytes
+from harness.cache import Cache, atomic_write_bytes
+from harness.distributed import ShardedStage
 
 
 def test_get_or_compute_stores_once_and_hits_after(tmp_path):

@@ -10,9 +10,9 @@ import torch
 from filelock import FileLock
 
 from harness.cache import Cache
-from harness.data import ImageSet
-from harness.results import load_records
-from harness.training import TrainingHook
+from harness.classifier.hooks import TrainingHook
+from harness.data.sets import ImageSet
+from harness.records.results import load_records
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,9 +125,9 @@ class NoisyQueueHook(TrainingHook):
 
 
 def test_resuming_restores_hook_state_optimizer_and_rng_to_the_same_weights(tmp_path):
-    from harness.feature_queues import ClassFeatureQueues
-    from harness.models import build_classifier
-    from harness.training import ClassifierConfig, train_classifier
+    from harness.classifier.models import build_classifier
+    from harness.classifier.training import ClassifierConfig, train_classifier
+    from harness.components.feature_queues import ClassFeatureQueues
 
     images = torch.randint(0, 256, (96, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     data = ImageSet("toy", images, torch.arange(96) % 4)

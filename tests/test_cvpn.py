@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from harness.cvpn import (
+from harness.components.cvpn import (
     CVPN,
     CayleyOrthogonal,
     CVPNConfig,
@@ -16,10 +16,10 @@ from harness.cvpn import (
     invariant_count,
     train_cvpn,
 )
+from harness.components.invariant_sampling import low_likelihood_samples, map_back
 from harness.errors import HarnessError
-from harness.invariant_sampling import low_likelihood_samples, map_back
-from harness.invariants import TOY_CVPN, toy_arcs
-from harness.invariants import main as invariants_main
+from harness.figures.ncis import TOY_CVPN, toy_arcs
+from harness.figures.ncis import main as invariants_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -157,7 +157,7 @@ class _TokenizerOnly:
 
 
 def test_natural_prompt_names_tokenise_as_words_and_labels_with_underscores_do_not(tmp_path):
-    from harness.benchmarks import load_spec
+    from harness.data.spec import load_spec
 
     spec = load_spec("cifar100")
     vocab = _TokenizerOnly(tmp_path, ["aquarium", "fish", "maple", "tree"])
@@ -169,7 +169,7 @@ def test_natural_prompt_names_tokenise_as_words_and_labels_with_underscores_do_n
 
 
 def test_token_report_names_multi_token_and_missing_token_classes(tmp_path):
-    from harness.benchmarks import load_spec
+    from harness.data.spec import load_spec
     from harness.diffusion.prompts import token_report
 
     spec = load_spec("cifar100")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from harness.cache import Cache
-from harness.data import ImageSet
+from harness.data.sets import ImageSet
 from harness.diffusion.backend import load_backend
 from harness.diffusion.embeddings import (
     EmbeddingConfig,
@@ -85,7 +85,8 @@ def test_one_adam_step_moves_every_coordinate_by_lr(backend):
 
 
 def test_optimised_embedding_lowers_its_own_images_loss_on_average(session_cache):
-    from harness.benchmarks import load_benchmark, load_spec
+    from harness.data.benchmarks import load_benchmark
+    from harness.data.spec import load_spec
 
     spec = load_spec("mnist5k")
     train = load_benchmark(spec, session_cache).train

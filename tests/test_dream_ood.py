@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from harness.cli import main
-from harness.outlier_images import random_windows, resize_outliers, to_channels_tensor
-from harness.text_latent import BoundarySampling, TokenAnchorHead, class_boundary_embeddings
+from harness.components.outlier_images import random_windows, resize_outliers, to_channels_tensor
+from harness.components.text_latent import BoundarySampling, TokenAnchorHead, class_boundary_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,8 +180,8 @@ def test_paper_defaults_and_the_reference_protocol_reproduce_the_official_settin
 
 
 def test_crop_policy_refuses_outliers_smaller_than_the_id_images():
+    from harness.components.outlier_images import OutlierImageSource
     from harness.errors import HarnessError
-    from harness.outlier_images import OutlierImageSource
 
     with pytest.raises(HarnessError, match="smaller than the ID size 224"):
         OutlierImageSource(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 4, 224, "none-random-crop", 0, True, 0)

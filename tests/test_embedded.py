@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from harness.benchmarks import load_benchmark, load_spec
+from harness.data.benchmarks import load_benchmark
+from harness.data.spec import load_spec
 
 
 def test_mnist5k_sets_shapes_split_and_determinism(session_cache, tmp_path):
@@ -27,7 +28,7 @@ def test_mnist5k_sets_shapes_split_and_determinism(session_cache, tmp_path):
 
 
 def test_glyph_sources_depend_on_seed():
-    from harness.data import get_source
+    from harness.data.sources import get_source
 
     a = get_source("glyphs")(size=32, channels=1, count=20, seed=1)
     b = get_source("glyphs")(size=32, channels=1, count=20, seed=2)

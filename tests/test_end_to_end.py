@@ -4,12 +4,13 @@ import random
 import pytest
 import torch
 
-from harness.benchmarks import load_benchmark, load_spec
+from harness.classifier.training import ClassifierConfig
 from harness.contract import RunContext
-from harness.leaderboard import benchmark_markdown, write_leaderboards
-from harness.results import load_records
+from harness.data.benchmarks import load_benchmark
+from harness.data.spec import load_spec
+from harness.records.leaderboard import benchmark_markdown, write_leaderboards
+from harness.records.results import load_records
 from harness.runner import RunRequest, execute
-from harness.training import ClassifierConfig
 
 pytestmark = pytest.mark.slow
 TINY = {"classifier": {"epochs": "1"}}

@@ -12,7 +12,7 @@ import pytest
 
 from harness.cache import Cache
 from harness.publish import PUBLISHED_FILE
-from harness.regression import expectations_path, load_expectations, recorded_threads
+from harness.records.regression import expectations_path, load_expectations, recorded_threads
 from harness.testing import assert_within_tolerance
 
 POST_HOC = ["msp", "energy", "knn", "vim", "react"]

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from harness.cli import main as cli_main
-from harness.errors import HarnessError
-from harness.flows import (
+from harness.components.flows import (
     DualLoss,
     Flow,
     FlowSpec,
@@ -20,10 +19,11 @@ from harness.flows import (
     dual_loss,
     lipschitz_estimate,
     scale_pixels,
-    toy_experiment,
     train_flow,
 )
-from harness.flows import main as flows_main
+from harness.errors import HarnessError
+from harness.figures.flow import main as flows_main
+from harness.figures.flow import toy_experiment
 
 
 def _perturb(flow: Flow, std: float) -> None:
@@ -127,7 +127,7 @@ def test_haar_only_where_a_one_channel_input_needs_it():
     from methods.flow import FlowConfig, NormalizingFlow
 
     def spec(channels, **config):
-        from harness.data import ImageSet
+        from harness.data.sets import ImageSet
 
         images = ImageSet("t", torch.zeros(2, channels, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
         context = SimpleNamespace(benchmark=SimpleNamespace(train=images))
@@ -234,7 +234,7 @@ def test_real_outliers_come_from_the_named_source():
 def test_wrong_channel_count_is_rejected():
     from types import SimpleNamespace
 
-    from harness.data import ImageSet
+    from harness.data.sets import ImageSet
     from methods.flow import NormalizingFlow
 
     method = NormalizingFlow.__new__(NormalizingFlow)

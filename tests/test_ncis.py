@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.classifier.training import ClassifierConfig
 from harness.cli import main
+from harness.components.outlier_images import load_outlier_folder
 from harness.config import changed_fields
 from harness.errors import HarnessError
-from harness.outlier_images import load_outlier_folder
 from harness.registry import method_config
 from harness.runner import RunRequest, execute
-from harness.training import ClassifierConfig
 from methods.ncis import NCIS, NCISConfig
 
 REPO = Path(__file__).resolve().parents[1]

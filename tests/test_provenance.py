@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.provenance import apply_run_settings, differences, environment, run_settings
+from harness.records.provenance import apply_run_settings, differences, environment, run_settings
 from harness.runner import RunRequest, execute
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
@@ -44,10 +44,11 @@ def test_bad_thread_count_is_one_line_error():
 def test_leaderboard_marks_a_row_averaging_records_of_different_code_or_environments():
     from dataclasses import replace
 
-    from harness.leaderboard import benchmark_markdown
-    from harness.results import REPO_ROOT, load_records
+    from harness.paths import RESULTS_DIR
+    from harness.records.leaderboard import benchmark_markdown
+    from harness.records.results import load_records
 
-    records = [r for r in load_records(REPO_ROOT / "results", "mnist5k") if r.method in ("knn", "msp")]
+    records = [r for r in load_records(RESULTS_DIR, "mnist5k") if r.method in ("knn", "msp")]
     mixed = [replace(r, code_version="abc123", environment={**r.environment, "torch_threads": 4})
              if r.method == "knn" and r.seed == 0 else r for r in records]
     board = benchmark_markdown(mixed, "mnist5k")

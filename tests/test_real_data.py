@@ -14,13 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.benchmarks import check_data, load_benchmark, load_spec
 from harness.cache import Cache
+from harness.classifier.models import build_classifier
 from harness.cli import main
-from harness.data import FileImageSet, ImageSet
+from harness.data.benchmarks import load_benchmark
+from harness.data.check import check_data
+from harness.data.readers import read_wnids
+from harness.data.sets import FileImageSet, ImageSet
+from harness.data.spec import load_spec
 from harness.errors import HarnessError
-from harness.models import build_classifier
-from harness.real_data import read_wnids
 
 CIFAR = load_spec("cifar100")
 IMAGENET = load_spec("imagenet100")
@@ -163,7 +165,7 @@ def test_mixed_image_modes_are_converted_to_rgb(tmp_path):
     Image.fromarray(np.full((32, 32, 4), 200, dtype=np.uint8)).save(rgba)
     palette = tmp_path / "mixed" / "palette.gif"
     Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).convert("P").save(palette)
-    from harness.real_data import image_tree
+    from harness.data.readers import image_tree
 
     lazy = image_tree(name="mixed", data_root=tmp_path, path="mixed", size=32, channels=3, preprocess="none")
     batch = lazy.gather(range(len(lazy))).numpy()
@@ -201,7 +203,7 @@ def test_imagenet100_is_carved_by_wnid_with_either_val_layout(tmp_path, flat_val
     spec = load_spec(str(small_spec(tmp_path, "imagenet100")))
     check = check_data(spec, tmp_path)
     assert [r.status for r in check.rows[:2]] == ["found", "found"]
-    from harness.real_data import imagenet_wnids
+    from harness.data.readers import imagenet_wnids
 
     sets = imagenet_wnids(data_root=tmp_path, path="imagenet", classes_file="imagenet100_classes.txt", size=224,
                           channels=3, val_label_files=["LOC_val_solution.csv"], resize=256)
@@ -239,7 +241,7 @@ def test_openood_imglists_are_read_relative_to_images_classic(tmp_path):
     id_files = write_images(tmp_path / "images_classic/cifar100/test", 4, (32, 32), 9)
     (lists / "test_cifar100.txt").write_text("".join(f"cifar100/test/{f.name} {i * 7}\n"
                                                     for i, f in enumerate(id_files)))
-    from harness.real_data import openood_imglist, probe_openood_imglist
+    from harness.data.readers import openood_imglist, probe_openood_imglist
 
     ood = openood_imglist(name="svhn", data_root=tmp_path, size=32, channels=3, imglist=str(lists / "test_svhn.txt"),
                           preprocess="none")

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from harness.leaderboard import REFERENCE_DIR, load_reference, reported_markdown
+from harness.records.leaderboard import REFERENCE_DIR, load_reference, reported_markdown
 
 FILES = sorted(REFERENCE_DIR.glob("*.csv"))
 COLUMNS = ["source", "table", "benchmark", "method", "group", "ood_set", "fpr95", "fpr95_std", "auroc", "auroc_std",

@@ -4,7 +4,7 @@ import pytest
 
 from harness.cli import main
 from harness.publish import publish
-from harness.results import load_records
+from harness.records.results import load_records
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
 KNN = "knn(preset=tiny)"

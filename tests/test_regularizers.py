@@ -5,11 +5,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.data import ImageSet
+from harness.classifier.hooks import StepBatch
+from harness.classifier.models import build_classifier
+from harness.classifier.training import ClassifierConfig, train_classifier
+from harness.components.regularizers import EnergyRegularizer, WeightedLogSumExp
+from harness.data.sets import ImageSet
 from harness.errors import HarnessError
-from harness.models import build_classifier
-from harness.regularizers import EnergyRegularizer, WeightedLogSumExp
-from harness.training import ClassifierConfig, StepBatch, train_classifier
 
 
 def tiny_classifier(num_classes: int = 3) -> nn.Module:
@@ -144,7 +145,7 @@ def test_non_finite_loss_stops_with_terms_and_keeps_last_good_state(tmp_path):
 
 
 def test_phi_kinds_have_the_stated_linear_layers():
-    from harness.regularizers import build_phi
+    from harness.components.regularizers import build_phi
 
     layers = {kind: [m for m in build_phi(kind).modules() if isinstance(m, torch.nn.Linear)]
               for kind in ("linear", "mlp", "mlp3")}

@@ -4,9 +4,9 @@ from scipy.special import logsumexp
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
+from harness.components.scores import KNNScorer, ReActScorer, ViMScorer, energy_score, kth_neighbor_distance, msp_score
 from harness.errors import HarnessError
 from harness.metrics import auroc
-from harness.scores import KNNScorer, ReActScorer, ViMScorer, energy_score, kth_neighbor_distance, msp_score
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.benchmarks import load_benchmark, load_spec
 from harness.cache import Cache
+from harness.classifier.augment import to_unit
+from harness.classifier.training import ClassifierConfig
+from harness.components.outlier_images import to_channels_tensor
 from harness.config import build_config
 from harness.contract import RunContext
+from harness.data.benchmarks import load_benchmark
+from harness.data.spec import load_spec
 from harness.diffusion.backend import GenerationConfig, load_backend
 from harness.diffusion.tiny import (
     TinyTrainConfig,
@@ -23,8 +27,6 @@ from harness.diffusion.tiny import (
     finetune_saved_decoder,
 )
 from harness.errors import HarnessError
-from harness.outlier_images import to_channels_tensor
-from harness.training import ClassifierConfig, to_unit
 from tests.diffusion_helpers import TEST_ARCH, TEST_WORDS
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-sd-mnist5k"

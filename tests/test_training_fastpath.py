@@ -5,9 +5,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.data import FileImageSet, ImageSet
-from harness.models import build_classifier
-from harness.training import ClassifierConfig, augment, extract_outputs, random_resized_crop, train_classifier
+from harness.classifier.augment import augment, random_resized_crop
+from harness.classifier.models import build_classifier
+from harness.classifier.training import ClassifierConfig, extract_outputs, train_classifier
+from harness.data.sets import FileImageSet, ImageSet
 
 torch.set_num_threads(2)
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from harness.boundary import (
+from harness.cli import main
+from harness.components.boundary import (
     boundary_indices,
     kth_neighbor_distance_by_class,
     sample_boundary_outliers,
     select_candidates,
 )
-from harness.cli import main
+from harness.components.feature_queues import ClassFeatureQueues
 from harness.errors import HarnessError
-from harness.feature_queues import ClassFeatureQueues
 from methods.npos import NPOSConfig
 from methods.vos import VOSConfig, shared_gaussian, virtual_outliers
 
@@ -96,7 +96,7 @@ def brute_kth(bank, queries, k):
 
 
 def test_kth_distance_matches_brute_force_and_faiss():
-    from harness.scores import kth_neighbor_distance
+    from harness.components.scores import kth_neighbor_distance
 
     bank = normalise(clustered_queues(classes=2, n=40).numpy())
     queries = normalise(np.random.default_rng(0).standard_normal((2, 25, 8)).astype(np.float32))
@@ -232,7 +232,7 @@ def _cider_replica(prototypes, z, labels, momentum, t):
 
 
 def test_cider_losses_match_a_direct_computation_on_a_toy_batch():
-    from harness.cider import compactness_loss, dispersion_loss, update_prototypes
+    from harness.components.cider import compactness_loss, dispersion_loss, update_prototypes
 
     generator = torch.Generator().manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(13, 6, generator=generator, dtype=torch.float64), dim=1)
@@ -247,7 +247,7 @@ def test_cider_losses_match_a_direct_computation_on_a_toy_batch():
 
 
 def test_cider_dispersion_gradient_reaches_the_batch_features():
-    from harness.cider import dispersion_loss, update_prototypes
+    from harness.components.cider import dispersion_loss, update_prototypes
 
     z = torch.nn.functional.normalize(torch.randn(8, 5), dim=1).requires_grad_()
     protos = update_prototypes(torch.zeros(3, 5), z, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), 0.5)
@@ -256,10 +256,10 @@ def test_cider_dispersion_gradient_reaches_the_batch_features():
 
 
 def test_cider_hook_trains_on_two_views_with_fc_as_a_probe():
-    from harness.cider import CIDERLoss
-    from harness.data import ImageSet
-    from harness.models import build_classifier
-    from harness.training import ClassifierConfig, train_classifier
+    from harness.classifier.models import build_classifier
+    from harness.classifier.training import ClassifierConfig, train_classifier
+    from harness.components.cider import CIDERLoss
+    from harness.data.sets import ImageSet
 
     gen = torch.Generator().manual_seed(0)
     train = ImageSet("toy", (torch.rand(48, 1, 8, 8, generator=gen) * 255).to(torch.uint8), torch.arange(48) % 3)

@@ -5,10 +5,11 @@ import sys
 
 import torch
 
-from harness.benchmarks import load_benchmark, load_spec
 from harness.cache import Cache
+from harness.classifier.training import ClassifierConfig
 from harness.contract import RunContext
-from harness.training import ClassifierConfig
+from harness.data.benchmarks import load_benchmark
+from harness.data.spec import load_spec
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -61,8 +61,8 @@ def _device_for_rank(name: str):  # noqa: ANN202 (a torch.device)
 
     import torch
 
-    from harness.cache import dist_rank_world, init_distributed
-    from harness.runner import resolve_device
+    from harness.device import resolve_device
+    from harness.distributed import dist_rank_world, init_distributed
 
     device = resolve_device(name)
     if device.type == "cuda" and dist_rank_world()[1] > 1:
@@ -74,9 +74,10 @@ def _device_for_rank(name: str):  # noqa: ANN202 (a torch.device)
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from harness.cache import Cache, dist_rank_world
+    from harness.cache import Cache
     from harness.diffusion.backend import GenerationConfig, load_backend
     from harness.diffusion.stage import generate_images
+    from harness.distributed import dist_rank_world
 
     try:
         config = GenerationConfig(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance,
@@ -97,11 +98,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from harness.benchmarks import load_benchmark, load_spec
-    from harness.cache import Cache, atomic_torch_save, dist_rank_world
+    from harness.cache import Cache, atomic_torch_save
     from harness.config import build_config, parse_set_options
+    from harness.data.benchmarks import load_benchmark
+    from harness.data.spec import load_spec
     from harness.diffusion.backend import load_backend
     from harness.diffusion.embeddings import EmbeddingConfig, diffusion_embeddings
+    from harness.distributed import dist_rank_world
 
     scopes = parse_set_options(args.set)
     if set(scopes) - {"embed"}:

@@ -27,9 +27,9 @@ import torch
 from torch.nn import functional as F
 
 from harness.errors import HarnessError
+from harness.paths import DATA_HOME
 
 MODEL_ENV = "OODBENCH_SD_MODEL"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENT_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
                    "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -84,14 +84,14 @@ class ClassToken:
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
-    """The SD directory: `path` (relative paths also tried against the repository root), else $OODBENCH_SD_MODEL."""
+    """The SD directory: `path` (relative: also tried in the data home), else $OODBENCH_SD_MODEL."""
     raw = path if path not in (None, "") else os.environ.get(MODEL_ENV)
     if not raw:
         raise HarnessError(f"no Stable Diffusion directory given; set the method's model path or ${MODEL_ENV} to a "
                            "local diffusers SD v1.x directory")
     candidate = Path(raw).expanduser()
-    if not candidate.is_absolute() and not candidate.exists() and (REPO_ROOT / candidate).exists():
-        candidate = REPO_ROOT / candidate
+    if not candidate.is_absolute() and not candidate.exists() and (DATA_HOME / candidate).exists():
+        candidate = DATA_HOME / candidate
     if not candidate.is_dir():
         raise HarnessError(f"Stable Diffusion directory {candidate} does not exist; pass a local diffusers SD v1.x "
                            "directory (unet, vae, text_encoder, tokenizer, scheduler)")

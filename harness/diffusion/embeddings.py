@@ -29,10 +29,11 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from harness.cache import Cache, ShardedStage
+from harness.cache import Cache
 from harness.config import content_hash
 from harness.diffusion.backend import ClassToken, DiffusionBackend
 from harness.diffusion.stage import check_template
+from harness.distributed import ShardedStage
 from harness.errors import HarnessError
 
 STAGE = "ncis-embeddings"

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.cache import Cache, ShardedStage, atomic_write_bytes
+from harness.cache import Cache, atomic_write_bytes
 from harness.config import content_hash
 from harness.diffusion.backend import DiffusionBackend, GenerationConfig, png_bytes, read_png
+from harness.distributed import ShardedStage
 from harness.errors import HarnessError
 
 

@@ -235,8 +235,9 @@ def train_unet(components: dict, latents: tuple[torch.Tensor, torch.Tensor], lab
 def train_tiny(out: Path, benchmark: str = "mnist5k", config: TinyTrainConfig = TinyTrainConfig(),
                arch: TinySDConfig = TinySDConfig()) -> dict:
     """Train the tiny model on the benchmark's ID training images and save it to `out` (diffusers layout)."""
-    from harness.benchmarks import load_benchmark, load_spec
     from harness.cache import Cache
+    from harness.data.benchmarks import load_benchmark
+    from harness.data.spec import load_spec
 
     with torch_threads(config.threads):
         torch.manual_seed(config.seed)
@@ -273,8 +274,9 @@ def finetune_saved_decoder(model: Path) -> dict:
     it, in place: the VAE weights are replaced by a rename, and training.json records the new recipe."""
     from diffusers import AutoencoderKL
 
-    from harness.benchmarks import load_benchmark, load_spec
     from harness.cache import Cache
+    from harness.data.benchmarks import load_benchmark
+    from harness.data.spec import load_spec
 
     model = Path(model)
     facts = json.loads((model / "training.json").read_text())

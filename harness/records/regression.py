@@ -23,10 +23,10 @@ import numpy as np
 
 from harness.cache import atomic_write_bytes
 from harness.errors import HarnessError
-from harness.provenance import differences
-from harness.results import REPO_ROOT, RunRecord
+from harness.paths import EXPECTATIONS_DIR
+from harness.records.provenance import differences
+from harness.records.results import RunRecord
 
-EXPECTATIONS_DIR = REPO_ROOT / "results" / "expectations"
 DEFAULT_FLOOR_PP = 1.0
 DEFAULT_SPREAD_FACTOR = 2.0
 METRICS = ("fpr95", "auroc", "accuracy")

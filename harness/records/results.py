@@ -15,9 +15,9 @@ import harness
 from harness.cache import atomic_write_bytes
 from harness.config import content_hash
 from harness.errors import HarnessError
-from harness.provenance import numeric_facts
+from harness.paths import CODE_ROOT
+from harness.records.provenance import numeric_facts
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas", "timm",
              "diffusers", "transformers", "FrEIA")
 
@@ -25,9 +25,9 @@ LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cp
 def code_version() -> str:
     """Git commit of the harness checkout (with `-dirty` if tracked files changed), else the package version."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=CODE_ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CODE_ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from harness.data import folder_images, to_channels
+from harness.classifier.augment import augment, to_unit
+from harness.classifier.hooks import StepBatch
+from harness.data.sets import folder_images, to_channels
 from harness.errors import HarnessError
-from harness.training import StepBatch, augment, to_unit
 
 ResizePolicy = Literal["none-random-crop", "bilinear", "nearest", "random"]
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.data import ImageSet, register_source, to_channels
+from harness.data.sets import ImageSet, to_channels
+from harness.data.sources import register_source
 
 
 def _pil_resize(array: np.ndarray, size: int) -> np.ndarray:

@@ -22,17 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.data import (
-    IMAGE_SUFFIXES,
-    FileImageSet,
-    ImageSet,
-    SetProbe,
-    count_probe,
-    first_unreadable,
-    list_images,
-    register_source,
-)
+from harness.data.sets import IMAGE_SUFFIXES, FileImageSet, ImageSet, list_images
+from harness.data.sources import SetProbe, count_probe, first_unreadable, register_source
 from harness.errors import HarnessError
+from harness.paths import DATASETS_DIR
 
 DATA_ROOT_ENV = "OODBENCH_DATA"
 CIFAR_FILES = ("train", "test", "meta")
@@ -262,8 +255,6 @@ def _imagenet_split(root: Path, split: str, wnids: list[str],
 
 def probe_imagenet_wnids(*, data_root: Path | None, path: str, classes_file: str, expected: dict[str, int],
                          val_label_files: list[str] = (), min_per_class: int = 1, **_: Any) -> dict[str, SetProbe]:
-    from harness.benchmarks import DATASETS_DIR
-
     root = _at(data_root, path)
     wnids = read_wnids(DATASETS_DIR / classes_file)
     probes = {}
@@ -293,8 +284,6 @@ def imagenet_wnids(*, data_root: Path | None, path: str, classes_file: str, size
                    val_label_files: list[str] = (), preprocess: str = "resize_center_crop", resize: int | None = None,
                    **_: Any) -> dict[str, FileImageSet]:
     """The classes of `classes_file` (wnids, in order = label index) from an ImageNet-1K root with train/ and val/."""
-    from harness.benchmarks import DATASETS_DIR
-
     root = _at(data_root, path)
     wnids = read_wnids(DATASETS_DIR / classes_file)
     sets = {}

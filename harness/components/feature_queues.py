@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from harness.classifier.hooks import StepBatch, TrainingHook
+from harness.classifier.models import Classifier
 from harness.errors import HarnessError
-from harness.models import Classifier
-from harness.training import StepBatch, TrainingHook
 
 
 class ClassFeatureQueues(TrainingHook):

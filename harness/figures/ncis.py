@@ -18,7 +18,7 @@ by the median ID nearest-neighbour spacing (near the support: small; 1 would be 
 other"), and `inside_fraction` = fraction of outliers whose distance to their `SUPPORT_K`-th nearest ID point is
 below the 95th percentile of the same distance among ID points (inside the support: a failed outlier).
 
-  python -m harness.invariants toy [--out docs/ncis_toy_invariants.png]   (the JSON goes next to the PNG)
+  python -m harness.figures.ncis toy [--out docs/ncis_toy_invariants.png]   (the JSON goes next to the PNG)
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from harness.boundary import sample_boundary_outliers
-from harness.cvpn import CVPNConfig, LinearInvariants, train_cvpn
+from harness.components.boundary import sample_boundary_outliers
+from harness.components.cvpn import CVPNConfig, LinearInvariants, train_cvpn
+from harness.components.invariant_sampling import low_likelihood_samples, map_back
 from harness.errors import HarnessError, run_command
-from harness.invariant_sampling import low_likelihood_samples, map_back
 
 ARCS = ((-1.2, -0.45, 0.0), (-0.2, 0.05, np.pi), (1.2, 0.45, 0.0))  # centre x, centre y, start angle of a half circle
 SUPPORT_K = 5
@@ -131,7 +131,7 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.invariants", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.figures.ncis", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     toy = sub.add_parser("toy", help="Fig. 2 of seed 000: Dream-OOD vs linear invariants vs cVPN outliers")
     toy.add_argument("--out", type=Path, default=Path("docs/ncis_toy_invariants.png"))

@@ -40,12 +40,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from harness.classifier.hooks import StepBatch, TrainingHook
+from harness.classifier.models import Classifier
+from harness.classifier.training import ClassifierConfig
+from harness.components.outlier_images import OutlierImageSource
 from harness.contract import ConfigT, Method, Outliers, TrainedClassifier
-from harness.data import AnyImageSet
+from harness.data.sets import AnyImageSet
 from harness.errors import HarnessError
-from harness.models import Classifier
-from harness.outlier_images import OutlierImageSource
-from harness.training import ClassifierConfig, StepBatch, TrainingHook
 
 PhiKind = Literal["linear", "mlp", "mlp3"]
 TestScore = Literal["energy", "phi"]

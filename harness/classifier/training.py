@@ -19,18 +19,18 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from harness.cache import atomic_torch_save, load_or_none
-from harness.data import AnyImageSet, ImageSet
+from harness.classifier.augment import augment, random_resized_crop, to_unit
+from harness.classifier.hooks import StepBatch, TrainingHook
+from harness.classifier.models import Classifier
+from harness.data.sets import AnyImageSet, ImageSet
 from harness.errors import HarnessError
-from harness.models import Classifier
 
 
 @dataclass(frozen=True)
@@ -83,47 +83,6 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True)
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 in [0, 1]."""
-    return images.float().div_(255.0)
-
-
-def augment(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Batched RandomCrop(size, padding) + optional horizontal flip on a (N, C, H, W) tensor (any dtype; uint8 is
-    cheapest), on its device: each image picks one of the (2p+1)^2 windows of its zero-padded copy."""
-    n, _, h, w = images.shape
-    if padding > 0:
-        padded = F.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-        windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (N, C, 2p+1, 2p+1, H, W), a view
-        images = windows[torch.arange(n, device=images.device), :, dy, dx]
-    if hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return images
-
-
-def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Batched RandomResizedCrop to the input size: per image a box of area fraction U(scale) and log-uniform aspect
-    ratio (clamped to the image), resampled bilinearly with `roi_align` (adaptive sampling: one bilinear sample per
-    output pixel when enlarging, an average of ceil(box/size)^2 samples when shrinking, which stands in for PIL's
-    antialiasing). Unlike torchvision there is no 10-try rejection loop; oversize boxes are clamped instead."""
-    from torchvision.ops import roi_align
-
-    n, _, h, w = images.shape
-    area = torch.empty(n).uniform_(*scale, generator=generator) * h * w
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    bw = torch.sqrt(area * torch.exp(log_r)).clamp(1, w)
-    bh = torch.sqrt(area / torch.exp(log_r)).clamp(1, h)
-    x0 = torch.rand(n, generator=generator) * (w - bw)
-    y0 = torch.rand(n, generator=generator) * (h - bh)
-    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + bw, y0 + bh], 1)
-    return roi_align(images, boxes.to(images.device, images.dtype), (h, w), spatial_scale=1.0, sampling_ratio=0,
-                     aligned=True)
-
-
 def augmented(images_u8: torch.Tensor, config: ClassifierConfig, generator: torch.Generator) -> torch.Tensor:
     """One training augmentation of a uint8 batch, in [0, 1]: RandomResizedCrop + flip, or RandomCrop + flip."""
     if config.random_resized_crop:
@@ -149,84 +108,6 @@ def _prefetched(train_set: AnyImageSet, order: torch.Tensor, batch_size: int,
             if start + batch_size < len(order):
                 pending = pool.submit(train_set.gather, order[start + batch_size:start + 2 * batch_size])
             yield idx, to_device(batch, device)
-
-
-@dataclass
-class StepBatch:
-    """What a hook sees at each training step."""
-
-    epoch: int
-    step: int
-    images: torch.Tensor          # ID images in [0, 1] after augmentation
-    labels: torch.Tensor
-    features: torch.Tensor | None = None     # penultimate features of ID images
-    logits: torch.Tensor | None = None       # logits of ID images
-    extra_features: torch.Tensor | None = None  # features of the hook's extra images (same forward pass)
-    extra_logits: torch.Tensor | None = None
-
-
-class TrainingHook:
-    """Base class for a method's additions to classifier training; every method is optional.
-
-    Two class attributes change the step itself: `views` (each ID image enters the batch as this many independent
-    augmentations, labels repeated; the trainer uses the largest over its hooks) and `detach_classifier` (the
-    cross-entropy trains `fc` alone on detached features, a linear probe, so only the hooks' losses train the
-    encoder; used by CIDER-style objectives)."""
-
-    views: int = 1
-    detach_classifier: bool = False
-
-    def modules(self) -> Sequence[nn.Module]:
-        """Extra trainable modules, optimised together with the classifier."""
-        return ()
-
-    def extra_images(self, batch: StepBatch) -> torch.Tensor | None:
-        """Images in [0, 1] to append to the ID batch (one forward pass), or None."""
-        return None
-
-    def loss(self, batch: StepBatch, model: Classifier) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Extra loss term added to the cross-entropy, with named (detached) terms for logging and error messages."""
-        return None, {}
-
-    def on_epoch_end(self, epoch: int) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """What an epoch checkpoint stores to resume the hook: its modules' states, and its attributes that are
-        tensors, generators or plain scalars (queues, counters, RNGs). Override both methods for other state."""
-        state: dict[str, Any] = {}
-        for name, value in vars(self).items():
-            if isinstance(value, nn.Module):
-                state[name] = ("module", value.state_dict())
-            elif isinstance(value, torch.Generator):
-                state[name] = ("generator", value.get_state())
-            elif isinstance(value, torch.Tensor):
-                state[name] = ("tensor", value.detach().clone())
-            elif value is None or isinstance(value, bool | int | float | str):
-                state[name] = ("value", value)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, (kind, value) in state.items():
-            if kind == "module":
-                getattr(self, name).load_state_dict(value)
-            elif kind == "generator":
-                getattr(self, name).set_state(value)
-            else:
-                setattr(self, name, value)
-
-
-def regulariser_start_epoch(method: str, start_epoch: int | None, start_fraction: float, epochs: int) -> int:
-    """First (0-based) epoch of a regulariser: `start_epoch` when given, else `floor(start_fraction * epochs)`, so
-    the papers' schedules (VOS 40 of 100, NPOS 200 of 500) scale with any recipe. An explicit start at or after the
-    last epoch is a HarnessError (no outlier would ever be used)."""
-    if start_epoch is None:
-        return int(start_fraction * epochs)
-    if start_epoch >= epochs:
-        raise HarnessError(f"{method}.start_epoch={start_epoch} is not before the classifier's {epochs} epochs, so "
-                           f"no outlier would ever be used; lower {method}.start_epoch or leave it unset "
-                           f"({method}.start_fraction={start_fraction} of the epochs)")
-    return start_epoch
 
 
 def cosine_lr(step: int, total_steps: int, lr: float, final_lr: float) -> float:

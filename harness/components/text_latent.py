@@ -26,13 +26,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.boundary import Selection, sample_boundary_outliers
+from harness.classifier.augment import to_unit
+from harness.classifier.models import Classifier
+from harness.classifier.training import train_classifier
+from harness.components.boundary import Selection, sample_boundary_outliers
 from harness.config import content_hash
 from harness.contract import RunContext
 from harness.diffusion.backend import ClassToken, DiffusionBackend
 from harness.errors import HarnessError
-from harness.models import Classifier
-from harness.training import to_unit, train_classifier
 
 Similarity = Literal["dot", "cosine"]
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.models import Classifier
-from harness.training import StepBatch, TrainingHook
+from harness.classifier.hooks import StepBatch, TrainingHook
+from harness.classifier.models import Classifier
 
 
 def update_prototypes(prototypes: torch.Tensor, z: torch.Tensor, labels: torch.Tensor,

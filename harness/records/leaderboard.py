@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from harness.cache import atomic_write_bytes
-from harness.provenance import NUMERIC_FACTS
-from harness.results import REPO_ROOT, RunRecord, load_records
-
-REFERENCE_DIR = REPO_ROOT / "results" / "reference"
+from harness.paths import REFERENCE_DIR
+from harness.records.provenance import NUMERIC_FACTS
+from harness.records.results import RunRecord, load_records
 
 LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "ID acc.": False}
 

@@ -1,0 +1,113 @@
+"""`harness data check`: for each set of a benchmark spec, which of its locations exists under the data root, what it
+holds (counts, readability), where it comes from; and the one message a run prints when data is missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.data.sources import get_probe, source_is_cached
+from harness.data.spec import BenchmarkSpec, locations
+
+
+@dataclass(frozen=True)
+class DataRow:
+    """One line of `harness data check`: a set (or an ID split), its status and where it was looked for."""
+
+    set: str
+    status: str
+    count: int | None
+    expected: int | None
+    path: str
+    detail: str = ""
+    layout: str = ""
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    rows: tuple[DataRow, ...]
+    chosen: dict[str, dict[str, Any]]   # set name ("id" for the ID entry) -> the location that will be read
+
+    def problems(self, allow_incomplete: bool = False) -> list[DataRow]:
+        ok = {"found", "embedded"} | ({"incomplete"} if allow_incomplete else set())
+        return [row for row in self.rows if row.status not in ok]
+
+
+def _probe_location(location: dict[str, Any], spec: BenchmarkSpec, data_root: Path | None) -> Any:
+    probe = get_probe(location["source"])
+    if probe is None:
+        return None
+    options = {k: v for k, v in location.items() if k != "source"}
+    options.setdefault("class_names", list(spec.class_names))
+    return probe(data_root=data_root, **options)
+
+
+def _where(location: dict[str, Any], data_root: Path | None) -> str:
+    """The file or folder a location is read from (an OpenOOD location: its image list)."""
+    lists = location.get("imglists") or {}
+    relative = Path(location["path"]) / (location.get("imglist") or next(iter(lists.values()), ""))
+    return str(data_root / relative if data_root else relative)
+
+
+def _entry_rows(label: str, entry: dict[str, Any], spec: BenchmarkSpec, data_root: Path | None,
+                splits: tuple[str, ...]) -> tuple[list[DataRow], dict[str, Any]]:
+    """Probe the locations of one set in order; the first one not missing is the one reported and read."""
+    tried, details = [], []
+    for location in locations(entry):
+        if data_root is None and not source_is_cached(location["source"]):
+            tried.append(location)
+            details.append("no data root")
+            continue
+        probes = _probe_location(location, spec, data_root)
+        if probes is None:
+            return [DataRow(f"{label} {s}".strip(), "embedded", None, None, f"source {location['source']}")
+                    for s in splits], location
+        probes = probes if isinstance(probes, dict) else {"": probes}
+        if all(p.status == "missing" for p in probes.values()):
+            tried.append(location)
+            details += [p.detail for p in list(probes.values())[:1] if p.detail]
+            continue
+        rows = [DataRow(f"{label} {split}".strip(), p.status, p.count, p.expected, p.path, p.detail,
+                        location.get("layout", ""), entry.get("from", "")) for split, p in probes.items()]
+        return rows, location
+    looked = " or ".join(_where(loc, data_root) for loc in tried)
+    layouts = " or ".join(loc.get("layout", loc["path"]) for loc in tried)
+    expected = entry.get("expected")
+    rows = [DataRow(f"{label} {split}".strip(), "missing", None,
+                    expected.get(split) if isinstance(expected, dict) else expected, looked,
+                    "; ".join(dict.fromkeys(details)), layouts, entry.get("from", "")) for split in splits]
+    return rows, None
+
+
+def reads_data_root(spec: BenchmarkSpec) -> bool:
+    """Whether any set of `spec` is read from under the data root (embedded benchmarks need none)."""
+    return any(not source_is_cached(location["source"])
+               for entry in [spec.id, *spec.ood] for location in locations(entry))
+
+
+def check_data(spec: BenchmarkSpec, data_root: Path | None) -> DataCheck:
+    """Probe every set of `spec` under `data_root` (cheap: counts and headers, no decoding)."""
+    rows, chosen = [], {}
+    id_rows, chosen["id"] = _entry_rows("ID", spec.id, spec, data_root, ("train", "test"))
+    rows += id_rows
+    for entry in spec.ood:
+        entry_rows, chosen[entry["name"]] = _entry_rows(entry["name"], entry, spec, data_root, ("",))
+        rows += entry_rows
+    return DataCheck(tuple(rows), chosen)
+
+
+def data_problem_message(spec: BenchmarkSpec, check: DataCheck, allow_incomplete: bool) -> str | None:
+    """One line naming the first unusable set, or None when every set can be read."""
+    problems = check.problems(allow_incomplete)
+    if not problems:
+        return None
+    row = problems[0]
+    what = {"missing": "is missing", "incomplete": f"is incomplete ({row.count} of {row.expected} images)",
+            "corrupted": "is corrupted", "mismatch": "does not match the spec"}.get(row.status, row.status)
+    more = f" and {len(problems) - 1} more set(s) need attention" if len(problems) > 1 else ""
+    detail = f": {row.detail}" if row.detail else ""
+    hint = " (or pass --allow-incomplete)" if row.status == "incomplete" else ""
+    return (f"benchmark {spec.name}: set {row.set!r} {what} at {row.path}{detail}{more}; see `python -m harness data "
+            f"check --benchmark {spec.name}` for the expected layout{hint}")

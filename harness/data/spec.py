@@ -1,0 +1,142 @@
+"""Benchmark specs (JSON data files under `datasets/`) and their loading into image sets.
+
+A spec names the ID source, each OOD set with its source and options, the normalisation, and the default classifier
+recipe. `--benchmark NAME` reads `datasets/NAME.json`; `--benchmark path/to/spec.json` reads any spec file, so a user
+can add OOD sets (e.g. `{"name": "mine", "source": "image_folder", "path": "/data/mine"}`) without code.
+
+Specs of on-disk benchmarks (cifar100, imagenet100) add, per set: `locations` (alternative layouts tried in order,
+e.g. the papers' folders then OpenOOD's image lists; each with its `source`, `path` under the data root and
+`layout`), `expected` image counts, `from` (where the data comes from), `preprocess`, and `eval_count` +
+`subset_seed` (the evaluation subset, drawn once by that seed so every method sees the same images). `presets`
+scale the classifier's epochs and cap subset sizes (`paper` = the papers' protocol); `storage` says whether sets
+are decoded into memory (`memory`) or read from files batch by batch (`files`, ImageNet scale).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.data.sets import PREPROCESSING
+from harness.errors import HarnessError
+from harness.paths import DATASETS_DIR
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    prompt_names: tuple[str, ...]  # natural names for text prompts (no '_'), one per class
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    id: dict[str, Any]
+    ood: tuple[dict[str, Any], ...]
+    classifier: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {"paper": {}})
+    storage: str = "memory"
+    # the class-name lists of the official code, by use (e.g. "dream_ood", "ncis_embedding", "ncis_generation")
+    official_prompt_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def preset(self, name: str) -> dict[str, Any]:
+        """Scalings of the preset `name`: `epoch_scale` (classifier epochs), `max_train`/`max_test`/`max_ood`
+        (caps on set sizes, drawn by each set's subset seed). `paper` is the papers' protocol, unscaled."""
+        if name not in self.presets:
+            raise HarnessError(f"benchmark {self.name} has no preset {name!r}; choose one of "
+                               f"{', '.join(sorted(self.presets))}")
+        return self.presets[name]
+
+    @property
+    def ood_names(self) -> list[str]:
+        return [entry["name"] for entry in self.ood]
+
+    def with_extra_ood(self, folders: dict[str, str]) -> BenchmarkSpec:
+        """The same spec plus image-folder OOD sets given on the command line (`--ood NAME=PATH`)."""
+        clash = sorted(set(folders) & set(self.ood_names))
+        if clash:
+            raise HarnessError(f"--ood {clash[0]}=... clashes with the benchmark's own OOD set {clash[0]!r}; "
+                               "pick another name")
+        extra = tuple({"name": n, "source": "image_folder", "path": str(Path(p).expanduser().resolve())}
+                      for n, p in folders.items())
+        return BenchmarkSpec(**{**self.__dict__, "ood": self.ood + extra})
+
+
+def _prompt_names(raw: dict[str, Any], class_names: list[str], path: Path) -> tuple[str, ...]:
+    """The spec's `prompt_names` (natural words for prompts), else the class names with '_' read as a space."""
+    names = raw.get("prompt_names") or [name.replace("_", " ") for name in class_names]
+    if len(names) != len(class_names):
+        raise HarnessError(f"benchmark spec {path}: {len(names)} prompt_names for {len(class_names)} classes; "
+                           "give one per class")
+    return tuple(names)
+
+
+def available_benchmarks() -> list[str]:
+    return sorted(p.stem for p in DATASETS_DIR.glob("*.json"))
+
+
+def load_spec(name_or_path: str) -> BenchmarkSpec:
+    """Spec of a named benchmark (`datasets/<name>.json`) or of a spec file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = DATASETS_DIR / f"{name_or_path}.json"
+        if not path.exists():
+            raise HarnessError(f"unknown benchmark {name_or_path!r}; available: {', '.join(available_benchmarks())} "
+                               "(or pass a spec file path ending in .json)")
+    if not path.exists():
+        raise HarnessError(f"benchmark spec file {path} does not exist; pass an existing .json spec")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HarnessError(f"benchmark spec {path} is not valid JSON ({err.msg} at line {err.lineno}); fix the file") \
+            from None
+    required = ("name", "image_size", "channels", "num_classes", "class_names", "mean", "std", "id", "ood")
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise HarnessError(f"benchmark spec {path} lacks {', '.join(missing)}; "
+                           "see datasets/mnist5k.json for the format")
+    names = [entry.get("name") for entry in raw["ood"]]
+    if None in names or len(set(names)) != len(names):
+        raise HarnessError(f"benchmark spec {path}: every OOD entry needs a distinct 'name'")
+    class_names = raw["class_names"]
+    if isinstance(class_names, str):  # a class-list file next to the spec, one name (e.g. wnid) per line
+        from harness.data.readers import read_wnids
+
+        class_names = read_wnids(path.parent / class_names)
+    if len(class_names) != int(raw["num_classes"]):
+        raise HarnessError(f"benchmark spec {path}: {len(class_names)} class names for num_classes "
+                           f"{raw['num_classes']}; fix the spec")
+    for entry in [raw["id"], *raw["ood"]]:
+        for location in locations(entry):
+            if location.get("preprocess", "resize_center_crop") not in PREPROCESSING:
+                raise HarnessError(f"benchmark spec {path}: preprocess {location['preprocess']!r} unknown; use one "
+                                   f"of {', '.join(PREPROCESSING)}")
+    presets = {"paper": {}, **raw.get("presets", {})}
+    storage = raw.get("storage", "memory")
+    if storage not in ("memory", "files"):
+        raise HarnessError(f"benchmark spec {path}: storage {storage!r} must be 'memory' or 'files'")
+    return BenchmarkSpec(
+        name=raw["name"], image_size=int(raw["image_size"]), channels=int(raw["channels"]),
+        num_classes=int(raw["num_classes"]), class_names=tuple(class_names),
+        prompt_names=_prompt_names(raw, class_names, path),
+        official_prompt_names={use: tuple(names) for use, names in raw.get("official_prompt_names", {}).items()},
+        mean=tuple(raw["mean"]),
+        std=tuple(raw["std"]), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
+        classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
+        presets=presets, storage=storage,
+    )
+
+
+# Keys that describe a set for people (data check) rather than how to read it.
+DESCRIPTIVE_KEYS = ("locations", "note", "from", "layout")
+
+
+def locations(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alternative on-disk layouts of a set, each merged with the set's shared options."""
+    shared = {k: v for k, v in entry.items() if k not in DESCRIPTIVE_KEYS}
+    alternatives = entry.get("locations") or [{}]
+    return [{**shared, **alternative} for alternative in alternatives]

@@ -1,0 +1,36 @@
+"""The one place where the harness finds its shipped data: benchmark specs, the tiny model, committed results.
+
+Lookup order of the data home (a folder holding `datasets/`, `models/` and `results/`):
+1. `$OODBENCH_HOME`, when set;
+2. the checkout the package runs from (an editable install, or `python -m harness` in a clone);
+3. the copy an installed wheel carries inside the package (`harness/_shipped/`, made by `setup.py`'s build step).
+`CODE_ROOT` is the folder above the package: the git checkout whose commit a record names, when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "OODBENCH_HOME"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+CODE_ROOT = PACKAGE_ROOT.parent
+SHIPPED_DIR = PACKAGE_ROOT / "_shipped"
+
+
+def data_home() -> Path:
+    """The folder holding `datasets/`, `models/` and `results/` (see the module docstring for the order)."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    if (CODE_ROOT / "datasets").is_dir():
+        return CODE_ROOT
+    return SHIPPED_DIR
+
+
+DATA_HOME = data_home()
+DATASETS_DIR = DATA_HOME / "datasets"
+MODELS_DIR = DATA_HOME / "models"
+RESULTS_DIR = DATA_HOME / "results"
+REFERENCE_DIR = RESULTS_DIR / "reference"
+EXPECTATIONS_DIR = RESULTS_DIR / "expectations"
+PUBLISHED_FILE = RESULTS_DIR / "published.json"
