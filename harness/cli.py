@@ -201,8 +201,7 @@ def cmd_list() -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from harness.config import parse_set_options
-    from harness.records.leaderboard import benchmark_markdown
-    from harness.records.results import load_records
+    from harness.records.leaderboard import leaderboard_path
     from harness.runner import RunRequest, execute
 
     extra = dict(args.ood)
@@ -215,11 +214,9 @@ def cmd_run(args: argparse.Namespace) -> None:
                          allow_incomplete=args.allow_incomplete, threads=args.threads,
                          deterministic=args.deterministic)
     records = execute(request)
-    labels = {r.label for r in records}
     benchmark = records[0].benchmark
-    rows = [r for r in load_records(args.out, benchmark) if r.label in labels]
-    print(benchmark_markdown(rows, benchmark))
-    print(f"records under {args.out / 'records' / benchmark}, leaderboard {args.out / 'leaderboards' / benchmark}.md")
+    print(leaderboard_path(args.out, benchmark).read_text())
+    print(f"records under {args.out / 'records' / benchmark}, leaderboard {leaderboard_path(args.out, benchmark)}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:

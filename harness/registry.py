@@ -86,20 +86,20 @@ def protocol_settings(cls: type[Method], benchmark: str, protocol: str) -> dict[
     return {**cls.reference_settings.get("*", {}), **cls.reference_settings.get(benchmark, {})}
 
 
-def method_config(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> Any:
-    """The method's config: paper defaults, then its per-benchmark defaults, then the settings of the chosen
-    `protocol` (for methods that have the field), then the user's overrides."""
-    settings: dict[str, Any] = {}
+def configure(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    """(config, defaults): the method's config — paper defaults, then its per-benchmark defaults, then the settings
+    of the chosen `protocol` (for methods that have the field), then the user's overrides — and the defaults it is
+    compared with for its run label: those of the same protocol, so a reference run is labelled
+    `protocol=reference` plus only what the user changed on top."""
+    base = dict(cls.benchmark_defaults.get(benchmark, {}))
     if "protocol" in {f.name for f in config_fields(cls.Config)}:
-        protocol = coerce(overrides.get("protocol", cls.benchmark_defaults.get(benchmark, {}).get("protocol", "paper")),
-                          Protocol, f"{cls.info.name}.protocol")
-        settings = protocol_settings(cls, benchmark, protocol)
-    merged = {**cls.benchmark_defaults.get(benchmark, {}), **settings, **overrides}
-    return build_config(cls.Config, merged, cls.info.name)
+        protocol = coerce(overrides.get("protocol", base.get("protocol", "paper")), Protocol,
+                          f"{cls.info.name}.protocol")
+        base = {**base, **protocol_settings(cls, benchmark, protocol), "protocol": protocol}
+    return build_config(cls.Config, {**base, **overrides}, cls.info.name), build_config(cls.Config, base,
+                                                                                         cls.info.name)
 
 
-def default_config(cls: type[Method], benchmark: str, config: Any) -> Any:
-    """The defaults `config` is compared with for its run label: those of the same protocol, so a reference run
-    is labelled `protocol=reference` plus only what the user changed on top."""
-    protocol = getattr(config, "protocol", None)
-    return method_config(cls, benchmark, {} if protocol is None else {"protocol": protocol})
+def method_config(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> Any:
+    """The method's config (see `configure`)."""
+    return configure(cls, benchmark, overrides)[0]

@@ -27,7 +27,7 @@ from harness.records.leaderboard import write_leaderboards
 from harness.records.plots import save_score_histograms
 from harness.records.provenance import environment, run_settings
 from harness.records.results import RunRecord, run_label
-from harness.registry import default_config, discover, method_config, resolve_methods
+from harness.registry import configure, discover, resolve_methods
 
 CLASSIFIER_SCOPE = "classifier"
 
@@ -118,9 +118,8 @@ def plan(request: RunRequest) -> Plan:
         classifier_changes["preset"] = request.preset
     planned = []
     for cls in classes:
-        config = method_config(cls, spec.name, request.overrides.get(cls.info.name, {}))
+        config, default = configure(cls, spec.name, request.overrides.get(cls.info.name, {}))
         cls.check_config(config, classifier)
-        default = default_config(cls, spec.name, config)
         changes = {**changed_fields(config, default), **classifier_changes}
         if getattr(config, "protocol", "paper") != "paper":
             changes["protocol"] = config.protocol

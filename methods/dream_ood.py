@@ -23,20 +23,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from harness.classifier.training import ClassifierConfig
 from harness.components.boundary import Selection
 from harness.components.outlier_images import (
     ResizePolicy,
-    check_outlier_folder,
-    load_outlier_folder,
     to_channels_tensor,
 )
-from harness.components.regularizers import EnergyRegularizedMethod, PhiKind
+from harness.components.pixel_synthesis import PixelSynthesisConfig, PixelSynthesisMethod
+from harness.components.regularizers import PhiKind
 from harness.components.text_latent import (
     BoundarySampling,
     Similarity,
@@ -48,27 +45,17 @@ from harness.components.text_latent import (
 from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
 from harness.data.sets import ImageSet
-from harness.diffusion.backend import (
-    DiffusionBackend,
-    GenerationConfig,
-    Interpolation,
-    load_backend,
-    resolve_model_path,
-)
 from harness.diffusion.prompts import token_report
-from harness.diffusion.stage import check_template, generate_images, load_images
+from harness.diffusion.stage import generate_images, load_images
 from harness.errors import HarnessError
-from harness.records.plots import save_image_grid
 
 
 @dataclass(frozen=True)
-class DreamOODConfig:
+class DreamOODConfig(PixelSynthesisConfig):
     """Paper defaults (official CIFAR-100 values where the paper gives none); `reference_settings` has the
-    official code's departures."""
+    official code's departures. Model, decoding, outlier folder and gallery fields: `PixelSynthesisConfig`."""
 
-    model: str = ""                    # local SD v1.4 diffusers directory ("" = $OODBENCH_SD_MODEL)
     prompt_template: str = "A high-quality image of the {}"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # text-conditioned latent space (eq. 2)
     temperature: float = 0.1
     latent_similarity: Similarity = "dot"   # eq. 2: T(y)^T z / t
@@ -84,27 +71,19 @@ class DreamOODConfig:
     kept_per_point: int = 2
     rounds: int = 100
     selection: Selection = "paper"
-    # decoding
+    # decoding: PLMS 50 steps, guidance 7.5, 512x512 resized to 256
     outliers_per_class: int = 1000
     scheduler: Literal["pndm", "ddim"] = "pndm"
-    steps: int = 50
-    guidance_scale: float = 7.5
-    generation_size: int | None = 512
-    output_size: int | None = 256
-    output_interpolation: Interpolation = "bilinear"
-    generation_batch_size: int = 16
     # training with outliers (eq. 7)
     beta: float = 2.5
     phi: PhiKind = "mlp3"                   # below eq. 7: a three-layer nonlinear MLP
     outlier_resize: ResizePolicy = "none-random-crop"
     test_score: Literal["energy", "phi"] = "phi"
     class_words: Literal["natural", "official"] = "natural"  # spec.prompt_names or official_prompt_names["dream_ood"]
-    outliers_dir: str = ""             # train on these pre-generated outlier images (e.g. the released ones)
-    gallery_classes: int = 6
-    gallery_per_class: int = 8
     protocol: Protocol = "paper"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.temperature <= 0 or self.sigma < 0 or self.beta < 0:
             raise ValueError("temperature must be > 0, sigma and beta >= 0")
         for name in ("latent_epochs", "latent_batch_size", "features_per_class", "k", "boundary_count",
@@ -121,18 +100,6 @@ class DreamOODConfig:
         if self.outliers_per_class > self.boundary_count * self.kept_per_point * self.rounds:
             raise ValueError(f"outliers_per_class={self.outliers_per_class} exceeds the sampled embeddings per class "
                              "(boundary_count x kept_per_point x rounds)")
-        if self.prompt_template.count("{}") != 1:
-            raise ValueError(f"prompt_template {self.prompt_template!r} needs exactly one {{}} for the class name")
-        GenerationConfig(self.scheduler, self.steps, self.guidance_scale, self.generation_size, self.generation_size,
-                         output_size=self.output_size, interpolation=self.output_interpolation,
-                         batch_size=self.generation_batch_size)  # validates steps, guidance, sizes
-
-    @property
-    def generation(self) -> GenerationConfig:
-        return GenerationConfig(self.scheduler, self.steps, self.guidance_scale, self.generation_size,
-                                self.generation_size, output_size=self.output_size,
-                                interpolation=self.output_interpolation, antialias=False,
-                                batch_size=self.generation_batch_size)
 
     @property
     def latent(self) -> TextLatentConfig:
@@ -145,10 +112,11 @@ class DreamOODConfig:
                                 self.kept_per_point, self.rounds, noise_std, self.selection)
 
 
-class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
+class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
     info = MethodInfo("dream_ood", "Du et al., NeurIPS 2023", "pixel-synthesis",
                       "SD-decoded outliers from boundary samples in a text-conditioned latent space + energy reg.")
     Config = DreamOODConfig
+    gallery_title = "Dream-OOD outliers"
     benchmark_defaults = {
         # embedded scale: the shipped tiny SD model (32x32 digits), 400 training images per class
         "mnist5k": {"model": "models/tiny-sd-mnist5k", "prompt_template": "A high-quality image of a {}",
@@ -172,20 +140,7 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
         "imagenet100": {"sigma": 0.03, "phi": "mlp", "class_words": "official"},
     }
 
-    @classmethod
-    def check_config(cls, config: DreamOODConfig, classifier: ClassifierConfig) -> None:
-        if config.outliers_dir:
-            check_outlier_folder(config.outliers_dir, "dream_ood.outliers_dir")
-            return
-        check_template(config.prompt_template)
-        resolve_model_path(config.model)  # a missing SD directory or component fails before any work
-
     # --- stage 1: text-conditioned latent space -------------------------------------------------------------------
-    def _backend(self) -> DiffusionBackend:
-        if not hasattr(self, "backend"):
-            self.backend = load_backend(self.config.model, self.context.device, self.config.dtype)
-        return self.backend
-
     def class_words(self) -> tuple[str, ...]:
         """The words put in every prompt and whose first token is substituted (paper: natural names)."""
         spec = self.context.benchmark.spec
@@ -197,14 +152,10 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
         return spec.official_prompt_names["dream_ood"]
 
     # --- stages 2-3: boundary sampling and decoding ----------------------------------------------------------------
-    def synthesize(self) -> Outliers:
+    def synthesize_outliers(self) -> Outliers:
         ctx, c = self.context, self.config
         spec = ctx.benchmark.spec
-        if c.outliers_dir:
-            images, labels, fingerprint = load_outlier_folder(c.outliers_dir, spec.channels)
-            return Outliers("images", images, labels, meta={"directory": str(Path(c.outliers_dir).expanduser()),
-                                                           "fingerprint": fingerprint})
-        backend = self._backend()
+        backend = self.diffusion_backend()
         words = self.class_words()
         self.token_report = token_report(backend, words, c.prompt_template)
         self.token_report.require_present("choose other dream_ood.class_words or fix the spec's prompt_names")
@@ -231,8 +182,7 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
 
     def details(self) -> dict[str, Any]:
         if self.config.outliers_dir:
-            return {"outliers_dir": self.outliers.meta["directory"], "outliers_fingerprint":
-                    self.outliers.meta["fingerprint"], "outliers": len(self.outliers),
+            return {**self.folder_details(), "outliers": len(self.outliers),
                     "outlier_resize": self.config.outlier_resize, "test_score": self.config.test_score}
         return {"selection": self.config.selection, "outlier_resize": self.config.outlier_resize,
                 "test_score": self.config.test_score, "model_directory": str(self.backend.directory),
@@ -241,16 +191,5 @@ class DreamOOD(EnergyRegularizedMethod[DreamOODConfig]):
                 "latent_train_accuracy": round(self.latent_accuracy, 4),
                 "outlier_embedding_norm_mean": round(float(self.embedding_norms.mean()), 5)}
 
-    def figures(self, directory: Path, stem: str) -> list[Path]:
-        """A gallery: `gallery_classes` rows (class names) x `gallery_per_class` outliers (papers' Fig. 1/4)."""
-        c = self.config
-        if self.outliers.labels is None:  # an unlabelled outliers_dir: no rows by class
-            return []
-        names = self.context.benchmark.spec.class_names
-        classes = list(range(min(c.gallery_classes, len(names))))
-        rows = [self.outliers.data[self.outliers.labels == k][:c.gallery_per_class] for k in classes]
-        per_row = min(len(r) for r in rows)
-        path = directory / f"{stem}_outliers.png"
-        save_image_grid(torch.cat([r[:per_row] for r in rows]), path, rows=len(classes),
-                        row_titles=[names[k] for k in classes], title="Dream-OOD outliers")
-        return [path]
+    def gallery_row_names(self, classes: list[int]) -> list[str]:
+        return [self.context.benchmark.spec.class_names[k] for k in classes]

@@ -40,12 +40,10 @@ from harness.components.cvpn import (
 )
 from harness.components.invariant_sampling import low_likelihood_samples, map_back
 from harness.components.outlier_images import (
-    ResizePolicy,
-    check_outlier_folder,
-    load_outlier_folder,
     to_channels_tensor,
 )
-from harness.components.regularizers import EnergyRegularizedMethod, PhiKind, TestScore
+from harness.components.pixel_synthesis import PixelSynthesisConfig, PixelSynthesisMethod
+from harness.components.regularizers import PhiKind, TestScore
 from harness.components.text_latent import (
     BoundarySampling,
     TextLatentConfig,
@@ -56,29 +54,19 @@ from harness.components.text_latent import (
 from harness.config import Protocol, content_hash
 from harness.contract import MethodInfo, Outliers
 from harness.data.sets import ImageSet
-from harness.diffusion.backend import (
-    DiffusionBackend,
-    GenerationConfig,
-    Interpolation,
-    load_backend,
-    resolve_model_path,
-)
 from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, diffusion_embeddings, select_images
 from harness.diffusion.stage import check_template, generate_images, load_images
-from harness.records.plots import save_image_grid
 
 Sampling = Literal["cvpn", "linear", "npos"]
 
 
 @dataclass(frozen=True)
-class NCISConfig:
-    """Paper defaults (seed 000 Sec. 3-4); `protocol=reference` applies the official code's values."""
+class NCISConfig(PixelSynthesisConfig):
+    """Paper defaults (seed 000 Sec. 3-4); `protocol=reference` applies the official code's values. Model,
+    decoding (DDIM 50 steps, guidance 7.5, 512 -> 256), outlier folder and gallery fields: `PixelSynthesisConfig`."""
 
     protocol: Protocol = "paper"
-    model: str = ""                       # local SD v1.4 diffusers directory ("" = $OODBENCH_SD_MODEL)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"   # generation precision
     class_names: Literal["natural", "official"] = "natural"  # spec.prompt_names, or spec.official_prompt_names
-    outliers_dir: str = ""                # train on these pre-generated outlier images, skipping synthesis
     # 1. diffusion embeddings (Sec. 3.1, Alg. 1), or Dream-OOD's text-conditioned latent space (Table 3)
     embedding: Literal["diffusion", "dream_ood"] = "diffusion"
     embedding_prompt: str = "A high-quality image of a {}"
@@ -113,27 +101,17 @@ class NCISConfig:
     npos_boundary_count: int = 50
     npos_sigma: float = 0.07
     # 4. decoding
-    prompt_template: str = "A high-quality image of a {}"
     outliers_per_class: int = 64          # Table 3: 6,400 outliers for CIFAR-100
     images_per_embedding: int = 1
-    scheduler: Literal["pndm", "ddim"] = "ddim"
-    steps: int = 50
-    guidance_scale: float = 7.5
-    generation_size: int | None = 512
-    output_size: int | None = 256
-    output_interpolation: Interpolation = "bilinear"
-    generation_batch_size: int = 16
     # 5. training with outliers (Sec. 3.5)
     beta: float = 1.0
     phi: PhiKind = "mlp"
     test_score: TestScore = "phi"
-    outlier_resize: ResizePolicy = "random"
     epochs: int | None = None             # None = the benchmark recipe's; else scaled like it (preset, --set)
     batch_size: int | None = None         # ID images per step (as many outliers); None = the recipe's
-    gallery_classes: int = 6
-    gallery_per_class: int = 8
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.lam > 0:
             raise ValueError(f"lam={self.lam} must be > 0 (the covariance ridge lambda of eq. 8)")
         if not 0 < self.p < 100:
@@ -164,21 +142,12 @@ class NCISConfig:
             raise ValueError(f"outliers_per_class={self.outliers_per_class} / images_per_embedding="
                              f"{self.images_per_embedding} needs {self.embeddings_per_class} sampled embeddings per "
                              f"class but rounds x kept_per_round gives {self.rounds * self.kept_per_round}")
-        for name in ("prompt_template", "embedding_prompt"):
-            if getattr(self, name).count("{}") != 1:
-                raise ValueError(f"{name} {getattr(self, name)!r} needs exactly one {{}} for the class name")
-        self.generation  # noqa: B018  (validates steps, guidance, sizes)
+        if self.embedding_prompt.count("{}") != 1:
+            raise ValueError(f"embedding_prompt {self.embedding_prompt!r} needs exactly one {{}} for the class name")
 
     @property
     def embeddings_per_class(self) -> int:
         return -(-self.outliers_per_class // self.images_per_embedding)
-
-    @property
-    def generation(self) -> GenerationConfig:
-        return GenerationConfig(self.scheduler, self.steps, self.guidance_scale, self.generation_size,
-                                self.generation_size, output_size=self.output_size,
-                                interpolation=self.output_interpolation, antialias=False,
-                                batch_size=self.generation_batch_size)
 
     @property
     def embedding_config(self) -> EmbeddingConfig:
@@ -194,11 +163,12 @@ class NCISConfig:
                           keep_best=self.best_checkpoint)
 
 
-class NCIS(EnergyRegularizedMethod[NCISConfig]):
+class NCIS(PixelSynthesisMethod[NCISConfig]):
     info = MethodInfo("ncis", "Non-linear outlier synthesis (anonymous, under review; seed 000)", "pixel-synthesis",
                       "SD-decoded outliers from low-likelihood samples of cVPN class manifolds in SD's "
                       "conditioning space + energy reg.")
     Config = NCISConfig
+    gallery_title = "NCIS outliers"
     benchmark_defaults = {
         # embedded scale: the shipped tiny SD model (32x32 digits), 40 embedded images per class, 40 outliers per
         # class (as dream_ood's mnist5k default), a short cVPN fit
@@ -223,21 +193,12 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
     }
 
     @classmethod
-    def check_config(cls, config: NCISConfig, classifier: ClassifierConfig) -> None:
-        if config.outliers_dir:
-            check_outlier_folder(config.outliers_dir, "ncis.outliers_dir")
-            return
-        check_template(config.prompt_template)
+    def check_synthesis(cls, config: NCISConfig, model_directory: Path) -> None:
         check_template(config.embedding_prompt)
-        directory = resolve_model_path(config.model)  # a missing SD directory or component fails before any work
         if config.embedding == "diffusion":
-            check_vae_encoder(directory)
+            check_vae_encoder(model_directory)
 
     # --- names and tokens -----------------------------------------------------------------------------------------
-    def _backend(self) -> DiffusionBackend:
-        if not hasattr(self, "backend"):
-            self.backend = load_backend(self.config.model, self.context.device, self.config.dtype)
-        return self.backend
 
     def prompt_names(self, use: str) -> list[str]:
         """Class words for `use` ("ncis_embedding" / "ncis_generation"): the spec's official list when
@@ -253,7 +214,7 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
         Dream-OOD's normalised latent z times the class token's norm (its footnote 2), so both sources live at the
         token-embedding scale; `max_per_class` selects the same images for either."""
         ctx, c = self.context, self.config
-        backend = self._backend()
+        backend = self.diffusion_backend()
         names = self.prompt_names("ncis_embedding")
         if c.embedding == "diffusion":
             embedded = diffusion_embeddings(backend, ctx.cache, ctx.benchmark.train, names, c.embedding_config,
@@ -325,15 +286,10 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
         back = map_back(model, samples, sample_labels)
         return torch.stack([back[sample_labels == y][:per_class] for y in range(num_classes)])
 
-    def synthesize(self) -> Outliers:
+    def synthesize_outliers(self) -> Outliers:
         ctx, c = self.context, self.config
         spec = ctx.benchmark.spec
-        if c.outliers_dir:
-            images, labels, fingerprint = load_outlier_folder(c.outliers_dir, spec.channels)
-            self.folder_fingerprint = fingerprint
-            return Outliers("images", images, labels, meta={"directory": str(Path(c.outliers_dir).expanduser()),
-                                                           "fingerprint": fingerprint})
-        backend = self._backend()
+        backend = self.diffusion_backend()
         generation_names = self.prompt_names("ncis_generation")
         embedding_names = self.prompt_names("ncis_embedding")
         generation_tokens = [backend.class_token(name) for name in generation_names]  # a name without token fails
@@ -390,9 +346,7 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
                                "classifier_epochs": self.trained_recipe.epochs,
                                "classifier_batch_size": self.trained_recipe.batch_size}
         if c.outliers_dir:
-            return {**out, "outliers_dir": str(Path(c.outliers_dir).expanduser().resolve()),
-                    "outliers_fingerprint": self.folder_fingerprint,
-                    "outliers_labelled": self.outliers.labels is not None}
+            return {**out, **self.folder_details()}
         out.update({"model_directory": str(self.backend.directory), "model_fingerprint": self.backend.fingerprint,
                     "embedding": c.embedding, "sampling": c.sampling, "embedded_images": len(self.embedded_labels),
                     "embedded_per_class_min": int(torch.bincount(self.embedded_labels).min()),
@@ -411,17 +365,5 @@ class NCIS(EnergyRegularizedMethod[NCISConfig]):
             out.update(self.cvpn_facts)
         return out
 
-    def figures(self, directory: Path, stem: str) -> list[Path]:
-        """A gallery: up to `gallery_classes` rows (class names) x `gallery_per_class` outliers (paper Fig. 4)."""
-        c = self.config
-        data, labels = self.outliers.data, self.outliers.labels
-        if labels is None:  # an unlabelled outliers_dir: rows in file order
-            labels = torch.arange(len(data)) // c.gallery_per_class
-        classes = torch.unique(labels).tolist()[:c.gallery_classes]
-        rows = [data[labels == k][:c.gallery_per_class] for k in classes]
-        per_row = min(len(r) for r in rows)
-        names = None if c.outliers_dir else [self.prompt_names("ncis_generation")[k] for k in classes]
-        path = directory / f"{stem}_outliers.png"
-        save_image_grid(torch.cat([r[:per_row] for r in rows]), path, rows=len(classes), row_titles=names,
-                        title="NCIS outliers" + (f" from {Path(c.outliers_dir).name}/" if c.outliers_dir else ""))
-        return [path]
+    def gallery_row_names(self, classes: list[int]) -> list[str]:
+        return [self.prompt_names("ncis_generation")[k] for k in classes]

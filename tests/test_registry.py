@@ -93,7 +93,7 @@ def test_protocol_reference_sets_departures_and_fields_still_override():
 
     from harness.config import Protocol
     from harness.contract import BaselineClassifierMethod, MethodInfo
-    from harness.registry import default_config
+    from harness.registry import configure
 
     @dataclass(frozen=True)
     class ToyConfig:
@@ -115,7 +115,8 @@ def test_protocol_reference_sets_departures_and_fields_still_override():
     assert method_config(Toy, "cifar100", {"protocol": "reference"}) == ToyConfig("reference", 0.5, 300)
     assert method_config(Toy, "cifar100", {"protocol": "reference", "sigma": "0.2"}).sigma == 0.2
     reference = method_config(Toy, "cifar100", {"protocol": "reference"})
-    assert default_config(Toy, "cifar100", reference) == reference
+    assert configure(Toy, "cifar100", {"protocol": "reference"}) == (reference, reference)
+    assert configure(Toy, "cifar100", {"protocol": "reference", "k": "7"})[1] == reference
     with pytest.raises(HarnessError, match="toy.protocol='code' is not allowed"):
         method_config(Toy, "mnist5k", {"protocol": "code"})
 

@@ -170,6 +170,10 @@ def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[s
     return lines
 
 
+def leaderboard_path(out_dir: Path, benchmark: str) -> Path:
+    return Path(out_dir) / "leaderboards" / f"{benchmark}.md"
+
+
 def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None) -> dict[str, Path]:
     """Regenerate `<out>/leaderboards/<benchmark>.md` for every benchmark with records (or the given ones)."""
     records = load_records(out_dir)
@@ -178,7 +182,7 @@ def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None) -> di
         by_benchmark[record.benchmark].append(record)
     written = {}
     for name in sorted(by_benchmark if benchmarks is None else set(benchmarks) & set(by_benchmark)):
-        path = Path(out_dir) / "leaderboards" / f"{name}.md"
+        path = leaderboard_path(out_dir, name)
         atomic_write_bytes(path, benchmark_markdown(by_benchmark[name], name).encode())
         written[name] = path
     return written
