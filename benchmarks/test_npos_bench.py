@@ -1,5 +1,5 @@
 """NPOS synthesis at paper scale (100 classes x 1,000-deep queues x 512-d, k 300, 200 boundary points, 2 picked,
-600 candidates, 200 kept): the batched harness.boundary implementation vs the official-style per-class loop
+600 candidates, 200 kept): the batched harness.components.boundary implementation vs the official-style per-class loop
 (one FAISS IndexFlatL2 per class, as in npos/CIFAR/KNN.py generate_outliers).
 
 Run: PYTHONPATH=$PWD /work/venv/bin/python -m pytest benchmarks/test_npos_bench.py --benchmark-only

@@ -1,6 +1,6 @@
 """Publishing the curated results: every published method label of a benchmark (the reviewed list in
 `results/published.json`) for its seeds, from a clean cache, into `results/`, replacing that benchmark's records
-as a whole, then its leaderboard and its expectations (`harness.regression`).
+as a whole, then its leaderboard and its expectations (`harness.records.regression`).
 
 `results/published.json` maps a benchmark name to `{"seeds": [...], "threads": N, "preset": "paper", "labels":
 [{"method": NAME, "set": ["SCOPE.FIELD=VALUE", ...]}, ...]}`: one line per label.

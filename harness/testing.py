@@ -1,5 +1,5 @@
 """Regression checks from a test suite: hold a method (a built-in or your plugin) within the tolerances of a
-benchmark's committed expectations (`harness.regression`), as `python -m harness regress` does.
+benchmark's committed expectations (`harness.records.regression`), as `python -m harness regress` does.
 
     from harness.testing import assert_within_tolerance
 

@@ -1,7 +1,7 @@
 """Dream-OOD (Du et al., NeurIPS 2023): outliers imagined by Stable Diffusion from low-likelihood text embeddings.
 
-1. Text-conditioned latent space (Sec. 3.1, eq. 2; `harness.text_latent`): an image encoder h (the benchmark's
-   backbone) + Linear to the token-embedding dimension, z = h(x) / ||h(x)||, trained with cross-entropy over
+1. Text-conditioned latent space (Sec. 3.1, eq. 2; `harness.components.text_latent`): an image encoder h (the
+   benchmark's backbone) + Linear to the token-embedding dimension, z = h(x) / ||h(x)||, trained with cross-entropy over
    T(y_c)^T z / t, t = 0.1 (`latent_similarity=dot`; the official code uses the cosine), where T(y_c) is the frozen
    token embedding of class c's word in SD's text encoder (first BPE token, recorded with the token report).
 2. Boundary sampling per class (Sec. 3.2): L2-normalised embeddings of the ID training images; the `boundary_count`

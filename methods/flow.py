@@ -71,7 +71,7 @@ class FlowConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     lipschitz_samples: int = 1000  # Table 4 estimate on this many ID test images; 0 skips it
-    outlier_weighting: OutlierWeighting = "batch"  # Sec. 2.3: outlier_prob balances the terms (harness.flows)
+    outlier_weighting: OutlierWeighting = "batch"  # Sec. 2.3: outlier_prob balances the terms (components.flows)
     protocol: Protocol = "paper"  # no official code is published: reference = paper (reference_settings empty)
 
     def __post_init__(self) -> None:
@@ -207,7 +207,7 @@ class NormalizingFlow(Method[FlowConfig]):
         facts: dict[str, Any] = {
             "data_scaling": DATA_SCALING,
             "compressor": compressor_name(),
-            "flow_key": self.key,  # checkpoint <cache dir>/flow/<key>.pt; `python -m harness.flows lipschitz KEY`
+            "flow_key": self.key,  # <cache dir>/flow/<key>.pt; `python -m harness.figures.flow lipschitz KEY`
             "final_train_loss": self.history[-1],
             "haar": self.flow.spec.haar,
             "train_seconds_uncached": round(self.train_seconds, 1),

@@ -4,17 +4,18 @@ Diffusion from low-likelihood points of class-conditional manifolds in SD's own 
 1. Diffusion embeddings (Sec. 3.1, eq. 1, Alg. 1; `harness.diffusion.embeddings`): per ID training image, the class
    word's token embedding e is optimised on the noise-prediction loss of that image (3 Adam steps, lr 1e-2, 32
    noised copies on the 50-step DDIM grid), many images per UNet call; `max_per_class` embeds a fraction (Fig. 5d).
-2. Invariant map (Sec. 3.2, eq. 4-7; `harness.cvpn`): a conditional volume-preserving network f(e, y) whose K
+2. Invariant map (Sec. 3.2, eq. 4-7; `harness.components.cvpn`): a conditional volume-preserving network f(e, y) whose K
    invariant outputs are driven to 0 (K from per-class PCA with `p`), cached under a content hash of its inputs;
    or linear invariants (per-class PCA rotation, Table 3), or no map at all (`sampling=npos`: NPOS-style boundary
-   sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.text_latent`).
-3. Sampling (Sec. 3.3-3.4, eq. 8-11; `harness.invariant_sampling`): v = f(e, y), per class N(mu, Sigma + lambda I),
-   `rounds` x `candidates_per_round` draws keeping the `kept_per_round` least likely, e' = f^-1(v', y).
+   sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.components.text_latent`).
+3. Sampling (Sec. 3.3-3.4, eq. 8-11; `harness.components.invariant_sampling`): v = f(e, y), per class
+   N(mu, Sigma + lambda I), `rounds` x `candidates_per_round` draws keeping the `kept_per_round` least likely,
+   e' = f^-1(v', y).
 4. Decoding (`harness.diffusion.stage`): "A high-quality image of a <e'>", DDIM 50 steps, guidance 7.5, 512 -> 256,
    `images_per_embedding` seeds per e'.
-5. Training (Sec. 3.5, eq. 12-13; `harness.regularizers`): the classifier on ID + outliers in one forward pass,
-   beta 1.0, phi an MLP, test score phi(E(f(x))); outliers resized per sample by nearest or bilinear (`random`,
-   the paper's "Both", Table 3).
+5. Training (Sec. 3.5, eq. 12-13; `harness.components.regularizers`): the classifier on ID + outliers in one
+   forward pass, beta 1.0, phi an MLP, test score phi(E(f(x))); outliers resized per sample by nearest or
+   bilinear (`random`, the paper's "Both", Table 3).
 
 `protocol=reference` switches every documented departure of the official code at once (`reference_settings`;
 docs/ncis.md has the table); `outliers_dir` trains on a folder of pre-generated outliers instead of synthesising.

@@ -1,17 +1,18 @@
 """NPOS: non-parametric outlier synthesis (Tao et al., ICLR 2023).
 
 During classifier training, per-class FIFO queues keep the last `queue_size` penultimate features. From epoch
-`start_epoch` on, each step synthesises outliers around every class's boundary (harness.boundary, batched over
+`start_epoch` on, each step synthesises outliers around every class's boundary (components.boundary, batched over
 classes): the `boundary_count` queue points with the largest distance to their k-th neighbour (normalised
 features), `points_per_class` of them picked at random, `candidates_per_point` Gaussian candidates
 x + noise_std * N(0, I) each, and the `kept_per_point` candidates per point with the largest k-NN distance to the
 class queue (`selection="paper"`) or the official code's mis-ordered choice (`selection="reference"`, effectively
-random candidates; see harness/boundary.py). An outlier head Linear(D, 128)-ReLU-Linear(128, 1) is trained with
-binary cross-entropy (ID features 1, synthetic outliers 0), weight `head_weight`, through the ID features into the
-backbone. Test score: -(distance to the `test_k`-th nearest L2-normalised training feature) (FAISS, exact).
+random candidates; see harness/components/boundary.py). An outlier head Linear(D, 128)-ReLU-Linear(128, 1) is
+trained with binary cross-entropy (ID features 1, synthetic outliers 0), weight `head_weight`, through the ID
+features into the backbone. Test score: -(distance to the `test_k`-th nearest L2-normalised training feature)
+(FAISS, exact).
 
 Representation objective (`objective`): `cider` (paper default, Sec. 4): CIDER's dispersion + compactness losses
-on a 128-d projection over two augmented views per image (`harness.cider`), `fc` trained as a linear probe on
+on a 128-d projection over two augmented views per image (`harness.components.cider`), `fc` trained as a linear probe on
 detached features for the reported ID accuracy; `ce`: plain cross-entropy of the classifier (one view).
 
 Departures from the official code (deeplearning-wisc/npos, training_from_scratch/train_CIFAR100.py + losses.py,

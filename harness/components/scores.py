@@ -2,7 +2,7 @@
 
 Usable without the rest of the harness:
 
-    from harness.scores import msp_score, energy_score, KNNScorer, ViMScorer, ReActScorer
+    from harness.components.scores import msp_score, energy_score, KNNScorer, ViMScorer, ReActScorer
     knn = KNNScorer(k=200).fit(train_features)
     scores = knn.score(test_features)
 """

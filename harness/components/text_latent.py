@@ -5,8 +5,8 @@
    with cross-entropy over the similarities s(z, T(y_c)) / t. `similarity="dot"` is the paper's raw dot product
    T(y)^T z; `similarity="cosine"` normalises the anchors too (the official code). `text_latent_embeddings` returns
    the normalised z of the ID training images, with the latent model cached under its content hash.
-3. Boundary sampling per class (Sec. 3.2, `harness.boundary`): `class_boundary_embeddings` draws outlier embeddings
-   around the low-density ID embeddings and rescales them to the class token's norm (footnote 2).
+3. Boundary sampling per class (Sec. 3.2, `harness.components.boundary`): `class_boundary_embeddings` draws outlier
+   embeddings around the low-density ID embeddings and rescales them to the class token's norm (footnote 2).
 
 Typical use (a method plugin):
 

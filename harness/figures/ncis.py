@@ -6,10 +6,10 @@ In 2-D alone the sampler's extremes concentrate in one direction (the lowest-lik
 3.4 sigma) where in the paper's 768-D they spread over all dimensions; the third axis softens that. The plot shows
 (x1, x2); all distances are 3-D. Samplers, 100 outliers per class:
 (a) Dream-OOD style: L2-normalised embeddings, boundary points + Gaussian noise, candidates normalised and kept by
-    k-NN distance (`harness.boundary.sample_boundary_outliers`), then scaled by the class's mean norm (Dream-OOD
-    multiplies by the class token's norm);
+    k-NN distance (`harness.components.boundary.sample_boundary_outliers`), then scaled by the class's mean norm
+    (Dream-OOD multiplies by the class token's norm);
 (b) linear invariants: the NCIS pipeline with a per-class PCA rotation instead of the cVPN (`LinearInvariants`);
-(c) the cVPN (`harness.cvpn`), K = D - 1 = 2 for (b) and (c): the true codimension (the paper's p-rule counts
+(c) the cVPN (`harness.components.cvpn`), K = D - 1 = 2 for (b) and (c): the true codimension (the paper's p-rule counts
     variance, and no direction of a half circle holds under 2 % of it, so it would give K = 1 here).
 (b) and (c) use `low_likelihood_samples` with lambda = 1e-5, 10 rounds x 333 draws, keep 10 (the official ratio).
 

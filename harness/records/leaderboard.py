@@ -55,7 +55,7 @@ def summarise(records: list[RunRecord]) -> pd.DataFrame:
 
 def mixed_provenance(runs: list[RunRecord]) -> str:
     """'' when every run of a row comes from the same code version and environment; otherwise which seeds came
-    from which values of the facts that differ (harness.provenance.NUMERIC_FACTS)."""
+    from which values of the facts that differ (harness.records.provenance.NUMERIC_FACTS)."""
     groups: dict[str, list[int]] = {}
     for run in runs:
         groups.setdefault(json.dumps(run.facts, sort_keys=True, default=str), []).append(run.seed)

@@ -86,7 +86,7 @@ class RunRecord:
 
     @property
     def facts(self) -> dict[str, Any]:
-        """The numerics-relevant provenance (code version, torch, threads, hardware...; see harness.provenance)."""
+        """The numerics-relevant provenance (code version, torch, threads, hardware: records.provenance)."""
         return numeric_facts(self.code_version, self.libraries, self.environment)
 
     def directory(self, out_dir: Path) -> Path:
