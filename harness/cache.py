@@ -46,6 +46,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files a killed `atomic_write_bytes` to `path` left behind; call it only while no other
+    process can be writing `path` (under its lock, or for an item only this rank writes)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -106,6 +113,7 @@ class Cache:
                 self.events.append((stage, key, "hit"))
                 return value
             self.events.append((stage, key, "miss"))
+            remove_stale_temporaries(path)
             value = compute()
             atomic_torch_save(value, path)
             return value

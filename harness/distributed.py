@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from harness.cache import Cache, atomic_torch_save
+from harness.cache import Cache, atomic_torch_save, remove_stale_temporaries
 from harness.errors import HarnessError
 
 T = TypeVar("T")
@@ -76,6 +76,9 @@ class ShardedStage:
         batches = [ids[start:start + batch_size] for start in range(0, len(ids), batch_size)][rank::world]
         todo = [batch for batch in batches if any(not self.item_path(i).exists() for i in batch)]
         self.cache.events.append((self.stage, self.key, "miss" if todo else "hit"))
+        for batch in todo:  # a killed earlier run's half-written files of the items this rank owns
+            for item_id in batch:
+                remove_stale_temporaries(self.item_path(item_id))
         for batch in (progress(todo) if progress else todo):
             outputs = compute([items[i] for i in batch])
             for item_id, output in zip(batch, outputs, strict=True):

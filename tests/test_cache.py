@@ -46,3 +46,13 @@ def test_sharded_stage_splits_items_across_ranks_and_resumes(tmp_path):
     done.clear()
     paths = stage.run(items, lambda x: done.append(x) or x * x)  # everything stored: nothing recomputed
     assert done == [] and len(paths) == 7 and stage.load("item5") == 25
+
+
+def test_a_killed_writers_temporary_file_is_removed_when_the_item_is_recomputed(tmp_path):
+    stage = ShardedStage(Cache(tmp_path), "items", "k")
+    stage.directory.mkdir(parents=True)
+    stale = stage.directory / ".a.pt.x1y2z3.tmp"  # what atomic_write_bytes leaves when killed mid-write
+    stale.write_bytes(b"half")
+    stage.run({"a": 1, "b": 2}, lambda item: item * 10)
+    assert sorted(p.name for p in stage.directory.iterdir()) == ["a.pt", "b.pt"]
+    assert stage.load("a") == 10
