@@ -22,6 +22,8 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise argparse.ArgumentTypeError("--seeds needs at least one integer, e.g. --seeds 0")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r} must list distinct integers >= 0, e.g. 0,1,2,3,4")
     return seeds
 
 
@@ -100,7 +102,8 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     source = regress.add_mutually_exclusive_group(required=True)
     source.add_argument("--methods", type=_csv, help="run these methods (reusing the cache) and compare them")
     source.add_argument("--records", type=Path, help="compare the records under this directory instead")
-    regress.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds to run (default 0,1,2)")
+    regress.add_argument("--seeds", type=_seeds, default=None,
+                         help="seeds to run (default: those the expectations hold for the labels)")
     regress.add_argument("--set", dest="settings", action="append", default=[], metavar="SCOPE.FIELD=VALUE",
                          help="override a setting of the runs (repeatable)")
     regress.add_argument("--expectations", type=Path, default=None,
@@ -129,6 +132,9 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--jobs", type=int, default=1,
                          help="worker processes running (label, seed) tasks side by side (default 1; e.g. one per "
                               "core with threads 1)")
+    publish.add_argument("--drift-threads", type=int, default=None,
+                         help="rerun every task under this thread count to measure cross-environment drift (default: "
+                              "the labels file's drift_threads; 0 skips)")
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -146,7 +152,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if args.records is not None:
         records = load_record_tree(args.records, name)
     else:
-        request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
+        request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds or [0],
                              overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
                              device=args.device, preset=args.preset, threads=args.threads)
         labels = [m.label for m in plan(request).methods]
@@ -155,6 +161,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
                 regression.check_labels(doc, labels, path)
             if request.threads is None:  # run as the expectations were recorded
                 request.threads = regression.recorded_threads(doc, labels)
+            if args.seeds is None:
+                request.seeds = regression.recorded_seeds(doc, labels)
         records = execute(request)
     if args.update:
         new = regression.build_expectations(name, records, doc)
@@ -169,9 +177,12 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if notes:
         print("\nprovenance differs from the expectations' (a likely cause of any difference):")
         print("\n".join(f"  {note}" for note in notes))
+    print("\nminimal detectable effect per label (pp; a shift beyond it fails every seed):")
+    for label, effects in regression.detectable_effects(checks).items():
+        print(f"  {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in effects.items()))
     if failed:
         print(f"\n{len(failed)} of {len(checks)} checks beyond tolerance: " +
-              ", ".join(f"{c.label} {c.set} {c.metric}" for c in failed[:10]))
+              ", ".join(f"{c.label} seed {c.seed} {c.set} {c.metric}" for c in failed[:10]))
         return 1
     print(f"\nall {len(checks)} checks within tolerance ({path})")
     return 0
@@ -181,7 +192,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     from harness.publish import PUBLISHED_FILE, publish
 
     records, changed = publish(args.benchmark, args.out, args.labels or PUBLISHED_FILE, args.cache_dir,
-                               args.threads, args.device, args.jobs)
+                               args.threads, args.device, args.jobs, args.drift_threads)
     print("\n".join(changed) or "expectations unchanged")
     print(f"published {len(records)} records under {args.out}")
 

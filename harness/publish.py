@@ -51,6 +51,15 @@ def published_requests(benchmark: str, published_file: Path, out_dir: Path, cach
     return requests
 
 
+def published_drift_threads(benchmark: str, published_file: Path) -> int:
+    """The labels file's `drift_threads` for `benchmark` (0 when it names none)."""
+    entries = json.loads(Path(published_file).read_text())[load_spec(benchmark).name]
+    value = entries.get("drift_threads", 0)
+    if not isinstance(value, int) or value < 0:
+        raise HarnessError(f"{published_file}: drift_threads {value!r} must be an integer >= 0")
+    return value
+
+
 def clean_cache_dir(cache_dir: Path | None, benchmark: str) -> Path:
     """A new empty cache directory, or `cache_dir` if it is empty or an earlier publish's (then it resumes)."""
     if cache_dir is None:
@@ -68,20 +77,54 @@ def seed_tasks(requests: list[RunRequest]) -> list[RunRequest]:
     return [replace(request, seeds=[seed]) for request in requests for seed in request.seeds]
 
 
+def run_tasks(tasks: list[RunRequest], jobs: int) -> None:
+    if jobs == 1:
+        for request in tasks:
+            execute(request)
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(execute, tasks))
+
+
+def drift_records(requests: list[RunRequest], staging: Path, cache_dir: Path, threads: int, jobs: int
+                  ) -> list[RunRecord]:
+    """Every published (label, seed) again under `threads` torch threads, from its own clean cache (every stage
+    recomputed): the records whose differences from the published ones are the measured drift of a change of
+    environment (harness.records.regression)."""
+    tasks = [replace(task, threads=threads, out_dir=staging, cache_dir=cache_dir) for task in seed_tasks(requests)]
+    for request in tasks:
+        print(f"publish drift: {request.methods[0]} {request.overrides or ''} seed {request.seeds[0]} at {threads} "
+              "threads")
+    run_tasks(tasks, jobs)
+    name = load_spec(requests[0].benchmark).name
+    records = load_records(staging, name)
+    shutil.rmtree(staging)
+    return records
+
+
 def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE, cache_dir: Path | None = None,
-            threads: int | None = None, device: str = "auto", jobs: int = 1) -> tuple[list[RunRecord], list[str]]:
+            threads: int | None = None, device: str = "auto", jobs: int = 1, drift_threads: int | None = None
+            ) -> tuple[list[RunRecord], list[str]]:
     """Run every published label into a staging directory, then replace `<out>/records/<benchmark>` with it and
     rewrite the leaderboard and `<out>/expectations/<benchmark>.json`; returns the records and what changed.
 
     `jobs` > 1 runs (label, seed) tasks in that many worker processes sharing the cache (its file locks make each
     entry computed once); every task still runs with the labels file's thread count, so the numbers equal a
-    one-job publish's."""
+    one-job publish's. Then every task runs again under `drift_threads` threads (default: the labels file's
+    `drift_threads`; 0 skips it) from a clean cache of its own, and the per-seed differences are stored as the
+    expectations' drift."""
     if jobs < 1:
         raise HarnessError(f"--jobs {jobs} must be at least 1")
+    if drift_threads is not None and drift_threads < 0:
+        raise HarnessError(f"--drift-threads {drift_threads} must be >= 0 (0 skips the drift run)")
     name = load_spec(benchmark).name
     cache_dir = clean_cache_dir(cache_dir, name)
     staging = Path(out_dir) / f".publish-{name}"
     requests = published_requests(benchmark, published_file, staging, cache_dir, threads, device)
+    drift_threads = published_drift_threads(benchmark, published_file) if drift_threads is None else drift_threads
+    if drift_threads and drift_threads == requests[0].threads:
+        raise HarnessError(f"--drift-threads {drift_threads} equals the published thread count; choose another "
+                           "(e.g. 2 for records published at 1) or 0 to skip the drift run")
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / CACHE_MARKER).touch()
     shutil.rmtree(staging, ignore_errors=True)
@@ -89,12 +132,11 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     for request in tasks:
         print(f"publish {name}: {request.methods[0]} {request.overrides or ''} seed {request.seeds[0]} "
               f"(cache {cache_dir})")
-    if jobs == 1:
-        for request in tasks:
-            execute(request)
-    else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(execute, tasks))
+    run_tasks(tasks, jobs)
+    drift = []
+    if drift_threads:
+        drift = drift_records(requests, Path(out_dir) / f".publish-{name}-drift", cache_dir / f"drift-{drift_threads}",
+                              drift_threads, max(1, jobs * (requests[0].threads or 1) // drift_threads))
     target = Path(out_dir) / "records" / name
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +148,6 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     old = json.loads(path.read_text()) if path.is_file() else None
     labels = {r.label for r in records}
     kept = {**(old or {}), "methods": {k: v for k, v in (old or {}).get("methods", {}).items() if k in labels}}
-    doc = build_expectations(name, records, kept)
+    doc = build_expectations(name, records, kept, drift)
     write_expectations(path, doc)
     return records, changes(old, doc)

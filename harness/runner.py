@@ -118,7 +118,7 @@ def plan(request: RunRequest) -> Plan:
         classifier_changes["preset"] = request.preset
     planned = []
     for cls in classes:
-        config, default = configure(cls, spec.name, request.overrides.get(cls.info.name, {}))
+        config, default = configure(cls, spec.family, request.overrides.get(cls.info.name, {}))
         cls.check_config(config, classifier)
         changes = {**changed_fields(config, default), **classifier_changes}
         if getattr(config, "protocol", "paper") != "paper":

@@ -16,7 +16,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("regress")
     spec = write_tiny_spec(root)
     labels = root / "published.json"
-    labels.write_text(json.dumps({"tiny5k": {"seeds": [0, 1], "threads": 1, "preset": TINY_PRESET, "labels": [
+    labels.write_text(json.dumps({"tiny5k": {"seeds": [0, 1], "threads": 1, "drift_threads": 2, "preset": TINY_PRESET,
+                                             "labels": [
         {"method": "msp"}, {"method": "knn"}, {"method": "knn", "set": ["knn.k=5"]}]}}))
     records, changed = publish(str(spec), root / "results", labels, root / "cache")
     return {"root": root, "spec": spec, "labels": labels, "records": records, "changed": changed,
@@ -55,8 +56,9 @@ def test_regress_passes_on_unchanged_records_and_fails_naming_the_perturbed_metr
         target.write_text(json.dumps(record))
     assert regress(tiny, "--records", str(perturbed)) == 1
     out = capsys.readouterr().out
-    assert f"{KNN} glyphs auroc" in out and "| FAIL" in out
+    assert f"{KNN} seed 0 glyphs auroc" in out and "| FAIL" in out
     assert f"{KNN}: torch_threads: 1 -> 7" in out  # the mismatch explained by provenance
+    assert "measured drift" in out and "minimal detectable effect" in out
     assert regress(tiny, "--records", str(perturbed), "--tolerance", "auroc=25") == 0
     copy = tmp_path / "expectations.json"
     copy.write_text(tiny["expectations"].read_text())
@@ -113,3 +115,45 @@ def test_publish_with_two_jobs_gives_the_one_job_numbers(tiny, tmp_path):
     parallel = {(r.label, r.seed): (r.metrics, r.id_accuracy) for r in records}
     sequential = {(r.label, r.seed): (r.metrics, r.id_accuracy) for r in tiny["records"]}
     assert parallel == sequential
+
+
+def _records(tiny):
+    return {p: json.loads(p.read_text()) for p in sorted((tiny["results"] / "records").rglob("seed*.json"))}
+
+
+def _write(records, directory, root):
+    for path, record in records.items():
+        target = directory / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(record))
+    return directory
+
+
+def test_expectations_store_per_seed_drift_under_a_second_thread_count(tiny):
+    doc = json.loads(tiny["expectations"].read_text())
+    entry = doc["methods"][KNN]
+    assert entry["drift"]["environment"]["torch_threads"] == 2
+    assert set(entry["drift"]["per_seed"]["Average"]["auroc"]) == {"0", "1"}
+    assert doc["same_environment_pp"] == 0.01
+
+
+def test_records_of_the_drift_environment_are_held_exactly_to_their_own_values(tiny, tmp_path, capsys):
+    """The unmodified records pass in the stored environment and, rebuilt as the drift run gave them, under the
+    second thread count; a 0.05 pp change then fails (tolerance 0.01 in a known environment)."""
+    doc = json.loads(tiny["expectations"].read_text())
+    records = _records(tiny)
+    for record in records.values():
+        drift = doc["methods"][record["label"]]["drift"]
+        record["environment"]["torch_threads"] = 2
+        seed = str(record["seed"])
+        for name, metrics in [*record["metrics"].items(), ("Average", record["average"])]:
+            for metric in ("fpr95", "auroc"):
+                metrics[metric] += drift["per_seed"][name][metric][seed] / 100
+        if record["id_accuracy"] is not None:
+            record["id_accuracy"] += drift["per_seed"]["ID"]["accuracy"][seed] / 100
+    shifted = _write(records, tmp_path / "threads2", tiny["results"] / "records")
+    assert regress(tiny, "--records", str(shifted)) == 0
+    assert "drift environment" in capsys.readouterr().out
+    first = next(r for r in records.values() if r["label"] == KNN)
+    first["metrics"]["glyphs"]["auroc"] += 0.0005
+    assert regress(tiny, "--records", str(_write(records, tmp_path / "nudged", tiny["results"] / "records"))) == 1

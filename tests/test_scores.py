@@ -28,8 +28,18 @@ def synthetic():
 def test_msp_and_energy_match_their_formulas():
     logits = np.random.default_rng(1).normal(0, 3, (50, 7))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    np.testing.assert_allclose(msp_score(logits), probs.max(1))
+    np.testing.assert_allclose(np.exp(msp_score(logits)), probs.max(1))
     np.testing.assert_allclose(energy_score(logits, 2.0), 2.0 * np.log(np.exp(logits / 2.0).sum(1)))
+
+
+def test_msp_keeps_the_order_of_saturated_probabilities():
+    # margins 40..49: softmax's max is exactly 1.0 in float64 for all of them, so the probability ties them all;
+    # the log form keeps their order (larger margin = more confident)
+    logits = np.stack([np.r_[40.0 + i, 0.0, 0.0] for i in range(10)])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    assert np.unique(probs.max(1) / probs.sum(1)).size == 1
+    assert np.unique(msp_score(logits)).size == 10
+    assert (np.diff(msp_score(logits)) > 0).all()
 
 
 def test_confident_logits_score_higher_for_msp_and_energy():

@@ -104,6 +104,30 @@ class WideResNet(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
+class LeNet(nn.Module):
+    """OpenOOD's LeNet for MNIST: conv 6-16-120 (5x5, ReLU, 2x2 max-pool after the first two) and fc 120 -> 84 with
+    ReLU, 84-d features; no normalisation layer. OpenOOD feeds 28 px images to a first conv padded by 2; any input
+    up to 32 px is zero-padded to 32 (after normalisation, as that padding is), so 32 px images run unpadded."""
+
+    size = 32
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(16, 120, 5), nn.ReLU())
+        self.fc = nn.Linear(120, 84)
+        self.out_dim = 84
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height > self.size or width > self.size:
+            raise HarnessError(f"lenet takes images up to {self.size} px, got {height}x{width}; use a resnet backbone")
+        top, left = (self.size - height) // 2, (self.size - width) // 2
+        x = F.pad(x, (left, self.size - width - left, top, self.size - height - top))
+        return F.relu(self.fc(torch.flatten(self.convs(x), 1)))
+
+
 class TimmBackbone(nn.Module):
     """A timm model without its classifier head (`num_classes=0`): the ImageNet-style ResNet-34 (7x7 stride-2 stem,
     max-pool) used for ImageNet-100, 512-d pooled features."""
@@ -121,6 +145,7 @@ class TimmBackbone(nn.Module):
 
 BackboneFactory = Callable[[int], nn.Module]
 BACKBONES: dict[str, BackboneFactory] = {
+    "lenet": LeNet,
     "resnet_small": lambda in_channels: CifarResNet((1, 1, 1, 1), 16, in_channels),
     "resnet18_cifar": lambda in_channels: CifarResNet((2, 2, 2, 2), 64, in_channels),
     "resnet34_cifar": lambda in_channels: CifarResNet((3, 4, 6, 3), 64, in_channels),

@@ -42,6 +42,10 @@ class BenchmarkSpec:
     storage: str = "memory"
     # the class-name lists of the official code, by use (e.g. "dream_ood", "ncis_embedding", "ncis_generation")
     official_prompt_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the spec file's own name: a variant (`mnist5k:resnet-bn`) is named `mnist5k-resnet-bn` but takes the methods'
+    # per-benchmark defaults of `mnist5k`
+    family: str = ""
+    variants: tuple[str, ...] = ()
 
     def preset(self, name: str) -> dict[str, Any]:
         """Scalings of the preset `name`: `epoch_scale` (classifier epochs), `max_train`/`max_test`/`max_ood`
@@ -80,7 +84,9 @@ def available_benchmarks() -> list[str]:
 
 
 def load_spec(name_or_path: str) -> BenchmarkSpec:
-    """Spec of a named benchmark (`datasets/<name>.json`) or of a spec file path."""
+    """Spec of a named benchmark (`datasets/<name>.json`) or of a spec file path; `NAME:VARIANT` applies one of the
+    spec's `variants` (a dict of top-level fields to replace; `classifier` and `presets` are merged key by key)."""
+    name_or_path, _, variant = name_or_path.partition(":")
     path = Path(name_or_path)
     if path.suffix != ".json":
         path = DATASETS_DIR / f"{name_or_path}.json"
@@ -94,6 +100,8 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
     except json.JSONDecodeError as err:
         raise HarnessError(f"benchmark spec {path} is not valid JSON ({err.msg} at line {err.lineno}); fix the file") \
             from None
+    if variant:
+        raw = _apply_variant(raw, variant, path)
     required = ("name", "image_size", "channels", "num_classes", "class_names", "mean", "std", "id", "ood")
     missing = [key for key in required if key not in raw]
     if missing:
@@ -127,8 +135,21 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         mean=tuple(raw["mean"]),
         std=tuple(raw["std"]), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
         classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
-        presets=presets, storage=storage,
+        presets=presets, storage=storage, family=raw.get("family", raw["name"]),
+        variants=tuple(sorted(raw.get("variants", {}))),
     )
+
+
+def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:
+    variants = raw.get("variants", {})
+    if variant not in variants:
+        raise HarnessError(f"benchmark {raw.get('name', path.stem)} has no variant {variant!r}; choose one of "
+                           f"{', '.join(sorted(variants)) or '(none defined)'} as NAME:VARIANT")
+    changes = variants[variant]
+    merged = {**raw, **changes, "name": f"{raw['name']}-{variant}", "family": raw["name"]}
+    for key in ("classifier", "presets"):
+        merged[key] = {**raw.get(key, {}), **changes.get(key, {})}
+    return merged
 
 
 # Keys that describe a set for people (data check) rather than how to read it.

@@ -95,6 +95,8 @@ def _mark(frame: pd.DataFrame) -> pd.DataFrame:
                 texts.append("–")
                 continue
             text = _fmt(value)
+            if metric == "AUROC" and column[0] not in ("", "Average") and mean < 50:
+                text = f"{text} ◇"  # ranks this set above the ID test set: explained in docs/benchmarks.md
             if len(frame) > 1 and mean == distinct[0]:
                 text = f"**{text}**"
             elif len(frame) > 2 and len(distinct) > 1 and mean == distinct[1]:
@@ -114,7 +116,8 @@ def benchmark_markdown(records: list[RunRecord], benchmark: str) -> str:
         table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind", "provenance")]]
         table.columns = [c[1] if c[0] == "" else f"{c[0]} {c[1]}" for c in table.columns]
         lines += [f"FPR95 ↓ and AUROC ↑ in %, FPR95 with {convention}; mean ± std over seeds; best **bold**, "
-                  "second <u>underlined</u>.", "",
+                  "second <u>underlined</u>; ◇ a mean AUROC below 50 (the set scores as more in-distribution than "
+                  "the ID test set; docs/benchmarks.md explains each such cell).", "",
                   table.to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         lines += notes + [""]

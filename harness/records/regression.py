@@ -1,14 +1,17 @@
-"""Regression checks: committed per-benchmark expectations (metric means over seeds, their seed spread, the
-environment they came from) and the comparison of new records against them, with per-metric tolerances.
+"""Regression checks: committed per-benchmark expectations (per-seed metric values, the environment they came from,
+and the per-seed drift observed when the same runs are repeated under a second torch thread count) and the
+seed-by-seed comparison of new records against them.
 
-All values are in percentage points. The default tolerance of a metric is
-
-    tolerance = max(floor_pp, spread_factor * s)
-
-where `s` is the sample standard deviation (ddof=1) of the metric over the expectation's seeds (0 for a single
-seed, so the floor alone applies); `floor_pp` (1.0) and `spread_factor` (2.0) are stored in the file. An entry's
-`tolerance_pp` ({metric: pp}) overrides the default for that method, and the command line overrides both.
-Records of a subset of the expected seeds are compared with the mean of the same seeds.
+All values are in percentage points. Each record is compared with the stored value of the same label, seed, set
+and metric, never with a mean. Its tolerance is, in this order:
+1. `--tolerance` on the command line, or the entry's `tolerance_pp`;
+2. `same_environment_pp` (0.01) when the record's numerics-relevant environment (torch version, threads, device,
+   CPU/GPU, CUDA/cuDNN, deterministic flags; not the commit) is the stored one, or the drift run's (then the stored
+   value plus the drift is expected): identical code reproduces exactly;
+3. otherwise `max(drift_floor_pp, drift_factor * d)`, d the largest |drift| over the seeds of that label, set and
+   metric: a tolerance grounded in a measured change of environment;
+4. for expectations without a drift run, `max(floor_pp, spread_factor * s)`, s the std over seeds (ddof=1).
+The tolerance of a check is its minimal detectable effect: a shift of the metric by more fails every seed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from harness.records.results import RunRecord
 
 DEFAULT_FLOOR_PP = 1.0
 DEFAULT_SPREAD_FACTOR = 2.0
+SAME_ENVIRONMENT_PP = 0.01
+DRIFT_FLOOR_PP = 0.5
+DRIFT_FACTOR = 2.0
 METRICS = ("fpr95", "auroc", "accuracy")
 AVERAGE, ID = "Average", "ID"
 
@@ -62,8 +68,29 @@ def environments(runs: list[RunRecord]) -> list[dict[str, Any]]:
     return found
 
 
-def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | None = None) -> dict[str, Any]:
-    """One method label's expectations from its records (one per seed)."""
+def numerics(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts that decide whether identical code must reproduce a number exactly: all but the commit."""
+    return {k: v for k, v in facts.items() if k != "code_version"}
+
+
+def drift_entry(runs: list[RunRecord], drift_runs: list[RunRecord]) -> dict[str, Any]:
+    """Per (set, metric, seed): value under the drift environment minus the stored value (pp)."""
+    base = {r.seed: record_values(r) for r in runs}
+    per_seed: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for run in drift_runs:
+        for (name, metric), value in record_values(run).items():
+            if (name, metric) in base.get(run.seed, {}):
+                per_seed[name][metric][str(run.seed)] = value - base[run.seed][(name, metric)]
+    facts = environments(drift_runs)
+    if len(facts) != 1:
+        raise HarnessError(f"drift runs of {runs[0].label} come from {len(facts)} environments; give one")
+    return {"environment": facts[0], "per_seed": {n: dict(m) for n, m in per_seed.items()}}
+
+
+def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | None = None,
+                      drift_runs: list[RunRecord] | None = None) -> dict[str, Any]:
+    """One method label's expectations from its records (one per seed), with the drift of `drift_runs` (the same
+    label and seeds under a second environment) when given."""
     per_seed = [record_values(r) for r in runs]
     metrics: dict[str, dict[str, Any]] = defaultdict(dict)
     for key in per_seed[0]:
@@ -72,21 +99,29 @@ def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | No
             "mean": float(np.mean(values)),
             "spread": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             "per_seed": {str(r.seed): v[key] for r, v in zip(runs, per_seed, strict=True) if key in v}}
-    return {"seeds": [r.seed for r in runs], "environments": environments(runs), "tolerance_pp": tolerance_pp or {},
-            "metrics": dict(metrics)}
+    entry = {"seeds": [r.seed for r in runs], "environments": environments(runs), "tolerance_pp": tolerance_pp or {},
+             "metrics": dict(metrics)}
+    if drift_runs:
+        entry["drift"] = drift_entry(runs, drift_runs)
+    return entry
 
 
-def build_expectations(benchmark: str, records: list[RunRecord], previous: dict[str, Any] | None = None
-                       ) -> dict[str, Any]:
-    """The expectations document for `records` merged into `previous`: its other labels, floor, factor and
-    per-entry tolerances are kept; the labels of `records` are replaced."""
+def build_expectations(benchmark: str, records: list[RunRecord], previous: dict[str, Any] | None = None,
+                       drift_records: list[RunRecord] | None = None) -> dict[str, Any]:
+    """The expectations document for `records` (and the drift of `drift_records`) merged into `previous`: its other
+    labels, tolerance settings and per-entry tolerances are kept; the labels of `records` are replaced."""
     previous = previous or {}
     old = previous.get("methods", {})
-    fresh = {label: expectation_entry(runs, old.get(label, {}).get("tolerance_pp"))
+    drift = group_by_label(drift_records or [])
+    fresh = {label: expectation_entry(runs, old.get(label, {}).get("tolerance_pp"), drift.get(label))
              for label, runs in group_by_label(records).items()}
     return {"benchmark": benchmark,
-            "formula": "tolerance_pp = max(floor_pp, spread_factor * std over seeds (ddof=1)), unless tolerance_pp "
-                       "of the entry or --tolerance sets it",
+            "formula": "per seed: --tolerance or the entry's tolerance_pp; else same_environment_pp when the "
+                       "numerics-relevant environment is the stored (or the drift run's) one; else max(drift_floor_pp, "
+                       "drift_factor * max |drift| over seeds); else max(floor_pp, spread_factor * std over seeds)",
+            "same_environment_pp": previous.get("same_environment_pp", SAME_ENVIRONMENT_PP),
+            "drift_floor_pp": previous.get("drift_floor_pp", DRIFT_FLOOR_PP),
+            "drift_factor": previous.get("drift_factor", DRIFT_FACTOR),
             "floor_pp": previous.get("floor_pp", DEFAULT_FLOOR_PP),
             "spread_factor": previous.get("spread_factor", DEFAULT_SPREAD_FACTOR),
             "methods": dict(sorted({**old, **fresh}.items()))}
@@ -111,8 +146,9 @@ def load_expectations(path: Path, benchmark: str) -> dict[str, Any]:
         raise _bad(path, "has no 'methods' object")
     if doc.get("benchmark") != benchmark:
         raise _bad(path, f"is for benchmark {doc.get('benchmark')!r}, not {benchmark!r}")
-    for key in ("floor_pp", "spread_factor"):
-        check_tolerance(doc.get(key), f"{path} {key}")
+    for key, default in (("floor_pp", None), ("spread_factor", None), ("same_environment_pp", SAME_ENVIRONMENT_PP),
+                         ("drift_floor_pp", DRIFT_FLOOR_PP), ("drift_factor", DRIFT_FACTOR)):
+        doc[key] = check_tolerance(doc.get(key, default), f"{path} {key}")
     for label, entry in doc["methods"].items():
         try:
             for metrics in entry["metrics"].values():
@@ -120,6 +156,10 @@ def load_expectations(path: Path, benchmark: str) -> dict[str, Any]:
                     float(stats["mean"]), float(stats["spread"]), dict(stats["per_seed"])
             for metric, value in entry.get("tolerance_pp", {}).items():
                 check_tolerance(value, f"{path} {label} tolerance_pp.{metric}")
+            for metrics in entry.get("drift", {}).get("per_seed", {}).values():
+                for seeds in metrics.values():
+                    [float(v) for v in seeds.values()]
+            dict(entry.get("drift", {}).get("environment", {}))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise _bad(path, f"has a malformed entry for {label!r} ({type(err).__name__}: {err})") from None
     return doc
@@ -157,6 +197,13 @@ def recorded_threads(doc: dict[str, Any], labels: list[str]) -> int | None:
     return threads.pop() if len(threads) == 1 else None
 
 
+def recorded_seeds(doc: dict[str, Any], labels: list[str]) -> list[int]:
+    """The seeds the expectations hold for every one of `labels` (at least seed 0 when they hold none)."""
+    held = [set(doc["methods"].get(label, {}).get("seeds", [])) for label in labels]
+    common = set.intersection(*held) if held else set()
+    return sorted(common) or [0]
+
+
 def check_labels(doc: dict[str, Any], labels: list[str], path: Path | None = None) -> None:
     """A one-line error for the first label `doc` has no entry for."""
     for label in labels:
@@ -168,11 +215,13 @@ def check_labels(doc: dict[str, Any], labels: list[str], path: Path | None = Non
 @dataclass(frozen=True)
 class Check:
     label: str
+    seed: int
     set: str
     metric: str
     expected: float
     got: float
     tolerance: float
+    basis: str  # where the tolerance comes from (module docstring)
 
     @property
     def difference(self) -> float:
@@ -180,60 +229,104 @@ class Check:
 
     @property
     def passed(self) -> bool:
-        return abs(self.difference) <= self.tolerance
+        return abs(self.difference) <= self.tolerance + 1e-9
 
 
-def tolerance_for(doc: dict[str, Any], entry: dict[str, Any], metric: str, spread: float,
-                  overrides: dict[str, float]) -> float:
-    """Command line, then the entry's `tolerance_pp`, then max(floor, factor * spread) (module docstring)."""
+def stored_environment(entry: dict[str, Any], record: RunRecord) -> str | None:
+    """"stored" or "drift" when the record's numerics-relevant environment is the one the entry's values (or its
+    drift run) came from; None otherwise."""
+    got = numerics(record.facts)
+    if any(numerics(env) == got for env in entry.get("environments", [])):
+        return "stored"
+    if "drift" in entry and numerics(entry["drift"]["environment"]) == got:
+        return "drift"
+    return None
+
+
+def max_drift(entry: dict[str, Any], name: str, metric: str) -> float | None:
+    values = entry.get("drift", {}).get("per_seed", {}).get(name, {}).get(metric)
+    return max(abs(float(v)) for v in values.values()) if values else None
+
+
+def tolerance_for(doc: dict[str, Any], entry: dict[str, Any], name: str, metric: str, environment: str | None,
+                  overrides: dict[str, float]) -> tuple[float, str]:
+    """(tolerance, basis) for one check (module docstring, steps 1-4)."""
     if metric in overrides or "*" in overrides:
-        return overrides.get(metric, overrides.get("*"))
+        return overrides.get(metric, overrides.get("*")), "--tolerance"
     if metric in entry.get("tolerance_pp", {}):
-        return float(entry["tolerance_pp"][metric])
-    return max(float(doc["floor_pp"]), float(doc["spread_factor"]) * spread)
+        return float(entry["tolerance_pp"][metric]), "entry tolerance_pp"
+    if environment is not None:
+        return float(doc["same_environment_pp"]), f"{environment} environment"
+    drift = max_drift(entry, name, metric)
+    if drift is not None:
+        return max(float(doc["drift_floor_pp"]), float(doc["drift_factor"]) * drift), "measured drift"
+    spread = float(entry["metrics"][name][metric]["spread"])
+    return max(float(doc["floor_pp"]), float(doc["spread_factor"]) * spread), "seed spread (no drift measured)"
 
 
 def compare(doc: dict[str, Any], records: list[RunRecord], overrides: dict[str, float] | None = None,
             path: Path | None = None) -> list[Check]:
-    """One check per (label, set, metric) of `records` against `doc` (see module docstring)."""
+    """One check per (label, seed, set, metric) of `records` against the stored value of the same seed."""
     overrides = overrides or {}
     groups = group_by_label(records)
     check_labels(doc, list(groups), path)
     checks = []
     for label, runs in groups.items():
         entry = doc["methods"][label]
-        got = [record_values(r) for r in runs]
-        for (name, metric), _ in sorted(got[0].items()):
-            stats = entry["metrics"].get(name, {}).get(metric)
-            if stats is None:
-                continue
-            seeds = [str(r.seed) for r in runs]
-            same = all(s in stats["per_seed"] for s in seeds)
-            expected = float(np.mean([stats["per_seed"][s] for s in seeds])) if same else float(stats["mean"])
-            value = float(np.mean([g[(name, metric)] for g in got]))
-            checks.append(Check(label, name, metric, expected, value,
-                                tolerance_for(doc, entry, metric, float(stats["spread"]), overrides)))
+        for run in runs:
+            environment = stored_environment(entry, run)
+            seed = str(run.seed)
+            for (name, metric), value in sorted(record_values(run).items()):
+                stats = entry["metrics"].get(name, {}).get(metric)
+                if stats is None:
+                    continue
+                if seed not in stats["per_seed"]:
+                    raise HarnessError(f"expectations {path or ''} of {label} hold no seed {run.seed} (they hold "
+                                       f"{', '.join(sorted(stats['per_seed']))}); compare those seeds or add this "
+                                       "one with --update")
+                expected = float(stats["per_seed"][seed])
+                if environment == "drift":
+                    expected += float(entry["drift"]["per_seed"].get(name, {}).get(metric, {}).get(seed, 0.0))
+                tolerance, basis = tolerance_for(doc, entry, name, metric, environment, overrides)
+                checks.append(Check(label, run.seed, name, metric, expected, value, tolerance, basis))
     return checks
+
+
+def detectable_effects(checks: list[Check]) -> dict[str, dict[str, float]]:
+    """Per label, the minimal detectable effect (the largest tolerance over its seeds: a shift beyond it fails
+    every seed) of the average AUROC and FPR95 and of the ID accuracy."""
+    effects: dict[str, dict[str, float]] = defaultdict(dict)
+    for c in checks:
+        key = {(AVERAGE, "auroc"): "average AUROC", (AVERAGE, "fpr95"): "average FPR95",
+               (ID, "accuracy"): "ID accuracy"}.get((c.set, c.metric))
+        if key is not None:
+            effects[c.label][key] = max(effects[c.label].get(key, 0.0), c.tolerance)
+    return dict(effects)
 
 
 def table(checks: list[Check]) -> str:
     from tabulate import tabulate
 
-    rows = [(c.label, c.set, c.metric, f"{c.expected:.2f}", f"{c.got:.2f}", f"{c.difference:+.2f}",
-             f"{c.tolerance:.2f}", "ok" if c.passed else "FAIL") for c in checks]
-    return tabulate(rows, headers=("method", "set", "metric", "expected", "got", "difference", "tolerance",
-                                   "verdict"), tablefmt="github", disable_numparse=True)
+    rows = [(c.label, c.seed, c.set, c.metric, f"{c.expected:.2f}", f"{c.got:.2f}", f"{c.difference:+.2f}",
+             f"{c.tolerance:.2f}", c.basis, "ok" if c.passed else "FAIL") for c in checks]
+    return tabulate(rows, headers=("method", "seed", "set", "metric", "expected", "got", "difference", "tolerance",
+                                   "basis", "verdict"), tablefmt="github", disable_numparse=True)
 
 
 def provenance_notes(doc: dict[str, Any], records: list[RunRecord]) -> list[str]:
-    """Per label, how the records' environment differs from the one the expectations came from."""
+    """Per label, how the records' environment differs from the one the expectations came from (the commit
+    included: it is shown, though identical numerics are still expected across commits)."""
     notes = []
     for label, runs in group_by_label(records).items():
-        expected = doc["methods"].get(label, {}).get("environments", [])
-        for got in environments(runs):
-            diffs = differences(expected[0], got) if expected else ["expectations record no environment"]
-            if diffs:
-                notes.append(f"{label}: {'; '.join(diffs)}")
+        entry = doc["methods"].get(label, {})
+        expected = entry.get("environments", [])
+        for run in runs:
+            if stored_environment(entry, run) == "drift":
+                continue
+            diffs = differences(expected[0], run.facts) if expected else ["expectations record no environment"]
+            note = f"{label}: {'; '.join(diffs)}"
+            if diffs and note not in notes:
+                notes.append(note)
     return notes
 
 
