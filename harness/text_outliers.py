@@ -21,7 +21,9 @@ What the paper leaves open, fixed here (fields of `TextOutlierConfig`):
 - Multiword lemmas ("secret_plan"): `multiword="space"` writes them with spaces (Table 11: "secret plan"); `skip`
   passes them over for the next lemma.
 - Case: the word's pattern is kept: ALL CAPS -> upper, Capitalised -> first letter upper, else WordNet's spelling.
-- Punctuation, numbers, spaces and untagged words are kept as they are, with the original spacing.
+- Punctuation, numbers, spaces and untagged words are kept as they are, with the original spacing. The host of a
+  negation clitic ("do" in "don't", "is" in "isn't") is kept while `keep_negation_hosts` (default): replaced, it
+  would glue the synonym to "n't" ("maken't").
 - A text with no sentence of at most `max_length` tokens (an empty text included): `no_short_sentence="drop"`
   (default) gives no outlier for it and counts it in `SynthesizedTexts.dropped`; `shortest` simplifies its shortest
   sentence instead (an empty text is still dropped).
@@ -53,6 +55,7 @@ class TextOutlierConfig:
     synsets: Literal["first", "all"] = "first"
     multiword: Literal["space", "skip"] = "space"
     case_insensitive_compare: bool = True
+    keep_negation_hosts: bool = True
     no_short_sentence: Literal["drop", "shortest"] = "drop"
 
     def __post_init__(self) -> None:
@@ -136,6 +139,9 @@ class TextSimplifier:
         """The token's text after synonym replacement (the original when it is kept)."""
         pos = wordnet_pos(token.tag_, token.pos_, self.config)
         if pos is None or token.is_punct or token.is_space or not any(c.isalpha() for c in token.text):
+            return token.text
+        if self.config.keep_negation_hosts and not token.whitespace_ and token.i + 1 < len(token.doc) \
+                and token.doc[token.i + 1].lower_ in ("n't", "n’t"):
             return token.text
         key = (token.text, pos)
         if key not in self._memo:

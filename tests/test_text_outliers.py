@@ -93,6 +93,13 @@ def test_unknown_words_and_punctuation_kept(simplifier, wn):
     assert simplifier.simplify_doc(doc) == expected == "The blorptastic dwarf laugh!"
 
 
+def test_negation_hosts_kept_unless_asked(simplifier):
+    doc = simplifier.nlp("i don't like this film .")
+    assert simplifier.simplify_doc(doc) == "i don't wish this movie ."
+    glued = TextSimplifier(simplifier.nlp, simplifier.wordnet, TextOutlierConfig(keep_negation_hosts=False))
+    assert glued.simplify_doc(doc) == "i maken't wish this movie ."
+
+
 def test_case_of_replaced_words(simplifier):
     doc = make_doc(simplifier, [("Midget", "NN"), ("FILM", "NN"), ("end", "NN"), (".", ".")])
     assert simplifier.simplify_doc(doc) == "Dwarf MOVIE terminal."
