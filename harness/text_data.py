@@ -119,7 +119,7 @@ def read_ag_news(path: Path | str) -> TextSet:
             continue
         if len(row) != 3 or not row[0].strip().isdigit():
             raise HarnessError(f"{path} line {line} is not class,title,description (AG News CSV)")
-        texts.append(re.sub(r"\\+", " ", f"{row[1].strip()} {row[2].strip()}").strip())
+        texts.append(re.sub(r"\s*\\+\s*", " ", f"{row[1].strip()} {row[2].strip()}").strip())
         labels.append(int(row[0]) - 1)
     return text_set("ag_news", texts, labels, path)
 
