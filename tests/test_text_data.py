@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness import text_data as td
+from harness.data import text as td
 from harness.errors import HarnessError
 from tests.text_helpers import resource_root
 

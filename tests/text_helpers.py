@@ -8,8 +8,8 @@ import pytest
 
 @functools.lru_cache(maxsize=1)
 def _setup() -> tuple[Path | None, str]:
+    from harness.data.text_resources import default_resource_dir, setup_all
     from harness.errors import HarnessError
-    from harness.text_resources import default_resource_dir, setup_all
 
     try:
         setup_all()

@@ -123,7 +123,7 @@ class TextSimplifier:
     @classmethod
     def from_resources(cls, config: TextOutlierConfig = TextOutlierConfig(), root: Path | str | None = None,
                        fetch: bool = True) -> TextSimplifier:
-        from harness.text_resources import load_spacy, load_wordnet
+        from harness.data.text_resources import load_spacy, load_wordnet
 
         exclude = {"sentencizer": ("ner", "lemmatizer", "parser", "senter"), "senter": ("ner", "lemmatizer", "parser"),
                    "parser": ("ner", "lemmatizer", "senter")}[config.sentences]

