@@ -5,7 +5,7 @@ import pytest
 
 from harness.components.text_encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
 from harness.errors import HarnessError
-from tests.text_helpers import resource_root
+from tests.text_helpers import resource_root, save_random_albert
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +27,8 @@ def test_spacy_mean_over_word_tokens_with_vectors(spacy_encoder):
 @pytest.fixture(scope="module")
 def albert_dir(tmp_path_factory, one_torch_thread):
     """A tiny random ALBERT with a word-level tokenizer, saved as save_pretrained writes it."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AlbertConfig as HFAlbertConfig
-    from transformers import AlbertModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("albert")
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "[CLS]", "[SEP]", "the", "film", "was", "good", "."])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", cls_token="[CLS]",
-                            sep_token="[SEP]").save_pretrained(path)
-    torch.manual_seed(0)
-    AlbertModel(HFAlbertConfig(vocab_size=len(vocab), embedding_size=16, hidden_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=37)).save_pretrained(path)
-    return path
+    words = ["the", "film", "was", "good", "."]
+    return save_random_albert(tmp_path_factory.mktemp("albert"), words)
 
 
 def test_albert_mean_pooling_is_batch_invariant(albert_dir):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.sources import SetProbe, register_source
 from harness.errors import HarnessError
 
 
@@ -45,16 +46,25 @@ class TextSet:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for text, label in zip(self.texts, self.labels, strict=True):
-            digest.update(f"{label}\t{len(text)}\t".encode())
-            digest.update(text.encode("utf-8"))
-        return digest.hexdigest()[:16]
+        """Content hash of the texts and labels (not the name), as `ImageSet.fingerprint`."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256()
+            for text, label in zip(self.texts, self.labels, strict=True):
+                digest.update(f"{label}\t{len(text)}\t".encode())
+                digest.update(text.encode("utf-8"))
+            cached = digest.hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> TextSet:
-        idx = [int(i) for i in indices]
+        idx = [int(i) for i in np.asarray(indices).ravel()]
         return TextSet(name or self.name, tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx))
+
+    def renamed(self, name: str) -> TextSet:
+        return TextSet(name, self.texts, self.labels)
 
 
 def text_set(name: str, texts: Sequence[str], labels: Sequence[int] | None, source: Path | str) -> TextSet:
@@ -97,11 +107,22 @@ def _labelled_folders(root: Path, name: str, what: str, clean: bool = False) -> 
 
 # --- the paper's download formats ----------------------------------------------------------------------------------
 
-def read_imdb(root: Path | str, split: str = "test") -> TextSet:
-    """IMDb (Maas et al. 2011) from the `aclImdb` folder: `split/pos` and `split/neg`; `<br />` -> space."""
+def read_imdb(root: Path | str, split: str = "test", count: int | None = None, seed: int = 0) -> TextSet:
+    """IMDb (Maas et al. 2011) from the `aclImdb` folder: `split/pos` and `split/neg`; `<br />` -> space. `count`:
+    only that many reviews, drawn by `seed` from the file list before reading (pos then neg, name order kept)."""
     if split not in ("train", "test"):
         raise HarnessError(f"IMDb split must be train or test, not {split!r}")
-    return _labelled_folders(Path(root) / split, f"imdb_{split}", "IMDb", clean=True)
+    files = imdb_files(Path(root), split)
+    if count is not None and count < len(files):
+        files = [files[i] for i in np.sort(np.random.default_rng(seed).choice(len(files), count, replace=False))]
+    texts = [re.sub(r"<br\s*/?>", " ", read_text_file(f, "IMDb")).strip() for f, _ in files]
+    return text_set(f"imdb_{split}", texts, [label for _, label in files], Path(root) / split)
+
+
+def imdb_files(root: Path, split: str) -> list[tuple[Path, int]]:
+    """(file, label) of `root/split/pos/*.txt` (1) then `root/split/neg/*.txt` (0), in name order."""
+    return [(file, label) for sub, label in (("pos", 1), ("neg", 0))
+            for file in sorted(_folder(root / split / sub, "IMDb").glob("*.txt"))]
 
 
 def read_pang_lee_folder(root: Path | str) -> TextSet:
@@ -307,3 +328,133 @@ def embedded_text_benchmark(seed: int = 0, root: Path | str | None = None, n_tra
             data = data.subset(np.sort(np.random.default_rng([seed, offset]).permutation(len(data))[:ood_size]))
         ood[data.name] = data
     return TextBenchmark(id_train, id_test, ood)
+
+
+# --- data sources of text benchmark specs (harness.data.sources) ---------------------------------------------------
+# Embedded (cached builds from the text resources): `pang_lee_reviews` (ID: {"train", "test"} split by the spec's
+# `split_seed`), `rt_snippets`, `lee_news`, `wiki_paragraphs`, `newsgroup_posts`. On-disk (read fresh under the data
+# root, probed by `data check`): `imdb_folder` (ID), `ag_news_csv`, `sst2_tsv`, `wikitext_raw`, `pang_lee_folder`.
+
+
+
+def _resource_probe(*resources: str) -> object:
+    """A probe of an embedded text set: its resources are set up (fetched now when missing, so a fetch that fails
+    stops `plan` in one line naming `python -m harness text setup`, before anything is written)."""
+    def probe(**_: object) -> SetProbe:
+        from harness.data.text_resources import default_resource_dir, ensure_resource
+
+        try:
+            paths = [ensure_resource(name) for name in resources]
+        except HarnessError as err:
+            return SetProbe("unavailable", str(default_resource_dir()), detail=str(err))
+        return SetProbe("found", ", ".join(str(p) for p in paths))
+    return probe
+
+
+@register_source("pang_lee_reviews", probe=_resource_probe("pang_lee"))
+def pang_lee_reviews_source(*, train: int = 1000, split_seed: int = 0, **_: object) -> dict[str, TextSet]:
+    """The 1,500 Pang & Lee v2.0 reviews: `train` of them (seeded permutation) train, the rest test."""
+    id_train, id_test = split_train_test(pang_lee_reviews(), train, split_seed)
+    return {"train": id_train, "test": id_test}
+
+
+for _name, _build, _resource in (("rt_snippets", rt_snippets, "pang_lee"), ("lee_news", lee_news, "gensim_data"),
+                                 ("wiki_paragraphs", wiki_paragraphs, "gensim_data"),
+                                 ("newsgroup_posts", newsgroup_posts, "gensim_data")):
+    register_source(_name, probe=_resource_probe(_resource))(lambda *, _build=_build, **_: _build())
+
+
+def _under(data_root: Path | None, path: str) -> Path:
+    from harness.data.readers import _at
+
+    return _at(data_root, path) if not Path(path).is_absolute() else Path(path)
+
+
+def _file_probe(read: object) -> object:
+    """A probe that reads the set (small files): found with its count, missing, or corrupted with the reader's
+    one-line reason (not UTF-8, unreadable, malformed row, empty)."""
+    def probe(*, data_root: Path | None, path: str, expected: int | None = None, **options: object) -> SetProbe:
+        file = _under(data_root, path)
+        if not file.exists():
+            return SetProbe("missing", str(file), detail="no such file")
+        try:
+            count = len(read(file, **options))  # type: ignore[operator]
+        except HarnessError as err:
+            return SetProbe("corrupted", str(file), detail=str(err))
+        if expected is not None and count < expected:
+            return SetProbe("incomplete", str(file), count, expected, f"{count} of {expected} texts")
+        return SetProbe("found", str(file), count, expected)
+    return probe
+
+
+def _ag(file: Path, **_: object) -> TextSet:
+    return read_ag_news(file)
+
+
+def _sst(file: Path, **_: object) -> TextSet:
+    return read_sst2(file)
+
+
+def _wiki(file: Path, unit: str = "paragraph", **_: object) -> TextSet:
+    return read_wikitext(file, unit)
+
+
+def _pl(folder: Path, **_: object) -> TextSet:
+    return read_pang_lee_folder(folder)
+
+
+def _file_source(read: object) -> object:
+    def source(*, data_root: Path | None, path: str, **options: object) -> TextSet:
+        return read(_under(data_root, path), **options)  # type: ignore[operator]
+    return source
+
+
+for _name, _read in (("ag_news_csv", _ag), ("sst2_tsv", _sst), ("wikitext_raw", _wiki), ("pang_lee_folder", _pl)):
+    register_source(_name, cached=False, probe=_file_probe(_read))(_file_source(_read))
+
+
+def probe_imdb_folder(*, data_root: Path | None, path: str, expected: dict[str, int] | None = None,
+                      **_: object) -> dict[str, SetProbe]:
+    """File counts of `train` and `test` (cheap: no file is read; a bad file is one error line at load)."""
+    root = _under(data_root, path)
+    probes = {}
+    for split in ("train", "test"):
+        want = (expected or {}).get(split)
+        try:
+            count = len(imdb_files(root, split))
+        except HarnessError as err:
+            probes[split] = SetProbe("missing", str(root / split), None, want, str(err))
+            continue
+        status = "missing" if count == 0 else "incomplete" if want is not None and count < want else "found"
+        probes[split] = SetProbe(status, str(root / split), count, want, "no .txt files" if not count else "")
+    return probes
+
+
+@register_source("imdb_folder", cached=False, probe=probe_imdb_folder)
+def imdb_folder(*, data_root: Path | None, path: str, train: int | None = None, test: int | None = None,
+                split_seed: int = 0, **_: object) -> dict[str, TextSet]:
+    """IMDb `aclImdb`: `train` reviews of its train split and `test` of its test split, drawn by `split_seed`."""
+    root = _under(data_root, path)
+    return {"train": read_imdb(root, "train", train, split_seed), "test": read_imdb(root, "test", test, split_seed)}
+
+
+ALBERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                  "pytorch_model.bin.index.json")
+
+
+def encoder_directory(spec_encoder: dict[str, object], data_root: Path | None) -> Path | None:
+    """The local directory of a spec's text encoder (`path` under the data root, or absolute), or None."""
+    path = spec_encoder.get("path")
+    if not path:
+        return None
+    return Path(str(path)).expanduser() if Path(str(path)).expanduser().is_absolute() else _under(data_root, str(path))
+
+
+def probe_encoder_directory(directory: Path) -> SetProbe:
+    """An ALBERT save_pretrained directory: config.json plus weights (tokenizer files are checked at load)."""
+    if not directory.is_dir():
+        return SetProbe("missing", str(directory), detail="not a directory")
+    if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in ALBERT_WEIGHTS):
+        return SetProbe("missing", str(directory), detail="needs config.json and model.safetensors or "
+                        "pytorch_model.bin (save_pretrained of albert/albert-base-v2)")
+    return SetProbe("found", str(directory))

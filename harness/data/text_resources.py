@@ -225,7 +225,20 @@ def ensure_resource(name: str, root: Path | str | None = None, fetch: bool = Tru
         return dest
     if not fetch:
         raise HarnessError(f"text resource {name!r} is not set up under {root}; run `{SETUP_COMMAND} --dir {root}`")
+    created = root  # the topmost folder this call creates: a failed first fetch removes it again
+    while not created.parent.exists():
+        created = created.parent
+    created = None if root.exists() else created
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_resource(name, root, dest)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _build_resource(name: str, root: Path, dest: Path) -> Path:
     with FileLock(str(root / f".{name}.lock")):
         if resource_is_ready(name, root):
             return dest
