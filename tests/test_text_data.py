@@ -91,7 +91,8 @@ def test_strip_wiki_markup():
 def test_text_set_subset_and_fingerprint():
     data = td.TextSet("s", ("a", "b", "c"), (0, 1, 0))
     assert data.subset([2, 0]).texts == ("c", "a") and data.subset([2, 0]).labels == (0, 0)
-    assert data.fingerprint() != td.TextSet("s", ("a", "b", "c"), (0, 1, 1)).fingerprint()
+    assert data.fingerprint != td.TextSet("s", ("a", "b", "c"), (0, 1, 1)).fingerprint
+    assert data.renamed("t").fingerprint == data.fingerprint and data.renamed("t").name == "t"
     with pytest.raises(ValueError):
         td.TextSet("s", ("a",), ())
 
