@@ -123,7 +123,8 @@ def data_problem_message(spec: BenchmarkSpec, check: DataCheck, allow_incomplete
     if not problems:
         return None
     row = problems[0]
-    what = {"missing": "is missing", "incomplete": f"is incomplete ({row.count} of {row.expected} items)",
+    unit = "texts" if spec.modality == "text" else "images"
+    what = {"missing": "is missing", "incomplete": f"is incomplete ({row.count} of {row.expected} {unit})",
             "corrupted": "is corrupted", "mismatch": "does not match the spec",
             "unavailable": "is unavailable"}.get(row.status, row.status)
     more = f" and {len(problems) - 1} more set(s) need attention" if len(problems) > 1 else ""
