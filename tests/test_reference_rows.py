@@ -8,6 +8,7 @@ from harness.records.leaderboard import REFERENCE_DIR, load_reference, reported_
 FILES = sorted(REFERENCE_DIR.glob("*.csv"))
 COLUMNS = ["source", "table", "benchmark", "method", "group", "ood_set", "fpr95", "fpr95_std", "auroc", "auroc_std",
            "id_acc", "id_acc_std", "fpr_positive", "note"]
+AUPR_COLUMNS = ["aupr", "aupr_std"]  # only the text table (seed 004 Table 6) reports AUPR
 
 
 @pytest.fixture(scope="module")
@@ -16,12 +17,13 @@ def rows():
 
 
 def test_every_source_table_is_there_with_its_rows(rows):
-    assert all(list(pd.read_csv(f).columns) == COLUMNS for f in FILES)
+    assert all(list(pd.read_csv(f).columns) in (COLUMNS, COLUMNS + AUPR_COLUMNS) for f in FILES)
     counts = rows.groupby(["source", "table"]).method.nunique()
     got = {(s.split(":")[0], t): n for (s, t), n in counts.items()}
     assert got == {("seed 000", "Table 1"): 8, ("seed 000", "Table 2"): 8, ("seed 001", "Table 1"): 13,
-                   ("seed 001", "Table 3"): 13, ("seed 004", "Table 2"): 10, ("seed 004", "Table 3"): 10}
-    values = rows[["fpr95", "auroc", "id_acc"]].stack().dropna()
+                   ("seed 001", "Table 3"): 13, ("seed 004", "Table 2"): 10, ("seed 004", "Table 3"): 10,
+                   ("seed 004", "Table 6"): 2}
+    values = rows[["fpr95", "auroc", "id_acc", "aupr"]].stack().dropna()
     assert ((values >= 0) & (values <= 100)).all()
     assert set(rows.fpr_positive) == {"id", "not stated"}
 
@@ -65,3 +67,13 @@ def test_leaderboard_section_shows_reported_rows_marked_as_such():
         ["Dream-OOD (reported)", "24.10 ± 0.2"]]   # Dream-OOD Table 1, its own runs
     assert "Table 1 (FPR95 with ID positive" in board
     assert load_reference("mnist5k").empty and reported_markdown("mnist5k") == []
+
+
+def test_table6_shows_auroc_and_aupr_only():
+    board = "\n".join(reported_markdown("imdb"))
+    assert "Table 6 (AUPR positive class: not stated" in board
+    header = next(line for line in board.splitlines() if line.startswith("| Method"))
+    assert "sst2 AUROC" in header and "sst2 AUPR" in header and "FPR95" not in header
+    with_row = next(line for line in board.splitlines() if line.startswith("| With synthetic outliers (reported)"))
+    assert [c.strip() for c in with_row.split("|")[1:-1]] == ["With synthetic outliers (reported)", "93.9", "91.4",
+                                                              "91.8", "91.6", "98.2", "98.8", "79.2", "81.8"]

@@ -6,7 +6,7 @@ builders from PyPI package data), `readers` (CIFAR/SVHN/ImageNet/OpenOOD files u
 (benchmark spec files), `check` (data check), `benchmarks` (loading a spec into sets).
 """
 
-from harness.data import embedded, readers  # noqa: F401  (register the built-in sources)
+from harness.data import embedded, readers, text  # noqa: F401  (register the built-in sources)
 from harness.data.sets import AnyImageSet, FileImageSet, ImageSet
 
 __all__ = ["AnyImageSet", "FileImageSet", "ImageSet"]

@@ -23,8 +23,9 @@ DATA_VERSION = 2
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A loaded benchmark: ID train/test sets and the OOD test sets, all at the spec's resolution. `provenance`
-    says, per set, which source and path were read and which subset was drawn (stored in every record)."""
+    """A loaded benchmark: ID train/test sets and the OOD test sets, all at the spec's resolution (image specs) or
+    `harness.data.text.TextSet`s (text specs). `provenance` says, per set, which source and path were read and which
+    subset was drawn, and for text specs the encoder directory (stored in every record)."""
 
     spec: BenchmarkSpec
     train: AnyImageSet
@@ -47,7 +48,7 @@ def _build_set(location: dict[str, Any], spec: BenchmarkSpec, data_root: Path | 
 
 
 def _renamed(image_set: AnyImageSet, name: str) -> AnyImageSet:
-    if isinstance(image_set, FileImageSet):
+    if hasattr(image_set, "renamed"):  # file-backed image sets and text sets
         return image_set.renamed(name)
     return ImageSet(name, image_set.images, image_set.labels)
 
@@ -115,5 +116,10 @@ def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = N
     ood = {entry["name"]: finish(entry["name"], built[entry["name"]], chosen[entry["name"]],
                                  _cap(chosen[entry["name"]].get("eval_count"), limits.get("max_ood")))
            for entry in spec.ood}
+    if spec.text_encoder:  # the encoder directory a text method reads, resolved under the data root
+        from harness.data.text import encoder_directory
+
+        directory = encoder_directory(spec.text_encoder, data_root)
+        provenance["text_encoder"] = {**spec.text_encoder, "path": str(directory) if directory else None}
     return Benchmark(spec, train, test, ood, provenance)
 

@@ -64,7 +64,7 @@ def _entry_rows(label: str, entry: dict[str, Any], spec: BenchmarkSpec, data_roo
         if probes is None:
             return [DataRow(f"{label} {s}".strip(), "embedded", None, None, f"source {location['source']}")
                     for s in splits], location
-        probes = probes if isinstance(probes, dict) else {"": probes}
+        probes = probes if isinstance(probes, dict) else dict.fromkeys(splits, probes)
         if all(p.status == "missing" for p in probes.values()):
             tried.append(location)
             details += [p.detail for p in list(probes.values())[:1] if p.detail]
@@ -82,9 +82,27 @@ def _entry_rows(label: str, entry: dict[str, Any], spec: BenchmarkSpec, data_roo
 
 
 def reads_data_root(spec: BenchmarkSpec) -> bool:
-    """Whether any set of `spec` is read from under the data root (embedded benchmarks need none)."""
-    return any(not source_is_cached(location["source"])
-               for entry in [spec.id, *spec.ood] for location in locations(entry))
+    """Whether any set of `spec` (or its text encoder) is read from under the data root (embedded benchmarks need
+    none)."""
+    encoder = str(spec.text_encoder.get("path", ""))
+    return bool(encoder and not Path(encoder).expanduser().is_absolute()) or any(
+        not source_is_cached(location["source"]) for entry in [spec.id, *spec.ood] for location in locations(entry))
+
+
+def _encoder_row(spec: BenchmarkSpec, data_root: Path | None) -> DataRow | None:
+    """The text encoder's local directory, when the spec names one (e.g. ALBERT Base v2)."""
+    from harness.data.text import encoder_directory, probe_encoder_directory
+
+    encoder = spec.text_encoder
+    if not encoder.get("path"):
+        return None
+    label = f"encoder {encoder['name']}"
+    if data_root is None and not Path(str(encoder["path"])).expanduser().is_absolute():
+        return DataRow(label, "missing", None, None, str(encoder["path"]), "no data root",
+                       str(encoder.get("layout", "")), str(encoder.get("from", "")))
+    probe = probe_encoder_directory(encoder_directory(encoder, data_root))
+    return DataRow(label, probe.status, None, None, probe.path, probe.detail, str(encoder.get("layout", "")),
+                   str(encoder.get("from", "")))
 
 
 def check_data(spec: BenchmarkSpec, data_root: Path | None) -> DataCheck:
@@ -95,7 +113,8 @@ def check_data(spec: BenchmarkSpec, data_root: Path | None) -> DataCheck:
     for entry in spec.ood:
         entry_rows, chosen[entry["name"]] = _entry_rows(entry["name"], entry, spec, data_root, ("",))
         rows += entry_rows
-    return DataCheck(tuple(rows), chosen)
+    encoder = _encoder_row(spec, data_root)
+    return DataCheck(tuple(rows + ([encoder] if encoder else [])), chosen)
 
 
 def data_problem_message(spec: BenchmarkSpec, check: DataCheck, allow_incomplete: bool) -> str | None:
@@ -104,8 +123,10 @@ def data_problem_message(spec: BenchmarkSpec, check: DataCheck, allow_incomplete
     if not problems:
         return None
     row = problems[0]
-    what = {"missing": "is missing", "incomplete": f"is incomplete ({row.count} of {row.expected} images)",
-            "corrupted": "is corrupted", "mismatch": "does not match the spec"}.get(row.status, row.status)
+    unit = "texts" if spec.modality == "text" else "images"
+    what = {"missing": "is missing", "incomplete": f"is incomplete ({row.count} of {row.expected} {unit})",
+            "corrupted": "is corrupted", "mismatch": "does not match the spec",
+            "unavailable": "is unavailable"}.get(row.status, row.status)
     more = f" and {len(problems) - 1} more set(s) need attention" if len(problems) > 1 else ""
     detail = f": {row.detail}" if row.detail else ""
     hint = " (or pass --allow-incomplete)" if row.status == "incomplete" else ""

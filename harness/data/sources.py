@@ -17,7 +17,8 @@ from harness.errors import HarnessError
 @dataclass(frozen=True)
 class SetProbe:
     """What a cheap look at one set's files found. `status`: found, missing, incomplete (fewer images than
-    expected), corrupted (a file cannot be read; `detail` names it) or mismatch (wrong classes or shapes)."""
+    expected), corrupted (a file cannot be read; `detail` names it), mismatch (wrong classes or shapes) or
+    unavailable (an embedded set whose resources cannot be fetched; `detail` says why)."""
 
     status: str
     path: str

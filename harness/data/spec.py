@@ -10,6 +10,11 @@ e.g. the papers' folders then OpenOOD's image lists; each with its `source`, `pa
 `subset_seed` (the evaluation subset, drawn once by that seed so every method sees the same images). `presets`
 scale the classifier's epochs and cap subset sizes (`paper` = the papers' protocol); `storage` says whether sets
 are decoded into memory (`memory`) or read from files batch by batch (`files`, ImageNet scale).
+
+`modality` is `image` (default) or `text`. A text spec's sets are `harness.data.text.TextSet`s; it needs no
+image_size/channels/mean/std, may name its `text_encoder` (`{"name": "spacy-md"}`, or `{"name": "albert", "path":
+DIR under the data root or absolute, "pooling": "mean" | "pooler"}`) and the metric columns of its leaderboard
+(`leaderboard_metrics`, default fpr95 and auroc; any of fpr95, auroc, aupr_in, aupr_out).
 """
 
 from __future__ import annotations
@@ -23,19 +28,25 @@ from harness.data.sets import PREPROCESSING
 from harness.errors import HarnessError
 from harness.paths import DATASETS_DIR
 
+MODALITIES = ("image", "text")
+LEADERBOARD_METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")
+
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
     name: str
-    image_size: int
-    channels: int
-    num_classes: int
-    class_names: tuple[str, ...]
-    prompt_names: tuple[str, ...]  # natural names for text prompts (no '_'), one per class
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    id: dict[str, Any]
-    ood: tuple[dict[str, Any], ...]
+    image_size: int = 0  # image fields: 0 / () for text specs
+    channels: int = 0
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+    prompt_names: tuple[str, ...] = ()  # natural names for text prompts (no '_'), one per class
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    id: dict[str, Any] = field(default_factory=dict)
+    ood: tuple[dict[str, Any], ...] = ()
+    modality: str = "image"
+    text_encoder: dict[str, Any] = field(default_factory=dict)
+    leaderboard_metrics: tuple[str, ...] = ("fpr95", "auroc")
     classifier: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {"paper": {}})
@@ -61,6 +72,9 @@ class BenchmarkSpec:
 
     def with_extra_ood(self, folders: dict[str, str]) -> BenchmarkSpec:
         """The same spec plus image-folder OOD sets given on the command line (`--ood NAME=PATH`)."""
+        if folders and self.modality != "image":
+            raise HarnessError(f"--ood adds image folders; {self.name} is a {self.modality} benchmark (add text sets "
+                               "to a copy of its spec file instead)")
         clash = sorted(set(folders) & set(self.ood_names))
         if clash:
             raise HarnessError(f"--ood {clash[0]}=... clashes with the benchmark's own OOD set {clash[0]!r}; "
@@ -102,7 +116,11 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
             from None
     if variant:
         raw = _apply_variant(raw, variant, path)
-    required = ("name", "image_size", "channels", "num_classes", "class_names", "mean", "std", "id", "ood")
+    modality = raw.get("modality", "image")
+    if modality not in MODALITIES:
+        raise HarnessError(f"benchmark spec {path}: modality {modality!r} must be one of {', '.join(MODALITIES)}")
+    required = ("name", "id", "ood") if modality == "text" else \
+        ("name", "image_size", "channels", "num_classes", "class_names", "mean", "std", "id", "ood")
     missing = [key for key in required if key not in raw]
     if missing:
         raise HarnessError(f"benchmark spec {path} lacks {', '.join(missing)}; "
@@ -110,12 +128,12 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
     names = [entry.get("name") for entry in raw["ood"]]
     if None in names or len(set(names)) != len(names):
         raise HarnessError(f"benchmark spec {path}: every OOD entry needs a distinct 'name'")
-    class_names = raw["class_names"]
+    class_names = raw.get("class_names", [])
     if isinstance(class_names, str):  # a class-list file next to the spec, one name (e.g. wnid) per line
         from harness.data.readers import read_wnids
 
         class_names = read_wnids(path.parent / class_names)
-    if len(class_names) != int(raw["num_classes"]):
+    if len(class_names) != int(raw.get("num_classes", len(class_names))):
         raise HarnessError(f"benchmark spec {path}: {len(class_names)} class names for num_classes "
                            f"{raw['num_classes']}; fix the spec")
     for entry in [raw["id"], *raw["ood"]]:
@@ -127,13 +145,21 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
     storage = raw.get("storage", "memory")
     if storage not in ("memory", "files"):
         raise HarnessError(f"benchmark spec {path}: storage {storage!r} must be 'memory' or 'files'")
+    metrics = tuple(raw.get("leaderboard_metrics", ("fpr95", "auroc")))
+    if not metrics or set(metrics) - set(LEADERBOARD_METRICS):
+        raise HarnessError(f"benchmark spec {path}: leaderboard_metrics {list(metrics)} must be some of "
+                           f"{', '.join(LEADERBOARD_METRICS)}")
+    encoder = dict(raw.get("text_encoder", {}))
+    if encoder and encoder.get("name") not in ("spacy-md", "albert"):
+        raise HarnessError(f"benchmark spec {path}: text_encoder name {encoder.get('name')!r} must be spacy-md or "
+                           "albert")
     return BenchmarkSpec(
-        name=raw["name"], image_size=int(raw["image_size"]), channels=int(raw["channels"]),
-        num_classes=int(raw["num_classes"]), class_names=tuple(class_names),
+        name=raw["name"], image_size=int(raw.get("image_size", 0)), channels=int(raw.get("channels", 0)),
+        num_classes=len(class_names), class_names=tuple(class_names),
         prompt_names=_prompt_names(raw, class_names, path),
         official_prompt_names={use: tuple(names) for use, names in raw.get("official_prompt_names", {}).items()},
-        mean=tuple(raw["mean"]),
-        std=tuple(raw["std"]), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
+        mean=tuple(raw.get("mean", ())), modality=modality, text_encoder=encoder, leaderboard_metrics=metrics,
+        std=tuple(raw.get("std", ())), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
         classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
         presets=presets, storage=storage, family=raw.get("family", raw["name"]),
         variants=tuple(sorted(raw.get("variants", {}))),

