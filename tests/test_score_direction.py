@@ -108,9 +108,37 @@ def density(cls, tmp_path):
     return method.score(ImageSet("id", id_images[300:])), method.score(ImageSet("far", far))
 
 
+def text_density(cls):
+    """The text flow: log p of scaled sentence embeddings; ID texts embed around one point, far texts elsewhere."""
+    from harness.data.text import TextSet
+
+    dim = 8
+    id_vectors = RNG.normal(0, 0.3, (500, dim)) + 1.0
+    far_vectors = RNG.normal(0, 0.3, (200, dim)) - 3.0
+    vectors = {f"id {i}": v for i, v in enumerate(id_vectors)} | {f"far {i}": v for i, v in enumerate(far_vectors)}
+    encoder = SimpleNamespace(encode=lambda texts: np.stack([vectors[x] for x in texts.texts]))
+    method = cls(method_config(cls, "movie_reviews", {}), SimpleNamespace())
+    method._stage = lambda: encoder
+    method._fit_scaling(id_vectors[:300])
+    torch.manual_seed(0)
+    method.flow = Flow(FlowSpec((dim,), blocks=2, hidden=16))
+    generator = torch.Generator().manual_seed(0)
+    x = method.scaled(id_vectors[:300])
+
+    def batches(_):
+        yield x[torch.randperm(len(x), generator=generator)], None
+
+    train_flow(method.flow, batches, FlowTrainConfig(epochs=100, lr=3e-3), desc="direction")
+    method.flow.eval()
+    method._log_p = {}
+    texts = lambda prefix, n, start: TextSet(prefix, tuple(f"{prefix} {i}" for i in range(start, start + n)),  # noqa: E731
+                                              (0,) * n)
+    return method.score(texts("id", 200, 300)), method.score(texts("far", 200, 0))
+
+
 CASES = {"msp": post_hoc, "energy": post_hoc, "knn": post_hoc, "vim": post_hoc, "react": post_hoc,
          "npos": feature_knn, "vos": energy_regularized, "dream_ood": energy_regularized,
-         "ncis": energy_regularized, "flow": density}
+         "ncis": energy_regularized, "flow": density, "text_flow": text_density}
 
 
 def test_every_registered_method_has_a_case():
