@@ -345,7 +345,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         out: dict[str, Any] = {"protocol": c.protocol, "outliers": len(self.outliers),
                                "outlier_resize": c.outlier_resize, "test_score": c.test_score, "phi": c.phi,
                                "classifier_epochs": self.trained_recipe.epochs,
-                               "classifier_batch_size": self.trained_recipe.batch_size}
+                               "classifier_batch_size": self.trained_recipe.batch_size, **self.regulariser_details()}
         if c.outliers_dir:
             return {**out, **self.folder_details()}
         out.update({"model_directory": str(self.backend.directory), "model_fingerprint": self.backend.fingerprint,

@@ -114,7 +114,8 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
                 "outliers_labelled": self.outliers.labels is not None}
 
     def figures(self, directory: Path, stem: str) -> list[Path]:
-        """A gallery: up to `gallery_classes` rows x `gallery_per_class` outliers (Dream-OOD Fig. 1/4, NCIS Fig. 4)."""
+        """A gallery: up to `gallery_classes` rows x `gallery_per_class` outliers (Dream-OOD Fig. 1/4, NCIS Fig. 4),
+        and the regulariser's per-epoch curves (`<stem>_regulariser.png`)."""
         c = self.config
         data, labels = self.outliers.data, self.outliers.labels
         if labels is None:  # an unlabelled outliers_dir: rows in file order
@@ -126,4 +127,4 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
         path = directory / f"{stem}_outliers.png"
         save_image_grid(torch.cat([r[:per_row] for r in rows]), path, rows=len(classes), row_titles=names,
                         title=self.gallery_title + (f" from {Path(c.outliers_dir).name}/" if c.outliers_dir else ""))
-        return [path]
+        return [path, *self.regulariser_figure(directory, stem)]
