@@ -404,7 +404,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
                                "outlier_resize": c.outlier_resize, "test_score": c.test_score, "phi": c.phi,
                                "classifier_epochs": self.trained_recipe.epochs,
                                "classifier_batch_size": self.trained_recipe.batch_size, **self.regulariser_details()}
-        if self.baseline_msp is not None:
+        if getattr(self, "baseline_msp", None) is not None:
             out["baseline_msp"] = self.baseline_msp
         if c.outliers_dir:
             return {**out, **self.folder_details()}

@@ -235,13 +235,15 @@ class EnergyRegularizedMethod(Method[ConfigT]):
                                                key_parts=[*key_parts, REGULARIZER_VERSION])
 
     def regulariser_details(self) -> dict[str, Any]:
-        """The regulariser's per-epoch record (mean term and head accuracy over the steps using it)."""
-        return {"regulariser": self.regularizer.record()}
+        """The regulariser's per-epoch record (mean term and head accuracy over the steps using it); none before
+        `train` built the regulariser."""
+        regularizer = getattr(self, "regularizer", None)
+        return {} if regularizer is None else {"regulariser": regularizer.record()}
 
     def regulariser_figure(self, directory: Path, stem: str) -> list[Path]:
         """`<stem>_regulariser.png`: the term and phi's accuracy per epoch; none when no epoch used the term."""
-        record = self.regularizer.record()
-        if all(v is None for v in record["loss"]):
+        record = self.regulariser_details().get("regulariser")
+        if record is None or all(v is None for v in record["loss"]):
             return []
         path = directory / f"{stem}_regulariser.png"
         save_regulariser_curves(record, path, title=f"{self.info.name} regulariser, beta={record['beta']}")
