@@ -114,7 +114,8 @@ class RunContext:
                                      failure_checkpoint=self.cache.root / "failed" / f"classifier-{purpose}-{key}.pt",
                                      checkpoint=checkpoint)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "hooks": [[m.state_dict() for m in h.modules()] for h in hooks]}
+                    "hooks": [[m.state_dict() for m in h.modules()] for h in hooks],
+                    "records": [h.training_record() for h in hooks]}
 
         stored = self.cache.get_or_compute("classifier", key, compute)
         checkpoint.unlink(missing_ok=True)  # the finished weights are stored; the epoch checkpoint is done
@@ -123,6 +124,9 @@ class RunContext:
         for hook, states in zip(hooks, stored["hooks"], strict=True):
             for module, state in zip(hook.modules(), states, strict=True):
                 module.load_state_dict(state)
+        for hook, record in zip(hooks, stored.get("records", [None] * len(hooks)), strict=True):
+            if record is not None:
+                hook.load_training_record(record)
         return TrainedClassifier(model.to(self.device).eval(), key)
 
     def baseline_classifier(self) -> TrainedClassifier:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from harness.classifier.training import ClassifierConfig
@@ -39,7 +40,12 @@ from harness.components.cvpn import (
     invariant_count,
     train_cvpn,
 )
-from harness.components.invariant_sampling import low_likelihood_samples, map_back
+from harness.components.invariant_sampling import (
+    Covariance,
+    class_log_likelihoods,
+    low_likelihood_samples,
+    map_back,
+)
 from harness.components.outlier_images import (
     to_channels_tensor,
 )
@@ -57,6 +63,7 @@ from harness.contract import MethodInfo, Outliers
 from harness.data.sets import ImageSet
 from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, diffusion_embeddings, select_images
 from harness.diffusion.stage import check_template, generate_images, load_images
+from harness.errors import HarnessError
 
 Sampling = Literal["cvpn", "linear", "npos"]
 
@@ -94,6 +101,7 @@ class NCISConfig(PixelSynthesisConfig):
     reconstruction_tolerance: float = 1e-4  # max |f^-1(f(e)) - e| accepted before sampling
     # 3. low-likelihood sampling (Sec. 3.3-3.4, eq. 8-11)
     lam: float = 1e-5
+    covariance: Covariance = "sample"     # eq. 8's Sigma + lam I; "shrinkage": Ledoit-Wolf (allows N_c <= D)
     gaussian_dims: Literal["all", "invariants"] = "all"
     rounds: int = 10
     candidates_per_round: int = 3330
@@ -108,6 +116,7 @@ class NCISConfig(PixelSynthesisConfig):
     beta: float = 1.0
     phi: PhiKind = "mlp"
     test_score: TestScore = "phi"
+    baseline_msp: bool = True             # record the shared baseline classifier's MSP on the decoded outliers
     epochs: int | None = None             # None = the benchmark recipe's; else scaled like it (preset, --set)
     batch_size: int | None = None         # ID images per step (as many outliers); None = the recipe's
 
@@ -164,6 +173,29 @@ class NCISConfig(PixelSynthesisConfig):
                           keep_best=self.best_checkpoint)
 
 
+def log_likelihood_facts(id_log_lik: torch.Tensor, id_labels: torch.Tensor, kept_log_lik: torch.Tensor,
+                         kept_labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Per class: percentiles 1, 5, 50 of the ID embeddings' log-likelihood under their class Gaussian (v space),
+    max / median / min of the kept samples', and the fraction of kept samples below the ID 1st percentile; overall:
+    that fraction over every kept sample (Sec. 3.3: the kept samples should lie in the class's low-likelihood
+    tail)."""
+    per_class, below = {}, 0
+    for c, name in enumerate(class_names):
+        ids = id_log_lik[id_labels == c].numpy()
+        kept = kept_log_lik[kept_labels == c].numpy()
+        if len(ids) == 0 or len(kept) == 0:
+            continue
+        p1, p5, p50 = (float(np.percentile(ids, q)) for q in (1, 5, 50))
+        n_below = int((kept < p1).sum())
+        below += n_below
+        per_class[name] = {"id_p1": round(p1, 3), "id_p5": round(p5, 3), "id_p50": round(p50, 3),
+                           "kept_max": round(float(kept.max()), 3), "kept_p50": round(float(np.median(kept)), 3),
+                           "kept_min": round(float(kept.min()), 3),
+                           "kept_below_id_p1": round(n_below / len(kept), 4)}
+    fraction = below / max(1, len(kept_log_lik))
+    return {"per_class": per_class, "kept_below_id_p1": round(fraction, 4), "all_kept_below_id_p1": fraction == 1.0}
+
+
 class NCIS(PixelSynthesisMethod[NCISConfig]):
     info = MethodInfo("ncis", "Non-linear outlier synthesis (anonymous, under review; seed 000)", "pixel-synthesis",
                       "SD-decoded outliers from low-likelihood samples of cVPN class manifolds in SD's "
@@ -171,9 +203,10 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
     Config = NCISConfig
     gallery_title = "NCIS outliers"
     benchmark_defaults = {
-        # embedded scale: the shipped tiny SD model (32x32 digits), 40 embedded images per class, 40 outliers per
-        # class (as dream_ood's mnist5k default), a short cVPN fit
-        "mnist5k": {"model": "models/tiny-sd-mnist5k", "max_per_class": 40, "images_per_call": 20,
+        # embedded scale: the shipped tiny SD model (32x32 digits), every training image embedded (~400 per class,
+        # well above the D = 64 token dims, so each class covariance of eq. 8 has full rank), 40 outliers per class
+        # (as dream_ood's mnist5k default), a short cVPN fit
+        "mnist5k": {"model": "models/tiny-sd-mnist5k", "images_per_call": 20,
                     "cvpn_epochs": 40, "cvpn_batch_size": 32, "cvpn_lr": 1e-3, "rounds": 4,
                     "candidates_per_round": 500, "npos_k": 10, "npos_boundary_count": 10,
                     "outliers_per_class": 40, "steps": 20, "guidance_scale": 3.0, "generation_size": None,
@@ -267,6 +300,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         c, ctx = self.config, self.context
         generator = torch.Generator().manual_seed(ctx.seed)
         per_class = c.embeddings_per_class
+        if c.sampling != "npos":
+            self.check_class_counts(labels, num_classes, embeddings.shape[1])
         if c.sampling == "npos":  # Table 3 "NPOS": Dream-OOD's boundary sampling on the normalised embeddings
             counts = torch.bincount(labels, minlength=num_classes)
             norms = torch.stack([embeddings[labels == y].norm(dim=1).mean() for y in range(num_classes)])
@@ -280,12 +315,34 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         model = self.invariant_map(embeddings, labels, num_classes)
         with torch.no_grad():
             v = model(embeddings, labels)
+        dims = None if c.gaussian_dims == "all" else model.invariant_dims
         samples, sample_labels, log_probs = low_likelihood_samples(
             v, labels, num_classes, c.lam, c.rounds, c.candidates_per_round, c.kept_per_round, generator,
-            dims=None if c.gaussian_dims == "all" else model.invariant_dims)
+            dims=dims, covariance=c.covariance)
         self.sample_log_prob_mean = float(log_probs.mean())
+        used = torch.cat([torch.nonzero(sample_labels == y).flatten()[:per_class] for y in range(num_classes)])
+        self.log_likelihood_facts = log_likelihood_facts(
+            class_log_likelihoods(v, labels, num_classes, c.lam, dims, c.covariance), labels,
+            log_probs[used], sample_labels[used], self.context.benchmark.spec.class_names)
         back = map_back(model, samples, sample_labels)
         return torch.stack([back[sample_labels == y][:per_class] for y in range(num_classes)])
+
+    def check_class_counts(self, labels: torch.Tensor, num_classes: int, dim: int) -> None:
+        """Refuse, right after embedding and before the invariant map, a class with N_c <= D embeddings under the
+        sample covariance: its covariance has rank <= N_c - 1 < D, so eq. 8's Gaussian is lam I in the missing
+        directions and "low likelihood" means "off the class's affine span", not the tail of the class."""
+        if self.config.covariance != "sample":
+            return
+        counts = torch.bincount(labels, minlength=num_classes)
+        c = int(counts.argmin())
+        if int(counts[c]) <= dim:
+            name = self.context.benchmark.spec.class_names[c]
+            short = int((counts <= dim).sum())
+            raise HarnessError(
+                f"ncis: class {c} ({name}) has {int(counts[c])} embeddings, not more than the D={dim} embedding "
+                f"dimensions ({short} of {num_classes} classes have N_c <= D), so its sample covariance (eq. 8) is "
+                f"singular; embed more images per class (raise ncis.max_per_class, now {self.config.max_per_class}; "
+                "none = all) or set ncis.covariance=shrinkage (Ledoit-Wolf)")
 
     def synthesize_outliers(self) -> Outliers:
         ctx, c = self.context, self.config
@@ -338,6 +395,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         fingerprint = None if outliers is None else (
             outliers.meta.get("fingerprint") or ImageSet("outliers", outliers.data, outliers.labels).fingerprint)
         self.train_with_outlier_images("ncis", outliers, self.trained_recipe, key_parts=[self.config, fingerprint])
+        self.baseline_msp = self.baseline_msp_facts(outliers) if self.config.baseline_msp else None
 
     # --- record ---------------------------------------------------------------------------------------------------
     def details(self) -> dict[str, Any]:
@@ -345,7 +403,9 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         out: dict[str, Any] = {"protocol": c.protocol, "outliers": len(self.outliers),
                                "outlier_resize": c.outlier_resize, "test_score": c.test_score, "phi": c.phi,
                                "classifier_epochs": self.trained_recipe.epochs,
-                               "classifier_batch_size": self.trained_recipe.batch_size}
+                               "classifier_batch_size": self.trained_recipe.batch_size, **self.regulariser_details()}
+        if getattr(self, "baseline_msp", None) is not None:
+            out["baseline_msp"] = self.baseline_msp
         if c.outliers_dir:
             return {**out, **self.folder_details()}
         out.update({"model_directory": str(self.backend.directory), "model_fingerprint": self.backend.fingerprint,
@@ -361,7 +421,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
             out.update({"invariant_k": self.invariant_k, "invariants": c.invariants,
                         "invariant_rule": c.invariant_rule, "p": c.p, "lam": c.lam, "gaussian_dims": c.gaussian_dims,
                         "reconstruction_error": self.reconstruction_error,
-                        "kept_log_prob_mean": round(self.sample_log_prob_mean, 4)})
+                        "covariance": c.covariance, "kept_log_prob_mean": round(self.sample_log_prob_mean, 4),
+                        "log_likelihood": self.log_likelihood_facts})
         if c.sampling == "cvpn":
             out.update(self.cvpn_facts)
         return out

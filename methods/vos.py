@@ -21,16 +21,22 @@ queue once, then shifts all of them); the classifier is the benchmark's (CIFAR-1
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from harness.classifier.hooks import StepBatch, regulariser_start_epoch
+from harness.classifier.hooks import StepBatch, hook_seed, regulariser_start_epoch
 from harness.classifier.models import Classifier
 from harness.classifier.training import ClassifierConfig
 from harness.components.feature_queues import ClassFeatureQueues
-from harness.components.regularizers import EnergyRegularizedMethod, EnergyRegularizer, PhiKind
+from harness.components.regularizers import (
+    REGULARIZER_VERSION,
+    EnergyRegularizedMethod,
+    EnergyRegularizer,
+    PhiKind,
+)
 from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
 
@@ -107,7 +113,8 @@ class VOSSampler:
     def __init__(self, queues: ClassFeatureQueues, config: VOSConfig, seed: int) -> None:
         self.queues = queues
         self.config = config
-        self.generator = torch.Generator().manual_seed(seed)
+        # a stream of its own: not torch's global one (the classifier's), nor the trainer's data-order generator
+        self.generator = torch.Generator().manual_seed(hook_seed(seed, "vos-virtual-outliers"))
 
     def __call__(self, batch: StepBatch, model: Classifier) -> torch.Tensor | None:
         if not self.queues.full:
@@ -141,10 +148,15 @@ class VOS(EnergyRegularizedMethod[VOSConfig]):
         self.queues = ClassFeatureQueues(num_classes, self.config.queue_size)
         self.regularizer = EnergyRegularizer(
             num_classes, self.config.beta, self.config.phi, self.config.weighted_energy, self.start_epoch(),
-            self.config.test_score, outlier_features=VOSSampler(self.queues, self.config, self.context.seed))
+            self.config.test_score, outlier_features=VOSSampler(self.queues, self.config, self.context.seed),
+            seed=self.context.seed)
         self.classifier = self.context.train_classifier("vos", hooks=[self.queues, self.regularizer],
-                                                        key_parts=[self.config])
+                                                        key_parts=[self.config, REGULARIZER_VERSION])
 
     def details(self) -> dict[str, Any]:
-        return {"test_score": self.config.test_score, "phi": self.config.phi, "start_epoch": self.start_epoch()}
+        return {"test_score": self.config.test_score, "phi": self.config.phi, "start_epoch": self.start_epoch(),
+                **self.regulariser_details()}
+
+    def figures(self, directory: Path, stem: str) -> list[Path]:
+        return self.regulariser_figure(directory, stem)
 

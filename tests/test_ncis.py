@@ -108,7 +108,7 @@ def test_outliers_dir_fingerprint_enters_the_classifier_key(tmp_path):
     _write_images(tmp_path / "own", 4, size=32)
     calls = []
     method = NCIS.__new__(NCIS)
-    method.config = NCISConfig(outliers_dir=str(tmp_path / "own"))
+    method.config = NCISConfig(outliers_dir=str(tmp_path / "own"), baseline_msp=False)
     spec = SimpleNamespace(channels=1, image_size=32, num_classes=10, classifier={"epochs": 12})
     method.context = SimpleNamespace(
         benchmark=SimpleNamespace(spec=spec), seed=0, classifier_config=ClassifierConfig(epochs=1, batch_size=8),
@@ -170,7 +170,7 @@ def test_generation_substitutes_the_named_token(tmp_path, backend):
 
 TINY_NCIS = {"max_per_class": "3", "images_per_call": "15", "timesteps_per_image": "4", "embedding_iterations": "2",
              "cvpn_epochs": "2", "rounds": "1", "candidates_per_round": "40", "kept_per_round": "2",
-             "outliers_per_class": "2", "steps": "2"}
+             "outliers_per_class": "2", "steps": "2", "covariance": "shrinkage"}  # 3 per class < D = 64
 
 
 @pytest.mark.slow
@@ -189,6 +189,11 @@ def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
     assert details["embedding_loss_final_mean"] < details["embedding_loss_initial_mean"]
     assert np.isfinite(details["cvpn_invariant_mse"]) and details["classifier_epochs"] == 1
     assert ncis["config"]["max_per_class"] == 3 and 0.0 <= ncis["average"]["auroc"] <= 1.0
+    assert details["covariance"] == "shrinkage" and set(details["log_likelihood"]["per_class"]) == set(
+        json.loads((REPO / "datasets/mnist5k.json").read_text())["class_names"])
+    assert details["baseline_msp"]["outliers"]["count"] == 20 and details["baseline_msp"]["id_test"]["count"] == 1000
+    assert details["regulariser"]["epoch"] == [0] and details["regulariser"]["steps"][0] > 0
+    assert any(f.endswith("_regulariser.png") for f in ncis["figures"])
     gallery = [f for f in ncis["figures"] if f.endswith("_outliers.png")]
     assert gallery and Image.open(tmp_path / "out" / gallery[0]).size[0] > 100
     board = (tmp_path / "out" / "leaderboards" / "mnist5k.md").read_text()
@@ -199,3 +204,115 @@ def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
     again = {"classifier": overrides["classifier"], "ncis": TINY_NCIS}
     execute(RunRequest(methods=["ncis"], overrides=again, out_dir=tmp_path / "again"), cache=session_cache)
     assert {stage: session_cache.misses(stage) for stage in before} == before
+
+
+# ---------------------------------------------------------------- eq. 8's class Gaussians: N_c vs D, shrinkage
+
+def _sampling_method(covariance="sample", max_per_class=None, num_classes=3):
+    """An NCIS instance whose stages 2-3 run on given embeddings (linear invariants: no cVPN to train)."""
+    method = NCIS.__new__(NCIS)
+    method.config = NCISConfig(sampling="linear", covariance=covariance, max_per_class=max_per_class, rounds=2,
+                               candidates_per_round=200, kept_per_round=5, outliers_per_class=8, p=20.0)
+    spec = SimpleNamespace(class_names=[f"class{c}" for c in range(num_classes)], num_classes=num_classes)
+    method.context = SimpleNamespace(seed=0, benchmark=SimpleNamespace(spec=spec), device=torch.device("cpu"))
+    return method
+
+
+def _class_embeddings(per_class, dim=8, num_classes=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(2.0, 0.2, dim)
+    e = torch.cat([torch.randn(n, dim, generator=gen) * scales + 4 * c for c, n in enumerate(per_class)])
+    return e, torch.repeat_interleave(torch.arange(num_classes), torch.tensor(per_class))
+
+
+def test_a_class_with_no_more_embeddings_than_dimensions_is_refused_in_one_line():
+    embeddings, labels = _class_embeddings([30, 8, 12])  # class 1: N_c = 8 = D
+    method = _sampling_method(max_per_class=8)
+    with pytest.raises(HarnessError) as raised:
+        method.sample_embeddings(embeddings, labels, 3)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "class 1 (class1) has 8 embeddings" in message and "D=8" in message and "(1 of 3 classes" in message
+    assert "raise ncis.max_per_class, now 8" in message and "ncis.covariance=shrinkage" in message
+    assert not hasattr(method, "invariant_k")  # refused before the invariant map is fitted
+    method.sample_embeddings(*_class_embeddings([30, 9, 12]), 3)  # N_c = D + 1 everywhere passes
+
+
+def test_shrinkage_is_ledoit_wolf_and_samples_below_the_id_first_percentile():
+    from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+
+    from harness.components.invariant_sampling import class_covariance, ledoit_wolf
+
+    embeddings, labels = _class_embeddings([6, 5, 7])  # every class N_c < D = 8
+    x = embeddings[labels == 1].double()
+    expected, expected_shrinkage = sklearn_ledoit_wolf(x.numpy())
+    got, shrinkage = ledoit_wolf(x)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
+    assert shrinkage == pytest.approx(expected_shrinkage, rel=1e-10) and 0 < shrinkage < 1
+    assert torch.linalg.matrix_rank(class_covariance(x, 1e-5, "shrinkage")) == 8  # full rank from 5 points
+    method = _sampling_method(covariance="shrinkage")
+    sampled = method.sample_embeddings(embeddings, labels, 3)
+    assert sampled.shape == (3, 8, 8) and torch.isfinite(sampled).all()
+    facts = method.log_likelihood_facts
+    assert set(facts["per_class"]) == {"class0", "class1", "class2"}
+    for row in facts["per_class"].values():
+        assert row["kept_min"] <= row["kept_p50"] <= row["kept_max"] and row["id_p1"] <= row["id_p5"] <= row["id_p50"]
+        assert row["kept_below_id_p1"] == 1.0 and row["kept_max"] < row["id_p1"]
+    assert facts["kept_below_id_p1"] == 1.0 and facts["all_kept_below_id_p1"] is True
+
+
+def test_id_log_likelihoods_are_the_sampling_gaussians():
+    from scipy.stats import multivariate_normal
+
+    from harness.components.invariant_sampling import class_log_likelihoods, ledoit_wolf
+
+    embeddings, labels = _class_embeddings([40, 30, 20])
+    got = class_log_likelihoods(embeddings, labels, 3, 1e-5)
+    shrunk = class_log_likelihoods(embeddings, labels, 3, 1e-5, covariance="shrinkage")
+    for c in range(3):
+        x = embeddings[labels == c].double().numpy()
+        sample = multivariate_normal(x.mean(0), np.cov(x.T, bias=True) + 1e-5 * np.eye(8))
+        np.testing.assert_allclose(got[labels == c].numpy(), sample.logpdf(x), rtol=1e-9)
+        lw = multivariate_normal(x.mean(0), ledoit_wolf(torch.from_numpy(x))[0].numpy())
+        np.testing.assert_allclose(shrunk[labels == c].numpy(), lw.logpdf(x), rtol=1e-9)
+
+
+def test_kept_samples_not_below_the_id_percentile_are_reported_not_hidden():
+    from methods.ncis import log_likelihood_facts
+
+    id_ll = torch.arange(100, dtype=torch.float64)  # ID p1 = 0.99
+    kept = torch.tensor([-5.0, 0.5, 50.0, -1.0], dtype=torch.float64)
+    facts = log_likelihood_facts(id_ll, torch.zeros(100, dtype=torch.long), kept, torch.zeros(4, dtype=torch.long),
+                                 ["zero"])
+    row = facts["per_class"]["zero"]
+    assert row["kept_below_id_p1"] == 0.75 and row["kept_max"] == 50.0 and row["id_p1"] == pytest.approx(0.99)
+    assert facts["kept_below_id_p1"] == 0.75 and facts["all_kept_below_id_p1"] is False
+
+
+# ---------------------------------------------------------------- the baseline classifier's MSP on the outliers
+
+def test_baseline_msp_on_outliers_reuses_the_msp_method_classifier(tmp_path, one_torch_thread):
+    from harness.cache import Cache
+    from harness.classifier.training import seed_everything
+    from harness.components.scores import msp_score
+    from harness.contract import Outliers
+    from methods.msp import MSP, MSPConfig
+    from tests.test_vos_npos import _tiny_context
+
+    cache = Cache(tmp_path / "cache")
+    context = _tiny_context(cache)
+    seed_everything(0)
+    msp = MSP(MSPConfig(), context)
+    msp.train(None)
+    trained = cache.misses("classifier")
+    method = NCIS.__new__(NCIS)
+    method.config, method.context = NCISConfig(), context
+    gen = torch.Generator().manual_seed(1)
+    big = (torch.rand(6, 1, 48, 48, generator=gen) * 255).to(torch.uint8)  # not the ID size: resized to 32
+    facts = method.baseline_msp_facts(Outliers("images", big, torch.zeros(6, dtype=torch.long)))
+    assert cache.misses("classifier") == trained and facts["classifier"] == msp.classifier.key  # a cache hit
+    id_msp = msp.score(context.benchmark.test)
+    assert facts["id_test"] == {"mean": round(float(id_msp.mean()), 4), "median": round(float(np.median(id_msp)), 4),
+                                "above_0.95": round(float((id_msp > 0.95).mean()), 4), "count": 30}
+    assert facts["outliers"]["count"] == 6 and 0.0 < facts["outliers"]["mean"] <= 1.0
+    assert msp_score is not None

@@ -30,7 +30,7 @@ TINY = {
     "ncis": {"model": str(REPO / "models/tiny-sd-mnist5k"), "max_per_class": "2", "timesteps_per_image": "2",
              "embedding_iterations": "1", "cvpn_epochs": "1", "rounds": "1", "candidates_per_round": "8",
              "kept_per_round": "1", "outliers_per_class": "1", "steps": "2", "generation_size": "none",
-             "output_size": "none", "generation_batch_size": "100", "epochs": "none"},
+             "output_size": "none", "generation_batch_size": "100", "epochs": "none", "covariance": "shrinkage"},
 }
 
 
@@ -74,7 +74,8 @@ def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp
         settings += ["dream_ood.latent_epochs=1", "dream_ood.outliers_per_class=2", "dream_ood.steps=2",
                      "dream_ood.rounds=1", "flow.epochs=1", "flow.blocks=2", "flow.hidden=4",
                      "ncis.max_per_class=2", "ncis.timesteps_per_image=2", "ncis.cvpn_epochs=1", "ncis.rounds=1",
-                     "ncis.kept_per_round=1", "ncis.outliers_per_class=1", "ncis.steps=2"]
+                     "ncis.kept_per_round=1", "ncis.outliers_per_class=1", "ncis.steps=2",
+                     "ncis.covariance=shrinkage"]
     args = ["run", "--methods", ",".join(methods), "--benchmark", name, "--preset", "quick",
             "--allow-incomplete", "--data-root", str(data_root), "--out", str(tmp_path / "out"),
             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]

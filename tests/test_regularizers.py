@@ -110,8 +110,10 @@ def test_score_choices():
     with torch.no_grad():
         reg.phi.weight.copy_(torch.tensor([[1.0], [-1.0]]))
     assert torch.allclose(reg.score(logits), -2 * torch.logsumexp(logits, 1))
-    reg.test_score = "energy"
-    assert torch.allclose(reg.score(logits), torch.logsumexp(logits, 1))
+    reg.test_score = "energy"  # float64, exactly the energy method's score (components.scores.energy_score)
+    from harness.components.scores import energy_score
+    assert torch.equal(reg.score(logits), torch.from_numpy(energy_score(logits.numpy())))
+    assert torch.allclose(reg.score(logits), torch.logsumexp(logits.double(), 1))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -153,3 +155,62 @@ def test_phi_kinds_have_the_stated_linear_layers():
     assert [(m.in_features, m.out_features) for m in layers["mlp"]] == [(1, 512), (512, 2)]
     assert [(m.in_features, m.out_features) for m in layers["mlp3"]] == [(1, 512), (512, 512), (512, 2)]
     assert build_phi("mlp3")(torch.randn(5, 1)).shape == (5, 2)
+
+
+def test_modules_come_from_their_own_seeded_generator_not_the_global_stream():
+    """phi and the energy weights are drawn from the run seed alone; building them leaves torch's global generator
+    (the classifier's initialisation) where it was."""
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    reg = EnergyRegularizer(4, beta=1.0, phi="mlp3", weighted_energy=True, outlier_features=lambda b, m: None, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(99)  # a different global state gives the same modules
+    same = EnergyRegularizer(4, beta=1.0, phi="mlp3", weighted_energy=True, outlier_features=lambda b, m: None, seed=3)
+    other = EnergyRegularizer(4, beta=1.0, phi="mlp3", weighted_energy=True, outlier_features=lambda b, m: None, seed=4)
+    for a, b, c in zip(reg.phi.parameters(), same.phi.parameters(), other.phi.parameters(), strict=True):
+        assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(reg.weighted.weight, same.weighted.weight)
+
+
+def test_beta_zero_adds_no_loss_but_records_the_term():
+    model = tiny_classifier()
+    reg = EnergyRegularizer(3, beta=0.0, outlier_features=lambda b, m: torch.randn(6, m.feature_dim))
+    x = torch.rand(8, 1, 32, 32)
+    feats = model.features(x)
+    loss, terms = reg.loss(StepBatch(0, 0, x, torch.randint(0, 3, (8,)), feats, model.fc(feats)), model)
+    assert loss is None and torch.isfinite(terms["energy_reg"]) and not terms["energy_reg"].requires_grad
+    reg.on_epoch_end(0)
+    assert reg.history[0]["steps"] == 1 and reg.history[0]["loss"] == pytest.approx(float(terms["energy_reg"]))
+
+
+def test_per_epoch_record_of_term_and_head_accuracy():
+    gen = torch.Generator().manual_seed(0)
+    train = ImageSet("toy", (torch.rand(48, 1, 8, 8, generator=gen) * 255).to(torch.uint8), torch.arange(48) % 3)
+    seen = []
+
+    class Spy(EnergyRegularizer):
+        def _binary(self, id_logits, outlier_logits):
+            term, accuracy = super()._binary(id_logits, outlier_logits)
+            seen.append((epoch_of[0], float(term.detach()), float(accuracy)))
+            return term, accuracy
+
+        def on_epoch_end(self, epoch):
+            super().on_epoch_end(epoch)
+            epoch_of[0] = epoch + 1
+
+    epoch_of = [0]
+    reg = Spy(3, beta=1.0, start_epoch=1, outlier_images=lambda b: torch.rand(5, 1, 8, 8))
+    config = ClassifierConfig(backbone="resnet_small", epochs=3, batch_size=16, lr=0.01)
+    train_classifier(tiny_classifier(), train, config, torch.device("cpu"), 0, [reg])
+    record = reg.record()
+    assert record["epoch"] == [0, 1, 2] and record["steps"] == [0, 3, 3]
+    assert record["loss"][0] is None and record["head_accuracy"][0] is None  # before start_epoch
+    for epoch in (1, 2):
+        terms = [t for e, t, _ in seen if e == epoch]
+        accuracies = [a for e, _, a in seen if e == epoch]
+        assert record["loss"][epoch] == pytest.approx(sum(terms) / 3, abs=1e-6)
+        assert record["head_accuracy"][epoch] == pytest.approx(sum(accuracies) / 3, abs=1e-6)
+        assert 0.0 <= record["head_accuracy"][epoch] <= 1.0
+    restored = EnergyRegularizer(3, beta=1.0, start_epoch=1, outlier_images=lambda b: None)
+    restored.load_state_dict(reg.state_dict())  # an epoch checkpoint carries the record
+    assert restored.record() == record

@@ -292,3 +292,85 @@ def test_cider_hook_trains_on_two_views_with_fc_as_a_probe():
              and "running" not in k and not torch.equal(v, encoder[k])]
     assert moved == []
     assert NPOSConfig().objective == "cider"
+
+
+# ---------------------------------------------------------------- VOS with beta=0 is the baseline, bit for bit
+
+def _tiny_context(cache, seed=0):
+    """A RunContext on the mnist5k spec with tiny random ID/OOD sets and a 2-epoch, 4-steps-per-epoch recipe."""
+    from harness.classifier.training import ClassifierConfig
+    from harness.contract import RunContext
+    from harness.data.benchmarks import Benchmark
+    from harness.data.sets import ImageSet
+    from harness.data.spec import load_spec
+
+    gen = torch.Generator().manual_seed(123)
+    def images(n):
+        return (torch.rand(n, 1, 32, 32, generator=gen) * 255).to(torch.uint8)
+    labels = torch.arange(60) % 10
+    train = ImageSet("tiny-train", images(60), labels)
+    test = ImageSet("tiny-test", images(30), torch.arange(30) % 10)
+    benchmark = Benchmark(load_spec("mnist5k"), train, test, {"noise": ImageSet("tiny-ood", images(30))})
+    recipe = ClassifierConfig(backbone="resnet_small", epochs=2, batch_size=16, lr=0.05, hflip=False,
+                              crop_padding=2)
+    return RunContext(benchmark, seed, torch.device("cpu"), cache, recipe)
+
+
+def _run_like_the_runner(method, seed):
+    """What `harness.runner.execute_runs` does around a method: reseed, synthesize, reseed, train, score."""
+    from harness.classifier.training import seed_everything
+    from harness.runner import evaluate
+
+    seed_everything(seed)
+    outliers = method.synthesize()
+    seed_everything(seed)
+    method.train(outliers)
+    return evaluate(method, method.context.benchmark, "id")
+
+
+@pytest.mark.parametrize("weighted_energy", [True, False])
+def test_vos_with_beta_zero_trains_the_baseline_classifier_bit_for_bit(tmp_path, one_torch_thread, weighted_energy):
+    """beta=0 removes VOS's loss; nothing else of VOS (its phi and energy weights, its sampling RNG, its extra
+    optimiser parameters, its outlier forward through fc) may change the classifier or the energy scores."""
+    from harness.cache import Cache
+    from methods.energy import Energy, EnergyConfig
+    from methods.vos import VOS
+
+    cache = Cache(tmp_path / "cache")
+    context = _tiny_context(cache)
+    energy = Energy(EnergyConfig(), context)
+    base_metrics, base_average, base_acc, base_scores = _run_like_the_runner(energy, 0)
+    vos = VOS(VOSConfig(beta=0.0, start_epoch=0, queue_size=2, samples_per_class=50,
+                        weighted_energy=weighted_energy), context)
+    metrics, average, acc, scores = _run_like_the_runner(vos, 0)
+    assert vos.classifier.key != energy.classifier.key  # really two trainings, not a cache hit
+    assert vos.regularizer.steps_with_term > 0  # the regulariser ran (queues filled, outliers drawn)
+    base_state, state = energy.classifier.model.state_dict(), vos.classifier.model.state_dict()
+    assert base_state.keys() == state.keys()
+    differing = [k for k in state if not torch.equal(state[k], base_state[k])]
+    assert differing == []
+    for name in base_scores:
+        assert np.array_equal(scores[name], base_scores[name]), name
+    assert (metrics, average, acc) == (base_metrics, base_average, base_acc)
+
+
+def test_vos_records_and_plots_the_regulariser_per_epoch_also_on_a_cache_hit(tmp_path, one_torch_thread):
+    from PIL import Image
+
+    from harness.cache import Cache
+    from methods.vos import VOS
+
+    cache = Cache(tmp_path / "cache")
+    context = _tiny_context(cache)
+    config = VOSConfig(beta=0.1, start_epoch=1, queue_size=2, samples_per_class=50)
+    vos = VOS(config, context)
+    _run_like_the_runner(vos, 0)
+    record = vos.details()["regulariser"]
+    assert record["epoch"] == [0, 1] and record["steps"] == [0, 4] and record["start_epoch"] == 1
+    assert record["loss"][0] is None and record["head_accuracy"][0] is None  # before start_epoch: no term
+    assert record["loss"][1] > 0 and 0.0 <= record["head_accuracy"][1] <= 1.0
+    (figure,) = vos.figures(tmp_path, "seed0")
+    assert figure.name == "seed0_regulariser.png" and Image.open(figure).size[0] > 200
+    again = VOS(config, context)
+    _run_like_the_runner(again, 0)
+    assert cache.hits("classifier") >= 1 and again.details()["regulariser"] == record

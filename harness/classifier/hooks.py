@@ -3,6 +3,7 @@ extra loss, checkpointable state), the `StepBatch` it sees, and the start epoch 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,14 @@ class TrainingHook:
     def on_epoch_end(self, epoch: int) -> None:
         return None
 
+    def training_record(self) -> dict[str, Any] | None:
+        """Facts about the finished training the hook wants kept with the cached classifier (e.g. a per-epoch
+        loss record), JSON-like; None by default. `load_training_record` restores them on a cache hit."""
+        return None
+
+    def load_training_record(self, record: dict[str, Any]) -> None:
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What an epoch checkpoint stores to resume the hook: its modules' states, and its attributes that are
         tensors, generators or plain scalars (queues, counters, RNGs). Override both methods for other state."""
@@ -77,6 +86,14 @@ class TrainingHook:
                 getattr(self, name).set_state(value)
             else:
                 setattr(self, name, value)
+
+
+def hook_seed(seed: int, name: str) -> int:
+    """A seed of its own for a hook's random draws (module initialisation, sampling), derived from the run seed and
+    the draw's name: the hook never consumes torch's global stream, which the classifier's initialisation uses, nor
+    shares a stream with the trainer's data-order generator (seeded with the run seed itself)."""
+    digest = hashlib.sha256(f"{name}:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def regulariser_start_epoch(method: str, start_epoch: int | None, start_fraction: float, epochs: int) -> int:

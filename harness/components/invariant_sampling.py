@@ -5,6 +5,15 @@ biased covariance); `rounds` x `candidates_per_round` draws, of which the `kept_
 log-likelihood of each round are kept (official: 10 x 3,330, keep 10). Because f is volume-preserving these are
 also the lowest p_e(e | y) (eq. 11). `map_back` returns them to the embedding space, e' = f^-1(v', y).
 
+The class covariance (`covariance`): "sample" is eq. 10's biased sample covariance plus the ridge lam I (eq. 8). It
+has rank <= N_y - 1, so with N_y <= D embeddings of a class the Gaussian is degenerate but for the ridge (the NCIS
+plugin refuses that configuration); "shrinkage" is the Ledoit-Wolf estimate (1 - a) S + a (tr S / D) I with the
+closed-form a of Ledoit & Wolf (2004), as `sklearn.covariance.ledoit_wolf` computes it, full rank for any N_y >= 2
+(lam is not added).
+
+`class_log_likelihoods` gives every input row's log-likelihood under its own class Gaussian (the same fit and dims
+that rank the candidates), for comparing the kept samples with the ID embeddings.
+
 Which output dimensions the Gaussian is fitted on (`dims`): eq. 8 and the official code both use all D (the
 default, `dims=None`); passing the invariant dimensions fits and ranks on those only (the other coordinates are
 still drawn from the full class Gaussian, of which that Gaussian is the marginal).
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,6 +31,65 @@ from torch import nn
 from harness.errors import HarnessError
 
 MIN_CLASS_SAMPLES = 2  # a mean and a non-zero covariance
+Covariance = Literal["sample", "shrinkage"]
+
+
+def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Ledoit-Wolf shrunk covariance of the rows of `x` (N, D) and its shrinkage a in [0, 1]: the closed form of
+    `sklearn.covariance.ledoit_wolf` (biased sample covariance S shrunk towards (tr S / D) I)."""
+    n, dim = x.shape
+    centred = x - x.mean(0)
+    sample = centred.T @ centred / n
+    mu = float(sample.diagonal().sum()) / dim
+    squared = centred.pow(2)
+    beta_ = float((squared.T @ squared).sum())
+    delta_ = float((centred.T @ centred).pow(2).sum()) / n ** 2
+    beta = (beta_ / n - delta_) / (dim * n)
+    delta = (delta_ - 2 * mu * float(squared.sum(0).sum()) / n + dim * mu ** 2) / dim
+    beta = min(beta, delta)
+    shrinkage = 0.0 if beta == 0 else beta / delta
+    eye = torch.eye(dim, dtype=x.dtype, device=x.device)
+    return (1 - shrinkage) * sample + shrinkage * mu * eye, shrinkage
+
+
+def class_covariance(xc: torch.Tensor, lam: float, covariance: Covariance = "sample") -> torch.Tensor:
+    """The class covariance of eq. 8: sample covariance + lam I, or the Ledoit-Wolf estimate (module docstring)."""
+    if covariance == "shrinkage":
+        return ledoit_wolf(xc)[0]
+    if covariance != "sample":
+        raise HarnessError(f"unknown covariance {covariance!r}; choose sample or shrinkage")
+    mean = xc.mean(0)
+    eye = torch.eye(xc.shape[1], dtype=xc.dtype, device=xc.device)
+    return (xc - mean).T @ (xc - mean) / len(xc) + lam * eye  # eq. 10 + lam I
+
+
+def _dims_index(dims: slice | Sequence[int] | None, dim: int) -> torch.Tensor:
+    index = torch.arange(dim)[dims] if isinstance(dims, slice) else (
+        torch.arange(dim) if dims is None else torch.as_tensor(list(dims), dtype=torch.long))
+    if len(index) == 0:
+        raise HarnessError(f"dims={dims} selects no output dimension of D={dim}; select at least one")
+    return index
+
+
+def class_log_likelihoods(v: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float,
+                          dims: slice | Sequence[int] | None = None, covariance: Covariance = "sample"
+                          ) -> torch.Tensor:
+    """Each row's log-likelihood (float64) under its class Gaussian of eq. 8, fitted on all rows of that class
+    exactly as `low_likelihood_samples` fits it (same covariance, same `dims`)."""
+    x = v.detach().cpu().double()
+    y = labels.detach().cpu().long()
+    index = _dims_index(dims, x.shape[1])
+    out = torch.empty(len(x), dtype=torch.float64)
+    for c in range(num_classes):
+        rows = y == c
+        if int(rows.sum()) < MIN_CLASS_SAMPLES:
+            continue
+        xc = x[rows]
+        mean = xc.mean(0)
+        cov = class_covariance(xc, lam, covariance)
+        chol = torch.linalg.cholesky(cov[index][:, index])
+        out[rows] = _gaussian_log_prob(xc[:, index], mean[index], chol)
+    return out
 
 
 def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
@@ -36,7 +105,7 @@ def _non_finite(c: int) -> None:
 
 def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float, rounds: int,
                            candidates_per_round: int, kept_per_round: int, generator: torch.Generator,
-                           dims: slice | Sequence[int] | None = None
+                           dims: slice | Sequence[int] | None = None, covariance: Covariance = "sample"
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Samples (C * rounds * kept, D) in v's dtype, their labels (class-major, then round, then ascending
     log-likelihood) and their class log-likelihoods (float64, on `dims`). Computed in float64 on the CPU;
@@ -49,21 +118,17 @@ def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: i
     x = v.detach().cpu().double()
     y = labels.detach().cpu().long()
     dim = x.shape[1]
-    index = torch.arange(dim)[dims] if isinstance(dims, slice) else (
-        torch.arange(dim) if dims is None else torch.as_tensor(list(dims), dtype=torch.long))
-    if len(index) == 0:
-        raise HarnessError(f"dims={dims} selects no output dimension of D={dim}; select at least one")
+    index = _dims_index(dims, dim)
     counts = torch.bincount(y, minlength=num_classes)
     for c in range(num_classes):
         if counts[c] < MIN_CLASS_SAMPLES:
             raise HarnessError(f"class {c} has {int(counts[c])} mapped embeddings but its Gaussian needs at least "
                                f"{MIN_CLASS_SAMPLES}; embed more images of that class (raise max_per_class)")
-    eye = torch.eye(dim, dtype=torch.float64)
     samples, log_probs = [], []
     for c in range(num_classes):
         xc = x[y == c]
         mean = xc.mean(0)
-        cov = (xc - mean).T @ (xc - mean) / len(xc) + lam * eye  # eq. 10 + lam I
+        cov = class_covariance(xc, lam, covariance)
         chol, info = torch.linalg.cholesky_ex(cov)
         if info != 0 or not torch.isfinite(chol).all() or not torch.isfinite(mean).all():
             _non_finite(c)

@@ -14,12 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+import numpy as np
 import torch
 
 from harness.classifier.training import ClassifierConfig
-from harness.components.outlier_images import ResizePolicy, check_outlier_folder, load_outlier_folder
+from harness.components.outlier_images import (
+    ResizePolicy,
+    check_outlier_folder,
+    load_outlier_folder,
+    resize_outliers,
+)
 from harness.components.regularizers import EnergyRegularizedMethod
+from harness.components.scores import msp_score
 from harness.contract import Outliers
+from harness.data.sets import AnyImageSet, ImageSet
 from harness.diffusion.backend import (
     DiffusionBackend,
     GenerationConfig,
@@ -107,6 +115,29 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
     def gallery_row_names(self, classes: list[int]) -> list[str]:
         """The row titles of the gallery for these class indices."""
 
+    def baseline_msp_facts(self, outliers: Outliers) -> dict[str, Any]:
+        """The shared baseline classifier's (`RunContext.baseline_classifier`, the very classifier and cache entry of
+        msp/energy) maximum softmax probability on the outliers, brought to the ID size by bilinear resizing, vs on
+        the ID test set: mean, median and the fraction above 0.95 (how confidently a plain classifier takes the
+        outliers for ID images)."""
+        ctx = self.context
+        baseline = ctx.baseline_classifier()
+        size = ctx.benchmark.spec.image_size
+        images = outliers.data
+        if images.dtype != torch.uint8:
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        if images.shape[-2:] != (size, size):
+            resized = resize_outliers(images.float() / 255, size, "bilinear", torch.Generator())
+            images = (resized.clamp(0, 1) * 255).round().to(torch.uint8)
+        outlier_set = ImageSet(f"{self.info.name}-outliers", images.contiguous())
+
+        def facts(image_set: AnyImageSet) -> dict[str, float]:
+            msp = msp_score(ctx.outputs(baseline, image_set)["logits"])
+            return {"mean": round(float(msp.mean()), 4), "median": round(float(np.median(msp)), 4),
+                    "above_0.95": round(float((msp > 0.95).mean()), 4), "count": len(msp)}
+
+        return {"outliers": facts(outlier_set), "id_test": facts(ctx.benchmark.test), "classifier": baseline.key}
+
     def folder_details(self) -> dict[str, Any]:
         """Record facts of a run on `outliers_dir`."""
         return {"outliers_dir": str(Path(self.config.outliers_dir).expanduser().resolve()),
@@ -114,7 +145,8 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
                 "outliers_labelled": self.outliers.labels is not None}
 
     def figures(self, directory: Path, stem: str) -> list[Path]:
-        """A gallery: up to `gallery_classes` rows x `gallery_per_class` outliers (Dream-OOD Fig. 1/4, NCIS Fig. 4)."""
+        """A gallery: up to `gallery_classes` rows x `gallery_per_class` outliers (Dream-OOD Fig. 1/4, NCIS Fig. 4),
+        and the regulariser's per-epoch curves (`<stem>_regulariser.png`)."""
         c = self.config
         data, labels = self.outliers.data, self.outliers.labels
         if labels is None:  # an unlabelled outliers_dir: rows in file order
@@ -126,4 +158,4 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
         path = directory / f"{stem}_outliers.png"
         save_image_grid(torch.cat([r[:per_row] for r in rows]), path, rows=len(classes), row_titles=names,
                         title=self.gallery_title + (f" from {Path(c.outliers_dir).name}/" if c.outliers_dir else ""))
-        return [path]
+        return [path, *self.regulariser_figure(directory, stem)]

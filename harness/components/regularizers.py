@@ -19,6 +19,15 @@ Outliers come from one of two sources, each a callable of the step's `StepBatch`
 A source returns None while it has nothing to give (e.g. its feature queues are not full yet); the step then has no
 regularisation term. The term is active from epoch `start_epoch` on (0-based, as in the official scripts).
 
+The regulariser leaves the classifier's own random stream alone: phi and the energy weights are initialised from a
+generator of their own (`seed`, the run seed, through `hook_seed`), never from torch's global generator. With
+`beta == 0` the term is computed for the record only (no graph), so the classifier's gradients are exactly those of
+the cross-entropy and training is bit-identical to the plain baseline classifier's.
+
+Per epoch the hook records the mean term CE(phi(E), b) and phi's binary accuracy (ID vs outlier) over the steps that
+used the term (`history`, None for epochs without any, e.g. before `start_epoch`); the record is cached with the
+trained classifier (`training_record`), so a cache hit still reports it.
+
 At test time `score(logits)` returns the configured `test_score`: "energy" (plain logsumexp of the logits, what the
 VOS and Dream-OOD test scripts use) or "phi" (the ID-vs-outlier logit of phi(E(x)), phi's log-odds of b = 1, the score
 the Dream-OOD/NCIS papers describe). Methods record the choice in their config.
@@ -33,6 +42,7 @@ Typical use (a method plugin):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,18 +50,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.classifier.hooks import StepBatch, TrainingHook
+from harness.classifier.hooks import StepBatch, TrainingHook, hook_seed
 from harness.classifier.models import Classifier
 from harness.classifier.training import ClassifierConfig
 from harness.components.outlier_images import OutlierImageSource
+from harness.components.scores import energy_score
 from harness.contract import ConfigT, Method, Outliers, TrainedClassifier
 from harness.data.sets import AnyImageSet
 from harness.errors import HarnessError
+from harness.records.plots import save_regulariser_curves
 
 PhiKind = Literal["linear", "mlp", "mlp3"]
 TestScore = Literal["energy", "phi"]
 ImageSource = Callable[[StepBatch], torch.Tensor | None]
 FeatureSource = Callable[[StepBatch, Classifier], torch.Tensor | None]
+# Part of every energy-regularised classifier's cache key: 2 = phi / energy weights from their own seeded generator
+# (was: torch's global stream), beta = 0 without a graph; a classifier trained by older code is not reused.
+REGULARIZER_VERSION = 2
 
 
 def build_phi(kind: PhiKind, hidden: int = 512) -> nn.Module:
@@ -85,7 +100,8 @@ class EnergyRegularizer(TrainingHook):
 
     def __init__(self, num_classes: int, beta: float, phi: PhiKind = "linear", weighted_energy: bool = False,
                  start_epoch: int = 0, test_score: TestScore = "energy",
-                 outlier_images: ImageSource | None = None, outlier_features: FeatureSource | None = None) -> None:
+                 outlier_images: ImageSource | None = None, outlier_features: FeatureSource | None = None,
+                 seed: int = 0) -> None:
         if beta < 0:
             raise HarnessError(f"energy regulariser weight beta={beta} is negative; use beta >= 0")
         if start_epoch < 0:
@@ -97,10 +113,16 @@ class EnergyRegularizer(TrainingHook):
         self.beta = beta
         self.start_epoch = start_epoch
         self.test_score = test_score
-        self.phi = build_phi(phi)
-        self.weighted = WeightedLogSumExp(num_classes) if weighted_energy else None
+        with torch.random.fork_rng(devices=[]):  # the global stream (the classifier's) is left where it was
+            torch.manual_seed(hook_seed(seed, "energy-regulariser"))
+            self.phi = build_phi(phi)
+            self.weighted = WeightedLogSumExp(num_classes) if weighted_energy else None
         self.outlier_images = outlier_images
         self.outlier_features = outlier_features
+        self.history: list[dict[str, Any]] = []   # one entry per finished epoch
+        self._loss_sum = 0.0
+        self._accuracy_sum = 0.0
+        self._steps = 0
 
     def modules(self) -> Sequence[nn.Module]:
         return [self.phi] if self.weighted is None else [self.phi, self.weighted]
@@ -127,22 +149,64 @@ class EnergyRegularizer(TrainingHook):
             outlier_logits = batch.extra_logits
         if outlier_logits is None or len(outlier_logits) == 0:
             return None, {}
-        term = self.binary_loss(batch.logits, outlier_logits)
-        return self.beta * term, {"energy_reg": term.detach()}
+        if self.beta == 0:  # for the record only: no graph, so the classifier's gradients are exactly CE's
+            with torch.no_grad():
+                term, accuracy = self._binary(batch.logits.detach(), outlier_logits.detach())
+        else:
+            term, accuracy = self._binary(batch.logits, outlier_logits)
+        self._loss_sum = self._loss_sum + term.detach()  # tensors: no device sync per step
+        self._accuracy_sum = self._accuracy_sum + accuracy
+        self._steps += 1
+        return (None if self.beta == 0 else self.beta * term), {"energy_reg": term.detach()}
 
     def binary_loss(self, id_logits: torch.Tensor, outlier_logits: torch.Tensor) -> torch.Tensor:
         """CE(phi(E), b) averaged over ID (b = 1) and outlier (b = 0) rows together, as in the official scripts."""
+        return self._binary(id_logits, outlier_logits)[0]
+
+    def _binary(self, id_logits: torch.Tensor, outlier_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The term CE(phi(E), b) and phi's (detached) accuracy at telling ID (b = 1) from outliers (b = 0)."""
         energies = self.energy(torch.cat([id_logits, outlier_logits]))
         targets = torch.cat([torch.ones(len(id_logits), dtype=torch.long, device=id_logits.device),
                              torch.zeros(len(outlier_logits), dtype=torch.long, device=id_logits.device)])
-        return F.cross_entropy(self.phi(energies[:, None]), targets)
+        out = self.phi(energies[:, None])
+        accuracy = (out.detach().argmax(1) == targets).float().mean()
+        return F.cross_entropy(out, targets), accuracy
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Close the epoch's record: mean term and head accuracy over its steps with a term (None without any)."""
+        steps = self._steps
+        self.history.append({"epoch": epoch, "steps": steps,
+                             "loss": float(self._loss_sum) / steps if steps else None,
+                             "head_accuracy": float(self._accuracy_sum) / steps if steps else None})
+        self._loss_sum, self._accuracy_sum, self._steps = 0.0, 0.0, 0
+
+    @property
+    def steps_with_term(self) -> int:
+        """Training steps (all epochs so far) that computed the regularisation term."""
+        return sum(h["steps"] for h in self.history) + self._steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "history": ("value", [dict(h) for h in self.history])}
+
+    def training_record(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_training_record(self, record: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in record.get("history", [])]
+
+    def record(self) -> dict[str, list]:
+        """The per-epoch record as lists indexed by epoch (for `details()`): loss, head accuracy, steps."""
+        rounded = [None if h["loss"] is None else round(h["loss"], 6) for h in self.history]
+        accuracy = [None if h["head_accuracy"] is None else round(h["head_accuracy"], 6) for h in self.history]
+        return {"epoch": [h["epoch"] for h in self.history], "loss": rounded, "head_accuracy": accuracy,
+                "steps": [h["steps"] for h in self.history], "start_epoch": self.start_epoch, "beta": self.beta}
 
     @torch.no_grad()
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         """Test score, higher = more ID: plain energy, or phi's log-odds of "ID" at E(x)."""
+        if self.test_score == "energy":  # float64, the very function the energy method scores with
+            return torch.from_numpy(energy_score(logits.detach().cpu().numpy()))
         logits = logits.to(next(self.phi.parameters()).device)
-        if self.test_score == "energy":
-            return torch.logsumexp(logits, dim=1)
         out = self.phi(self.energy(logits)[:, None])
         return out[:, 1] - out[:, 0]
 
@@ -166,8 +230,24 @@ class EnergyRegularizedMethod(Method[ConfigT]):
         source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
                                     c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
         self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
-                                             outlier_images=source)
-        self.classifier = ctx.train_classifier(purpose, recipe, hooks=[self.regularizer], key_parts=key_parts)
+                                             outlier_images=source, seed=ctx.seed)
+        self.classifier = ctx.train_classifier(purpose, recipe, hooks=[self.regularizer],
+                                               key_parts=[*key_parts, REGULARIZER_VERSION])
+
+    def regulariser_details(self) -> dict[str, Any]:
+        """The regulariser's per-epoch record (mean term and head accuracy over the steps using it); none before
+        `train` built the regulariser."""
+        regularizer = getattr(self, "regularizer", None)
+        return {} if regularizer is None else {"regulariser": regularizer.record()}
+
+    def regulariser_figure(self, directory: Path, stem: str) -> list[Path]:
+        """`<stem>_regulariser.png`: the term and phi's accuracy per epoch; none when no epoch used the term."""
+        record = self.regulariser_details().get("regulariser")
+        if record is None or all(v is None for v in record["loss"]):
+            return []
+        path = directory / f"{stem}_regulariser.png"
+        save_regulariser_curves(record, path, title=f"{self.info.name} regulariser, beta={record['beta']}")
+        return [path]
 
     def _logits(self, images: AnyImageSet) -> torch.Tensor:
         return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])

@@ -66,3 +66,27 @@ def save_image_grid(images: torch.Tensor, path: Path, rows: int, row_titles: Seq
     if title:
         fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def save_regulariser_curves(record: dict, path: Path, title: str) -> None:
+    """An energy regulariser's per-epoch record: the term CE(phi(E), b) and phi's ID-vs-outlier accuracy against
+    the epoch (epochs without the term, e.g. before its start epoch, are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    used = [i for i, loss in enumerate(record["loss"]) if loss is not None]
+    epochs = [record["epoch"][i] for i in used]
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.4))
+    for ax, key, label in [(axes[0], "loss", "regulariser loss"), (axes[1], "head_accuracy", "head accuracy")]:
+        ax.plot(epochs, [record[key][i] for i in used], marker="o", markersize=3)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if record["epoch"]:
+            ax.set_xlim(-0.5, max(record["epoch"]) + 0.5)
+    axes[1].set_ylim(0, 1.02)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
