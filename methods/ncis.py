@@ -208,7 +208,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         # (as dream_ood's mnist5k default), a short cVPN fit
         "mnist5k": {"model": "models/tiny-sd-mnist5k", "images_per_call": 20,
                     "cvpn_epochs": 40, "cvpn_batch_size": 32, "cvpn_lr": 1e-3, "rounds": 4,
-                    "candidates_per_round": 500, "npos_k": 10, "npos_boundary_count": 10,
+                    "npos_k": 10, "npos_boundary_count": 10,
                     "outliers_per_class": 40, "steps": 20, "guidance_scale": 3.0, "generation_size": None,
                     "output_size": None, "generation_batch_size": 50},
         # Sec. 4: ResNet-34, 250 epochs on CIFAR-100 (the spec's shared recipe has 100)

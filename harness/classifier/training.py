@@ -51,12 +51,15 @@ class ClassifierConfig:
     eval_batch_size: int = 500
     pretrained: str = ""
     precision: str = "auto"
+    grad_clip: float | None = None  # max global gradient norm per step; None = no clipping (the papers' recipes)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0 (got {self.lr})")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or none (got {self.grad_clip})")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16 (got {self.precision!r})")
 
@@ -231,6 +234,9 @@ def train_classifier(model: Classifier, train_set: AnyImageSet, config: Classifi
                 group["lr"] = cosine_lr(step, total, config.lr, config.final_lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                               config.grad_clip)
             optimizer.step()
             step += 1
             bar.update(1)
