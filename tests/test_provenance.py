@@ -54,7 +54,7 @@ def test_leaderboard_marks_a_row_averaging_records_of_different_code_or_environm
     board = benchmark_markdown(mixed, "mnist5k")
     assert "| knn [^1]" in board and "| msp [^" not in board and "| msp " in board
     note = next(line for line in board.splitlines() if line.startswith("[^1]:"))
-    assert "seed 0: code_version abc123, torch_threads 4" in note and "seeds 1,2: code_version" in note
+    assert "seed 0: code_version abc123, torch_threads 4" in note and "seeds 1,2,3,4: code_version" in note
     assert "[^" not in benchmark_markdown(records, "mnist5k")
 
 
