@@ -273,7 +273,7 @@ def test_id_log_likelihoods_are_the_sampling_gaussians():
         x = embeddings[labels == c].double().numpy()
         sample = multivariate_normal(x.mean(0), np.cov(x.T, bias=True) + 1e-5 * np.eye(8))
         np.testing.assert_allclose(got[labels == c].numpy(), sample.logpdf(x), rtol=1e-9)
-        lw = multivariate_normal(x.mean(0), ledoit_wolf(torch.from_numpy(x))[0].numpy())
+        lw = multivariate_normal(x.mean(0), ledoit_wolf(torch.from_numpy(x))[0].numpy() + 1e-5 * np.eye(8))
         np.testing.assert_allclose(shrunk[labels == c].numpy(), lw.logpdf(x), rtol=1e-9)
 
 

@@ -50,8 +50,13 @@ def sd_model(monkeypatch):
     monkeypatch.setenv("OODBENCH_SD_MODEL", str(REPO / "models/tiny-sd-mnist5k"))
 
 
+def image_methods() -> list[str]:
+    """Every registered method for image benchmarks (text methods have their own end-to-end tests)."""
+    return sorted(name for name, entry in discover().items() if "image" in entry.cls.modalities)
+
+
 def test_every_method_plans_with_its_defaults_on_every_benchmark_and_preset(data_root):
-    methods = sorted(discover())
+    methods = image_methods()
     for benchmark in BENCHMARKS:
         for preset in ("paper", "quick"):
             planned = plan(RunRequest(methods=methods, benchmark=benchmark, preset=preset, data_root=data_root,
@@ -64,7 +69,7 @@ def test_every_method_plans_with_its_defaults_on_every_benchmark_and_preset(data
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp_path):
-    methods = sorted(discover())
+    methods = image_methods()
     settings = [f"{scope}.{k}={v}" for scope, values in TINY.items() if scope in methods or scope == "classifier"
                 for k, v in values.items()]
     if name == "imagenet100":  # 224 x 224 on CPU: one epoch (start epochs are fractions, so this refuses nothing)
@@ -75,7 +80,7 @@ def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp
                      "dream_ood.rounds=1", "flow.epochs=1", "flow.blocks=2", "flow.hidden=4",
                      "ncis.max_per_class=2", "ncis.timesteps_per_image=2", "ncis.cvpn_epochs=1", "ncis.rounds=1",
                      "ncis.kept_per_round=1", "ncis.outliers_per_class=1", "ncis.steps=2",
-                     "ncis.covariance=shrinkage"]
+                     "ncis.covariance=shrinkage", "ncis.candidates_per_round=500"]
     args = ["run", "--methods", ",".join(methods), "--benchmark", name, "--preset", "quick",
             "--allow-incomplete", "--data-root", str(data_root), "--out", str(tmp_path / "out"),
             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]

@@ -9,7 +9,7 @@ The class covariance (`covariance`): "sample" is eq. 10's biased sample covarian
 has rank <= N_y - 1, so with N_y <= D embeddings of a class the Gaussian is degenerate but for the ridge (the NCIS
 plugin refuses that configuration); "shrinkage" is the Ledoit-Wolf estimate (1 - a) S + a (tr S / D) I with the
 closed-form a of Ledoit & Wolf (2004), as `sklearn.covariance.ledoit_wolf` computes it, full rank for any N_y >= 2
-(lam is not added).
+(plus the same ridge lam I, which keeps a class of near-identical rows, tr S ~ 0, invertible).
 
 `class_log_likelihoods` gives every input row's log-likelihood under its own class Gaussian (the same fit and dims
 that rank the candidates), for comparing the kept samples with the ID embeddings.
@@ -54,12 +54,12 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 def class_covariance(xc: torch.Tensor, lam: float, covariance: Covariance = "sample") -> torch.Tensor:
     """The class covariance of eq. 8: sample covariance + lam I, or the Ledoit-Wolf estimate (module docstring)."""
-    if covariance == "shrinkage":
-        return ledoit_wolf(xc)[0]
-    if covariance != "sample":
+    if covariance not in ("sample", "shrinkage"):
         raise HarnessError(f"unknown covariance {covariance!r}; choose sample or shrinkage")
-    mean = xc.mean(0)
     eye = torch.eye(xc.shape[1], dtype=xc.dtype, device=xc.device)
+    if covariance == "shrinkage":  # + lam I as eq. 8: a class of (near-)identical rows has tr S = 0
+        return ledoit_wolf(xc)[0] + lam * eye
+    mean = xc.mean(0)
     return (xc - mean).T @ (xc - mean) / len(xc) + lam * eye  # eq. 10 + lam I
 
 
