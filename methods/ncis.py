@@ -106,6 +106,7 @@ class NCISConfig(PixelSynthesisConfig):
     rounds: int = 10
     candidates_per_round: int = 3330
     kept_per_round: int = 10
+    keep_below_id_percentile: float | None = None  # None = paper; q: keep only draws below the class's ID q-th pct
     npos_k: int = 300                     # sampling=npos: k-NN boundary sampling in embedding space
     npos_boundary_count: int = 50
     npos_sigma: float = 0.07
@@ -126,6 +127,9 @@ class NCISConfig(PixelSynthesisConfig):
             raise ValueError(f"lam={self.lam} must be > 0 (the covariance ridge lambda of eq. 8)")
         if not 0 < self.p < 100:
             raise ValueError(f"p={self.p} must be a percentage in (0, 100)")
+        if self.keep_below_id_percentile is not None and not 0 < self.keep_below_id_percentile < 100:
+            raise ValueError(f"keep_below_id_percentile={self.keep_below_id_percentile} must be a percentage in "
+                             "(0, 100), or None for the paper's rule (the least likely of each round)")
         if self.beta < 0 or self.npos_sigma < 0 or self.embedding_lr <= 0 or self.cvpn_lr <= 0:
             raise ValueError("beta and npos_sigma must be >= 0, embedding_lr and cvpn_lr > 0")
         for name in ("embedding_iterations", "timesteps_per_image", "timestep_grid", "images_per_call", "cvpn_blocks",
@@ -316,14 +320,16 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         with torch.no_grad():
             v = model(embeddings, labels)
         dims = None if c.gaussian_dims == "all" else model.invariant_dims
+        id_log_lik = class_log_likelihoods(v, labels, num_classes, c.lam, dims, c.covariance)
+        thresholds = None if c.keep_below_id_percentile is None else torch.stack(
+            [torch.quantile(id_log_lik[labels == y], c.keep_below_id_percentile / 100) for y in range(num_classes)])
         samples, sample_labels, log_probs = low_likelihood_samples(
             v, labels, num_classes, c.lam, c.rounds, c.candidates_per_round, c.kept_per_round, generator,
-            dims=dims, covariance=c.covariance)
+            dims=dims, covariance=c.covariance, thresholds=thresholds)
         self.sample_log_prob_mean = float(log_probs.mean())
         used = torch.cat([torch.nonzero(sample_labels == y).flatten()[:per_class] for y in range(num_classes)])
-        self.log_likelihood_facts = log_likelihood_facts(
-            class_log_likelihoods(v, labels, num_classes, c.lam, dims, c.covariance), labels,
-            log_probs[used], sample_labels[used], self.context.benchmark.spec.class_names)
+        self.log_likelihood_facts = log_likelihood_facts(id_log_lik, labels, log_probs[used], sample_labels[used],
+                                                         self.context.benchmark.spec.class_names)
         back = map_back(model, samples, sample_labels)
         return torch.stack([back[sample_labels == y][:per_class] for y in range(num_classes)])
 
@@ -421,7 +427,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
             out.update({"invariant_k": self.invariant_k, "invariants": c.invariants,
                         "invariant_rule": c.invariant_rule, "p": c.p, "lam": c.lam, "gaussian_dims": c.gaussian_dims,
                         "reconstruction_error": self.reconstruction_error,
-                        "covariance": c.covariance, "kept_log_prob_mean": round(self.sample_log_prob_mean, 4),
+                        "covariance": c.covariance, "keep_below_id_percentile": c.keep_below_id_percentile,
+                        "kept_log_prob_mean": round(self.sample_log_prob_mean, 4),
                         "log_likelihood": self.log_likelihood_facts})
         if c.sampling == "cvpn":
             out.update(self.cvpn_facts)

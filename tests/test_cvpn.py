@@ -16,7 +16,7 @@ from harness.components.cvpn import (
     invariant_count,
     train_cvpn,
 )
-from harness.components.invariant_sampling import low_likelihood_samples, map_back
+from harness.components.invariant_sampling import class_log_likelihoods, low_likelihood_samples, map_back
 from harness.errors import HarnessError
 from harness.figures.ncis import TOY_CVPN, toy_arcs
 from harness.figures.ncis import main as invariants_main
@@ -200,6 +200,22 @@ def test_kept_samples_are_less_likely_than_plain_draws():
         assert kept.max() < np.quantile(plain, 0.05)
     again = low_likelihood_samples(v, y, 2, 1e-5, 3, 500, 4, torch.Generator().manual_seed(0))
     assert torch.equal(again[0], samples)
+
+
+def test_thresholds_keep_only_draws_below_each_class_bound():
+    v, y = mapped_gaussians()
+    id_log_lik = class_log_likelihoods(v, y, 2, 1e-5)
+    thresholds = torch.stack([torch.quantile(id_log_lik[y == c], 0.01) for c in range(2)])
+    samples, labels, log_probs = low_likelihood_samples(v, y, 2, 1e-5, 3, 50, 4, torch.Generator().manual_seed(0),
+                                                        thresholds=thresholds)
+    assert samples.shape == (2 * 3 * 4, 4)  # as many as unthresholded: more rounds drawn where needed
+    for c in range(2):
+        assert (log_probs[labels == c] < thresholds[c]).all()
+    plain = low_likelihood_samples(v, y, 2, 1e-5, 3, 50, 4, torch.Generator().manual_seed(0))[2]
+    assert not (plain < thresholds.repeat_interleave(12)).all()  # the paper's rule alone does not ensure it here
+    with pytest.raises(HarnessError, match=r"class 0: 3000 rounds of 50 candidates gave 0 of the 12 samples below"):
+        low_likelihood_samples(v, y, 2, 1e-5, 3, 50, 4, torch.Generator().manual_seed(0),
+                               thresholds=torch.tensor([-1e9, -1e9], dtype=torch.float64))
 
 
 def test_gaussian_dims_selects_the_marginal_that_ranks_candidates():

@@ -5,6 +5,12 @@ biased covariance); `rounds` x `candidates_per_round` draws, of which the `kept_
 log-likelihood of each round are kept (official: 10 x 3,330, keep 10). Because f is volume-preserving these are
 also the lowest p_e(e | y) (eq. 11). `map_back` returns them to the embedding space, e' = f^-1(v', y).
 
+With `thresholds` (one log-likelihood per class, e.g. the ID embeddings' 1st percentile) only candidates below the
+class's threshold are eligible: each round keeps the `kept_per_round` least likely of them (all of them when
+fewer), and rounds continue until `rounds * kept_per_round` are kept, at most `MAX_ROUNDS_FACTOR * rounds` rounds.
+The paper's rule has no threshold; the 0.3 % tail of a Gaussian need not lie below the ID embeddings' 1st
+percentile when their log-likelihoods are heavier-tailed than the Gaussian's.
+
 The class covariance (`covariance`): "sample" is eq. 10's biased sample covariance plus the ridge lam I (eq. 8). It
 has rank <= N_y - 1, so with N_y <= D embeddings of a class the Gaussian is degenerate but for the ridge (the NCIS
 plugin refuses that configuration); "shrinkage" is the Ledoit-Wolf estimate (1 - a) S + a (tr S / D) I with the
@@ -31,6 +37,7 @@ from torch import nn
 from harness.errors import HarnessError
 
 MIN_CLASS_SAMPLES = 2  # a mean and a non-zero covariance
+MAX_ROUNDS_FACTOR = 1000  # thresholded sampling: at most this many times the configured rounds per class
 Covariance = Literal["sample", "shrinkage"]
 
 
@@ -105,11 +112,13 @@ def _non_finite(c: int) -> None:
 
 def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float, rounds: int,
                            candidates_per_round: int, kept_per_round: int, generator: torch.Generator,
-                           dims: slice | Sequence[int] | None = None, covariance: Covariance = "sample"
+                           dims: slice | Sequence[int] | None = None, covariance: Covariance = "sample",
+                           thresholds: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Samples (C * rounds * kept, D) in v's dtype, their labels (class-major, then round, then ascending
     log-likelihood) and their class log-likelihoods (float64, on `dims`). Computed in float64 on the CPU;
-    `generator` is a CPU torch.Generator."""
+    `generator` is a CPU torch.Generator; `thresholds` (C,) optional per-class log-likelihood bounds (module
+    docstring)."""
     if not lam > 0:
         raise HarnessError(f"lambda={lam} must be positive (the ridge of eq. 8; paper 1e-5)")
     if min(rounds, candidates_per_round, kept_per_round) < 1 or kept_per_round > candidates_per_round:
@@ -133,15 +142,27 @@ def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: i
         if info != 0 or not torch.isfinite(chol).all() or not torch.isfinite(mean).all():
             _non_finite(c)
         sub_chol = chol if dims is None else torch.linalg.cholesky(cov[index][:, index])
-        for _ in range(rounds):  # one round at a time: 3,330 x 768 float64 is 20 MB
+        wanted, found, drawn = rounds * kept_per_round, 0, 0
+        while found < wanted:  # one round at a time: 3,330 x 768 float64 is 20 MB
+            if drawn == (rounds if thresholds is None else MAX_ROUNDS_FACTOR * rounds):
+                raise HarnessError(
+                    f"class {c}: {drawn} rounds of {candidates_per_round} candidates gave {found} of the {wanted} "
+                    f"samples below its log-likelihood threshold {float(thresholds[c]):.3f}; raise the threshold "
+                    "percentile or candidates_per_round")
             draws = torch.randn(candidates_per_round, dim, generator=generator, dtype=torch.float64)
+            drawn += 1
             candidates = mean + draws @ chol.T
             if not torch.isfinite(candidates).all():
                 _non_finite(c)
             lp = _gaussian_log_prob(candidates[:, index], mean[index], sub_chol)
-            kept_lp, kept = lp.topk(kept_per_round, largest=False)  # ascending: the least likely first
+            if thresholds is not None:
+                eligible = torch.nonzero(lp < thresholds[c]).flatten()
+                candidates, lp = candidates[eligible], lp[eligible]
+            take = min(kept_per_round, wanted - found, len(lp))
+            kept_lp, kept = lp.topk(take, largest=False)  # ascending: the least likely first
             samples.append(candidates[kept])
             log_probs.append(kept_lp)
+            found += take
     out_labels = torch.arange(num_classes).repeat_interleave(rounds * kept_per_round)
     return torch.cat(samples).to(v.dtype), out_labels, torch.cat(log_probs)
 
