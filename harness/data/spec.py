@@ -57,6 +57,14 @@ class BenchmarkSpec:
     # per-benchmark defaults of `mnist5k`
     family: str = ""
     variants: tuple[str, ...] = ()
+    # the seed-std targets (pp) the leaderboard marks rows against: "average_auroc" by method kind ("*" for every
+    # other kind), "id_accuracy"; empty = no marks
+    stability_targets: dict[str, Any] = field(default_factory=dict)
+
+    def stability_target(self, metric: str, kind: str) -> float | None:
+        """The seed-std target (pp) of `metric` ("average_auroc" or "id_accuracy") for a method of `kind`."""
+        target = self.stability_targets.get(metric)
+        return target.get(kind, target.get("*")) if isinstance(target, dict) else target
 
     def preset(self, name: str) -> dict[str, Any]:
         """Scalings of the preset `name`: `epoch_scale` (classifier epochs), `max_train`/`max_test`/`max_ood`
@@ -149,6 +157,8 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
     if not metrics or set(metrics) - set(LEADERBOARD_METRICS):
         raise HarnessError(f"benchmark spec {path}: leaderboard_metrics {list(metrics)} must be some of "
                            f"{', '.join(LEADERBOARD_METRICS)}")
+    targets = dict(raw.get("stability_targets", {}))
+    _check_stability_targets(targets, path)
     encoder = dict(raw.get("text_encoder", {}))
     if encoder and encoder.get("name") not in ("spacy-md", "albert"):
         raise HarnessError(f"benchmark spec {path}: text_encoder name {encoder.get('name')!r} must be spacy-md or "
@@ -162,8 +172,20 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         std=tuple(raw.get("std", ())), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
         classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
         presets=presets, storage=storage, family=raw.get("family", raw["name"]),
-        variants=tuple(sorted(raw.get("variants", {}))),
+        variants=tuple(sorted(raw.get("variants", {}))), stability_targets=targets,
     )
+
+
+def _check_stability_targets(targets: dict[str, Any], path: Path) -> None:
+    unknown = set(targets) - {"average_auroc", "id_accuracy"}
+    if unknown:
+        raise HarnessError(f"benchmark spec {path}: stability_targets has unknown keys {sorted(unknown)}; use "
+                           "average_auroc and id_accuracy")
+    for key, value in targets.items():
+        values = value.values() if isinstance(value, dict) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise HarnessError(f"benchmark spec {path}: stability_targets.{key} must be a positive number of pp "
+                               f"(or a mapping from method kind to one); got {value!r}")
 
 
 def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:

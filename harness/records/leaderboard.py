@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from harness.cache import atomic_write_bytes
-from harness.paths import REFERENCE_DIR
+from harness.data.spec import BenchmarkSpec, load_spec
+from harness.errors import HarnessError
+from harness.paths import DATASETS_DIR, REFERENCE_DIR
 from harness.records.provenance import NUMERIC_FACTS
 from harness.records.results import RunRecord, load_records
 
@@ -28,19 +30,21 @@ COLUMN = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": 
 DEFAULT_METRICS = ("fpr95", "auroc")
 
 
-def benchmark_metrics(benchmark: str) -> tuple[str, ...]:
-    """The leaderboard columns of `benchmark`: its spec's `leaderboard_metrics` when `datasets/<name>.json` exists,
-    else FPR95 and AUROC."""
-    from harness.data.spec import load_spec
-    from harness.errors import HarnessError
-    from harness.paths import DATASETS_DIR
-
+def benchmark_spec(benchmark: str) -> BenchmarkSpec | None:
+    """The spec `datasets/<benchmark>.json` when it exists and parses, else None (records of a spec given by path
+    or of a variant still make a leaderboard, without the spec's columns and targets)."""
     if not (DATASETS_DIR / f"{benchmark}.json").is_file():
-        return DEFAULT_METRICS
+        return None
     try:
-        return load_spec(benchmark).leaderboard_metrics
+        return load_spec(benchmark)
     except HarnessError:
-        return DEFAULT_METRICS
+        return None
+
+
+def benchmark_metrics(benchmark: str) -> tuple[str, ...]:
+    """The leaderboard columns of `benchmark`: its spec's `leaderboard_metrics`, else FPR95 and AUROC."""
+    spec = benchmark_spec(benchmark)
+    return spec.leaderboard_metrics if spec else DEFAULT_METRICS
 
 
 def _fmt(values: list[float]) -> str:
@@ -100,8 +104,18 @@ def _footnoted(part: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return part
 
 
-def _mark(frame: pd.DataFrame) -> pd.DataFrame:
-    """Format mean ± std strings, bold the best and underline the second best of each metric column."""
+STABILITY_COLUMNS = {("Average", "AUROC"): "average_auroc", ("", "ID acc."): "id_accuracy"}
+
+
+def _unstable(values: list[float], kind: str, column: tuple[str, str], spec: BenchmarkSpec | None) -> bool:
+    """Whether a row's seed std in `column` exceeds the benchmark's stability target for the row's method kind."""
+    target = spec.stability_target(STABILITY_COLUMNS[column], kind) if spec and column in STABILITY_COLUMNS else None
+    return target is not None and len(values) > 1 and float(np.std(values, ddof=1)) > target
+
+
+def _mark(frame: pd.DataFrame, spec: BenchmarkSpec | None = None) -> pd.DataFrame:
+    """Format mean ± std strings, bold the best and underline the second best of each metric column; mark a mean
+    AUROC below 50 (◇) and a seed std above `spec`'s stability target (†)."""
     shown = frame.copy()
     for column in frame.columns:
         metric = column[1]
@@ -111,13 +125,15 @@ def _mark(frame: pd.DataFrame) -> pd.DataFrame:
         means = [round(float(np.mean(v)), 2) if isinstance(v, list) and v else None for v in frame[column]]
         distinct = sorted({m for m in means if m is not None}, reverse=not LOWER_IS_BETTER[metric])
         texts = []
-        for value, mean in zip(frame[column], means, strict=True):
+        for value, mean, kind in zip(frame[column], means, frame[("", "kind")], strict=True):
             if mean is None:
                 texts.append("–")
                 continue
             text = _fmt(value)
             if metric == "AUROC" and column[0] not in ("", "Average") and mean < 50:
                 text = f"{text} ◇"  # ranks this set above the ID test set: explained in docs/benchmarks.md
+            if _unstable(value, kind, column, spec):
+                text = f"{text} †"  # too unstable over seeds for the benchmark's target: docs/benchmarks.md
             if len(frame) > 1 and mean == distinct[0]:
                 text = f"**{text}**"
             elif len(frame) > 2 and len(distinct) > 1 and mean == distinct[1]:
@@ -127,7 +143,22 @@ def _mark(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def _legend(metrics: tuple[str, ...], convention: str) -> str:
+def _targets_text(spec: BenchmarkSpec | None) -> str:
+    if spec is None or not spec.stability_targets:
+        return ""
+    parts = []
+    for key, name in (("average_auroc", "average AUROC"), ("id_accuracy", "ID accuracy")):
+        target = spec.stability_targets.get(key)
+        if isinstance(target, dict):
+            parts.append(f"{name} " + ", ".join(f"{v:g} pp ({'other kinds' if k == '*' else k})"
+                                                 for k, v in target.items()))
+        elif target is not None:
+            parts.append(f"{name} {target:g} pp")
+    return (f"; † a seed std above the benchmark's stability target ({'; '.join(parts)}; docs/benchmarks.md "
+            "explains each such row)")
+
+
+def _legend(metrics: tuple[str, ...], convention: str, spec: BenchmarkSpec | None = None) -> str:
     arrows = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑ (ID positive)",
               "aupr_out": "AUPR-Out ↑ (OOD positive)"}
     names = [arrows[m] for m in metrics]
@@ -135,20 +166,22 @@ def _legend(metrics: tuple[str, ...], convention: str) -> str:
     fpr = f", FPR95 with {convention}" if "fpr95" in metrics else ""
     low = ("; ◇ a mean AUROC below 50 (the set scores as more in-distribution than the ID test set; "
            "docs/benchmarks.md explains each such cell)") if "auroc" in metrics else ""
-    return f"{listed} in %{fpr}; mean ± std over seeds; best **bold**, second <u>underlined</u>{low}."
+    return (f"{listed} in %{fpr}; mean ± std over seeds; best **bold**, second <u>underlined</u>{low}"
+            f"{_targets_text(spec)}.")
 
 
 def benchmark_markdown(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None) -> str:
     metrics = metrics or benchmark_metrics(benchmark)
     frame = summarise(records, metrics)
+    spec = benchmark_spec(benchmark)
     lines, notes = [f"# Leaderboard: {benchmark}", ""], []
     for positive, part in frame.groupby(("", "positive"), sort=True):
         convention = ("ID positive (the papers' convention)" if positive == "id"
                       else "OOD positive (OpenOOD's convention since Aug 2023)")
-        shown = _mark(_footnoted(part.reset_index(drop=True), notes))
+        shown = _mark(_footnoted(part.reset_index(drop=True), notes), spec)
         table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind", "provenance")]]
         table.columns = [c[1] if c[0] == "" else f"{c[0]} {c[1]}" for c in table.columns]
-        lines += [_legend(metrics, convention), "",
+        lines += [_legend(metrics, convention, spec), "",
                   table.to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         lines += notes + [""]
