@@ -374,3 +374,23 @@ def test_vos_records_and_plots_the_regulariser_per_epoch_also_on_a_cache_hit(tmp
     again = VOS(config, context)
     _run_like_the_runner(again, 0)
     assert cache.hits("classifier") >= 1 and again.details()["regulariser"] == record
+
+
+def test_the_regulariser_orientation_is_phis_slope_at_the_id_median_energy(tmp_path, one_torch_thread):
+    from harness.cache import Cache
+    from methods.vos import VOS
+
+    vos = VOS(VOSConfig(beta=0.1, start_epoch=0, queue_size=2, samples_per_class=50, phi="linear"),
+              _tiny_context(Cache(tmp_path / "cache")))
+    _run_like_the_runner(vos, 0)
+    facts = vos.orientation()
+    weight = vos.regularizer.phi.weight.detach()
+    assert facts["phi_log_odds_slope_at_id"] == pytest.approx(float(weight[1, 0] - weight[0, 0]), abs=1e-4)
+    with torch.no_grad():  # VOS weights the logsumexp (eq. 5 of VOS): the E(x) phi sees
+        energies = vos.regularizer.energy(vos._logits(vos.context.benchmark.test))
+    assert facts["id_energy_median"] == pytest.approx(float(energies.median()), abs=1e-4)
+    with torch.no_grad():
+        vos.regularizer.phi.weight.neg_()
+    flipped = vos.orientation()
+    assert flipped["inverted"] == (not facts["inverted"])
+    assert flipped["phi_log_odds_slope_at_id"] == pytest.approx(-facts["phi_log_odds_slope_at_id"], abs=1e-4)

@@ -235,10 +235,26 @@ class EnergyRegularizedMethod(Method[ConfigT]):
                                                key_parts=[*key_parts, REGULARIZER_VERSION])
 
     def regulariser_details(self) -> dict[str, Any]:
-        """The regulariser's per-epoch record (mean term and head accuracy over the steps using it); none before
-        `train` built the regulariser."""
+        """The regulariser's per-epoch record (mean term and head accuracy over the steps using it) and its
+        orientation on the ID test set; none before `train` built the regulariser."""
         regularizer = getattr(self, "regularizer", None)
-        return {} if regularizer is None else {"regulariser": regularizer.record()}
+        if regularizer is None:
+            return {}
+        return {"regulariser": {**regularizer.record(), **self.orientation()}}
+
+    @torch.no_grad()
+    def orientation(self) -> dict[str, float | bool]:
+        """Which way phi separates: its log-odds of "ID" at the ID test set's median E(x) +- 1. The loss of eq. 7
+        (Dream-OOD) is met equally with ID energies above or below the outliers' (softmax cross-entropy leaves the
+        level of the logsumexp free), so a seed can train the inverted orientation, where a higher logsumexp means
+        OOD and the plain energy score ranks backwards."""
+        energies = self.regularizer.energy(self._logits(self.context.benchmark.test))
+        median = float(energies.median())
+        grid = torch.tensor([[median - 1.0], [median + 1.0]], dtype=energies.dtype)
+        out = self.regularizer.phi(grid.to(next(self.regularizer.phi.parameters()).device)).double().cpu()
+        slope = float((out[1, 1] - out[1, 0]) - (out[0, 1] - out[0, 0])) / 2
+        return {"id_energy_median": round(median, 4), "phi_log_odds_slope_at_id": round(slope, 4),
+                "inverted": slope < 0}
 
     def regulariser_figure(self, directory: Path, stem: str) -> list[Path]:
         """`<stem>_regulariser.png`: the term and phi's accuracy per epoch; none when no epoch used the term."""
