@@ -240,7 +240,8 @@ class EnergyRegularizedMethod(Method[ConfigT]):
         regularizer = getattr(self, "regularizer", None)
         if regularizer is None:
             return {}
-        return {"regulariser": {**regularizer.record(), **self.orientation()}}
+        trained = getattr(self, "classifier", None) is not None
+        return {"regulariser": {**regularizer.record(), **(self.orientation() if trained else {})}}
 
     @torch.no_grad()
     def orientation(self) -> dict[str, float | bool]:
