@@ -214,3 +214,36 @@ def test_per_epoch_record_of_term_and_head_accuracy():
     restored = EnergyRegularizer(3, beta=1.0, start_epoch=1, outlier_images=lambda b: None)
     restored.load_state_dict(reg.state_dict())  # an epoch checkpoint carries the record
     assert restored.record() == record
+
+
+def _fit_phi(reg: EnergyRegularizer, id_logits: torch.Tensor, outlier_logits: torch.Tensor, steps: int = 300):
+    optimiser = torch.optim.Adam(reg.phi.parameters(), lr=0.05)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        reg.binary_loss(id_logits, outlier_logits).backward()
+        optimiser.step()
+    with torch.no_grad():
+        return reg._binary(id_logits, outlier_logits)[1]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "mlp3"])
+def test_anchored_phi_is_monotone_and_cannot_learn_the_inverted_orientation(kind):
+    torch.manual_seed(0)
+    id_logits = torch.randn(64, 3) - 6.0        # ID logsumexp around -5
+    outlier_logits = torch.randn(64, 3) + 6.0   # outliers around +7: only the inverted orientation separates them
+    free = EnergyRegularizer(3, beta=1.0, phi=kind, outlier_features=lambda b, m: None)
+    anchored = EnergyRegularizer(3, beta=1.0, phi=kind, outlier_features=lambda b, m: None, orientation="anchored")
+    assert _fit_phi(free, id_logits, outlier_logits) == 1.0
+    assert _fit_phi(anchored, id_logits, outlier_logits) <= 0.55  # no better than the prior
+    intended = EnergyRegularizer(3, beta=1.0, phi=kind, outlier_features=lambda b, m: None, orientation="anchored")
+    assert _fit_phi(intended, outlier_logits, id_logits) == 1.0   # the intended orientation it learns
+    grid = torch.linspace(-40, 40, 801)[:, None]
+    with torch.no_grad():
+        out = anchored.phi(grid)
+    log_odds = out[:, 1] - out[:, 0]
+    assert (log_odds[1:] - log_odds[:-1] >= -1e-5).all()
+
+
+def test_unknown_orientation_is_one_line_error():
+    with pytest.raises(HarnessError, match="unknown phi orientation 'up'; choose free"):
+        EnergyRegularizer(3, beta=1.0, outlier_features=lambda b, m: None, orientation="up")

@@ -24,7 +24,7 @@ from harness.components.outlier_images import (
     load_outlier_folder,
     resize_outliers,
 )
-from harness.components.regularizers import EnergyRegularizedMethod
+from harness.components.regularizers import EnergyRegularizedMethod, PhiOrientation
 from harness.components.scores import msp_score
 from harness.contract import Outliers
 from harness.data.sets import AnyImageSet, ImageSet
@@ -56,6 +56,9 @@ class PixelSynthesisConfig:
     output_interpolation: Interpolation = "bilinear"
     generation_batch_size: int = 16
     outlier_resize: ResizePolicy = "random"
+    # phi of the energy regulariser: "free" (the papers' MLP, either orientation can be learnt) or "anchored"
+    # (monotone: a higher logsumexp always means more ID; harness.components.regularizers.MonotonePhi)
+    phi_orientation: PhiOrientation = "free"
     gallery_classes: int = 6
     gallery_per_class: int = 8
 

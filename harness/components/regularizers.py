@@ -81,6 +81,37 @@ def build_phi(kind: PhiKind, hidden: int = 512) -> nn.Module:
     raise HarnessError(f"unknown phi {kind!r}; choose linear, mlp or mlp3")
 
 
+PhiOrientation = Literal["free", "anchored"]
+
+
+class MonotonePhi(nn.Module):
+    """phi with the papers' intended orientation built in: its log-odds of "ID", g(E), is non-decreasing in E (the
+    logsumexp), so a higher logsumexp can only mean more ID. Same depth and width as `build_phi(kind)`; every weight
+    is softplus of a free parameter divided by the layer's fan-in, and the activations are ReLU (monotone), so
+    g' >= 0. The first layer's biases start uniform on [-10, 10], spreading the units' kinks over the range of
+    logsumexps a classifier produces. Outputs the two logits (-g/2, g/2), whose difference is g, for the same
+    cross-entropy as the free phi."""
+
+    def __init__(self, kind: PhiKind, hidden: int = 512) -> None:
+        super().__init__()
+        widths = {"linear": [1, 1], "mlp": [1, hidden, 1], "mlp3": [1, hidden, hidden, 1]}.get(kind)
+        if widths is None:
+            raise HarnessError(f"unknown phi {kind!r}; choose linear, mlp or mlp3")
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(n_out, n_in)) for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in widths[1:]])
+        if len(widths) > 2:
+            nn.init.uniform_(self.biases[0], -10.0, 10.0)
+
+    def forward(self, energies: torch.Tensor) -> torch.Tensor:
+        h = energies
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = F.linear(h, F.softplus(weight) / weight.shape[1], bias)
+            if i < len(self.weights) - 1:
+                h = F.relu(h)
+        return torch.cat([-h / 2, h / 2], dim=1)
+
+
 class WeightedLogSumExp(nn.Module):
     """VOS's learnable energy log sum_k relu(w_k) exp(f_k) (official `log_sum_exp` with `weight_energy`,
     a Linear(C, 1) whose weight is initialised uniform on [0, 1))."""
@@ -101,7 +132,7 @@ class EnergyRegularizer(TrainingHook):
     def __init__(self, num_classes: int, beta: float, phi: PhiKind = "linear", weighted_energy: bool = False,
                  start_epoch: int = 0, test_score: TestScore = "energy",
                  outlier_images: ImageSource | None = None, outlier_features: FeatureSource | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, orientation: PhiOrientation = "free") -> None:
         if beta < 0:
             raise HarnessError(f"energy regulariser weight beta={beta} is negative; use beta >= 0")
         if start_epoch < 0:
@@ -110,12 +141,14 @@ class EnergyRegularizer(TrainingHook):
             raise HarnessError("the energy regulariser needs exactly one outlier source: images or features")
         if test_score not in ("energy", "phi"):
             raise HarnessError(f"unknown test score {test_score!r}; choose energy or phi")
+        if orientation not in ("free", "anchored"):
+            raise HarnessError(f"unknown phi orientation {orientation!r}; choose free (the papers' phi) or anchored")
         self.beta = beta
         self.start_epoch = start_epoch
         self.test_score = test_score
         with torch.random.fork_rng(devices=[]):  # the global stream (the classifier's) is left where it was
             torch.manual_seed(hook_seed(seed, "energy-regulariser"))
-            self.phi = build_phi(phi)
+            self.phi = build_phi(phi) if orientation == "free" else MonotonePhi(phi)
             self.weighted = WeightedLogSumExp(num_classes) if weighted_energy else None
         self.outlier_images = outlier_images
         self.outlier_features = outlier_features
@@ -230,7 +263,7 @@ class EnergyRegularizedMethod(Method[ConfigT]):
         source = OutlierImageSource(outliers.data, recipe.batch_size, ctx.benchmark.spec.image_size,
                                     c.outlier_resize, recipe.crop_padding, recipe.hflip, ctx.seed)
         self.regularizer = EnergyRegularizer(ctx.benchmark.spec.num_classes, c.beta, c.phi, test_score=c.test_score,
-                                             outlier_images=source, seed=ctx.seed)
+                                             outlier_images=source, seed=ctx.seed, orientation=c.phi_orientation)
         self.classifier = ctx.train_classifier(purpose, recipe, hooks=[self.regularizer],
                                                key_parts=[*key_parts, REGULARIZER_VERSION])
 
