@@ -188,12 +188,12 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if notes:
         print("\nprovenance differs from the expectations' (a likely cause of any difference):")
         print("\n".join(f"  {note}" for note in notes))
-    print("\nminimal detectable effect per label (pp; a shift beyond it fails every seed):")
+    print("\nminimal detectable effect per label (pp; a shift of every seed beyond it fails):")
     for label, effects in regression.detectable_effects(checks).items():
         print(f"  {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in effects.items()))
     if failed:
         print(f"\n{len(failed)} of {len(checks)} checks beyond tolerance: " +
-              ", ".join(f"{c.label} seed {c.seed} {c.set} {c.metric}" for c in failed[:10]))
+              ", ".join(f"{c.label} {c.where} {c.set} {c.metric}" for c in failed[:10]))
         return 1
     print(f"\nall {len(checks)} checks within tolerance ({path})")
     return 0

@@ -48,7 +48,7 @@ def assert_within_tolerance(methods: str | Sequence[str], benchmark: str = "mnis
     failed = [c for c in checks if not c.passed]
     if failed:
         notes = provenance_notes(doc, records)
-        raise AssertionError(f"{len(failed)} of {len(checks)} metrics beyond tolerance ("
-                             + ", ".join(f"{c.label} {c.set} {c.metric}" for c in failed) + f") against {path}\n"
+        named = ", ".join(f"{c.label} {c.where} {c.set} {c.metric}" for c in failed)
+        raise AssertionError(f"{len(failed)} of {len(checks)} metrics beyond tolerance ({named}) against {path}\n"
                              + table(checks) + ("\nprovenance differs: " + "; ".join(notes) if notes else ""))
     return records

@@ -31,14 +31,18 @@ DEFAULT_METRICS = ("fpr95", "auroc")
 
 
 def benchmark_spec(benchmark: str) -> BenchmarkSpec | None:
-    """The spec `datasets/<benchmark>.json` when it exists and parses, else None (records of a spec given by path
-    or of a variant still make a leaderboard, without the spec's columns and targets)."""
-    if not (DATASETS_DIR / f"{benchmark}.json").is_file():
-        return None
-    try:
-        return load_spec(benchmark)
-    except HarnessError:
-        return None
+    """The spec of `benchmark`: `datasets/<benchmark>.json`, or for a variant's records name (`mnist5k-openood`)
+    the family spec with that variant applied (`mnist5k:openood`); None when neither exists and parses (records of a
+    spec given by path still make a leaderboard, without the spec's columns and targets)."""
+    for cut in [len(benchmark)] + [i for i, char in enumerate(benchmark) if char == "-"]:
+        family, variant = benchmark[:cut], benchmark[cut + 1:]
+        if not (DATASETS_DIR / f"{family}.json").is_file():
+            continue
+        try:
+            return load_spec(f"{family}:{variant}" if variant else family)
+        except HarnessError:
+            continue
+    return None
 
 
 def benchmark_metrics(benchmark: str) -> tuple[str, ...]:

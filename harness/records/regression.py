@@ -3,7 +3,7 @@ and the per-seed drift observed when the same runs are repeated under a second t
 seed-by-seed comparison of new records against them.
 
 All values are in percentage points. Each record is compared with the stored value of the same label, seed, set
-and metric, never with a mean. Its tolerance is, in this order:
+and metric (never only with a mean). Its tolerance is, in this order:
 1. `--tolerance` on the command line, or the entry's `tolerance_pp`;
 2. `same_environment_pp` (0.01) when the record's numerics-relevant environment (torch version, threads, device,
    CPU/GPU, CUDA/cuDNN, deterministic flags; not the commit) is the stored one, or the drift run's (then the stored
@@ -11,12 +11,20 @@ and metric, never with a mean. Its tolerance is, in this order:
 3. otherwise `max(drift_floor_pp, drift_factor * d)`, d the largest |drift| over the seeds of that label, set and
    metric: a tolerance grounded in a measured change of environment;
 4. for expectations without a drift run, `max(floor_pp, spread_factor * s)`, s the std over seeds (ddof=1).
-The tolerance of a check is its minimal detectable effect: a shift of the metric by more fails every seed.
+In case 3, with n >= 2 seeds compared, one more check per label for each summary metric (average AUROC and FPR95,
+ID accuracy) holds the mean over those seeds of the per-seed differences (new minus stored, paired by seed) within
+`max(drift_floor_pp, drift_factor * r / sqrt(n))`, r the root mean square of the measured drift over the label's
+seeds: the differences of independently seeded runs average out as the drift run's did, while a regression shifts
+every seed. With drift_factor 2, no single seed moving by the largest measured drift can fail it: that moves the
+mean by max|d| / n <= r sqrt(N) / n, within 2 r / sqrt(n) whenever the N drift seeds number at most 4 n (N = 5,
+n >= 2). Per-set metrics keep the per-seed check only: each added paired check is one more chance of a false alarm.
+A check's minimal detectable effect is the smallest shift of every seed that surely fails it: its tolerance.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +45,7 @@ DRIFT_FLOOR_PP = 0.5
 DRIFT_FACTOR = 2.0
 METRICS = ("fpr95", "auroc", "accuracy")
 AVERAGE, ID = "Average", "ID"
+SUMMARY = {(AVERAGE, "auroc"): "average AUROC", (AVERAGE, "fpr95"): "average FPR95", (ID, "accuracy"): "ID accuracy"}
 
 
 def expectations_path(benchmark: str, directory: Path = EXPECTATIONS_DIR) -> Path:
@@ -118,7 +127,9 @@ def build_expectations(benchmark: str, records: list[RunRecord], previous: dict[
     return {"benchmark": benchmark,
             "formula": "per seed: --tolerance or the entry's tolerance_pp; else same_environment_pp when the "
                        "numerics-relevant environment is the stored (or the drift run's) one; else max(drift_floor_pp, "
-                       "drift_factor * max |drift| over seeds); else max(floor_pp, spread_factor * std over seeds)",
+                       "drift_factor * max |drift| over seeds), and for n >= 2 such seeds their mean paired "
+                       "difference within max(drift_floor_pp, drift_factor * rms drift / sqrt(n)); else "
+                       "max(floor_pp, spread_factor * std over seeds)",
             "same_environment_pp": previous.get("same_environment_pp", SAME_ENVIRONMENT_PP),
             "drift_floor_pp": previous.get("drift_floor_pp", DRIFT_FLOOR_PP),
             "drift_factor": previous.get("drift_factor", DRIFT_FACTOR),
@@ -214,14 +225,21 @@ def check_labels(doc: dict[str, Any], labels: list[str], path: Path | None = Non
 
 @dataclass(frozen=True)
 class Check:
+    """One metric against its stored value: of one seed, or (`seed` None) the mean over `seeds` of the differences
+    paired by seed."""
     label: str
-    seed: int
+    seed: int | None
     set: str
     metric: str
     expected: float
     got: float
     tolerance: float
     basis: str  # where the tolerance comes from (module docstring)
+    seeds: tuple[int, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"seed {self.seed}" if self.seed is not None else f"mean of seeds {','.join(map(str, self.seeds))}"
 
     @property
     def difference(self) -> float:
@@ -243,9 +261,18 @@ def stored_environment(entry: dict[str, Any], record: RunRecord) -> str | None:
     return None
 
 
+def _drift_values(entry: dict[str, Any], name: str, metric: str) -> list[float]:
+    return [float(v) for v in entry.get("drift", {}).get("per_seed", {}).get(name, {}).get(metric, {}).values()]
+
+
 def max_drift(entry: dict[str, Any], name: str, metric: str) -> float | None:
-    values = entry.get("drift", {}).get("per_seed", {}).get(name, {}).get(metric)
-    return max(abs(float(v)) for v in values.values()) if values else None
+    values = _drift_values(entry, name, metric)
+    return max(abs(v) for v in values) if values else None
+
+
+def rms_drift(entry: dict[str, Any], name: str, metric: str) -> float | None:
+    values = _drift_values(entry, name, metric)
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else None
 
 
 def tolerance_for(doc: dict[str, Any], entry: dict[str, Any], name: str, metric: str, environment: str | None,
@@ -289,26 +316,50 @@ def compare(doc: dict[str, Any], records: list[RunRecord], overrides: dict[str, 
                     expected += float(entry["drift"]["per_seed"].get(name, {}).get(metric, {}).get(seed, 0.0))
                 tolerance, basis = tolerance_for(doc, entry, name, metric, environment, overrides)
                 checks.append(Check(label, run.seed, name, metric, expected, value, tolerance, basis))
-    return checks
+    return checks + paired_mean_checks(doc, checks)
+
+
+def paired_mean_checks(doc: dict[str, Any], checks: list[Check]) -> list[Check]:
+    """Per label and summary metric with >= 2 seeds checked against the measured drift: the mean over those seeds
+    of the paired differences, within max(drift_floor_pp, drift_factor * rms drift / sqrt(n)) (module docstring)."""
+    groups: dict[tuple[str, str, str], list[Check]] = defaultdict(list)
+    for c in checks:
+        if c.basis == "measured drift" and (c.set, c.metric) in SUMMARY:
+            groups[(c.label, c.set, c.metric)].append(c)
+    paired = []
+    for (label, name, metric), group in groups.items():
+        rms = rms_drift(doc["methods"][label], name, metric)
+        if len(group) < 2 or rms is None:
+            continue
+        n = len(group)
+        tolerance = max(float(doc["drift_floor_pp"]), float(doc["drift_factor"]) * rms / math.sqrt(n))
+        paired.append(Check(label, None, name, metric, float(np.mean([c.expected for c in group])),
+                            float(np.mean([c.got for c in group])), tolerance,
+                            f"measured drift (rms {rms:.2f}), paired mean", tuple(sorted(c.seed for c in group))))
+    return paired
 
 
 def detectable_effects(checks: list[Check]) -> dict[str, dict[str, float]]:
-    """Per label, the minimal detectable effect (the largest tolerance over its seeds: a shift beyond it fails
-    every seed) of the average AUROC and FPR95 and of the ID accuracy."""
-    effects: dict[str, dict[str, float]] = defaultdict(dict)
+    """Per label, the minimal detectable effect of the average AUROC and FPR95 and of the ID accuracy: the
+    smallest shift of every seed that surely fails, i.e. the paired-mean check's tolerance where there is one, else
+    the largest tolerance over the seeds (a shift beyond it fails every seed)."""
+    per_seed: dict[str, dict[str, float]] = defaultdict(dict)
+    paired: dict[str, dict[str, float]] = defaultdict(dict)
     for c in checks:
-        key = {(AVERAGE, "auroc"): "average AUROC", (AVERAGE, "fpr95"): "average FPR95",
-               (ID, "accuracy"): "ID accuracy"}.get((c.set, c.metric))
+        key = SUMMARY.get((c.set, c.metric))
         if key is not None:
-            effects[c.label][key] = max(effects[c.label].get(key, 0.0), c.tolerance)
-    return dict(effects)
+            into = per_seed if c.seed is not None else paired
+            into[c.label][key] = max(into[c.label].get(key, 0.0), c.tolerance)
+    return {label: {key: min(value, paired[label].get(key, value)) for key, value in effects.items()}
+            for label, effects in per_seed.items()}
 
 
 def table(checks: list[Check]) -> str:
     from tabulate import tabulate
 
-    rows = [(c.label, c.seed, c.set, c.metric, f"{c.expected:.2f}", f"{c.got:.2f}", f"{c.difference:+.2f}",
-             f"{c.tolerance:.2f}", c.basis, "ok" if c.passed else "FAIL") for c in checks]
+    rows = [(c.label, c.seed if c.seed is not None else "mean " + ",".join(map(str, c.seeds)), c.set, c.metric,
+             f"{c.expected:.2f}", f"{c.got:.2f}", f"{c.difference:+.2f}", f"{c.tolerance:.2f}", c.basis,
+             "ok" if c.passed else "FAIL") for c in checks]
     return tabulate(rows, headers=("method", "seed", "set", "metric", "expected", "got", "difference", "tolerance",
                                    "basis", "verdict"), tablefmt="github", disable_numparse=True)
 
