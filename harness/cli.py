@@ -27,6 +27,14 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _thread_counts(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--drift-threads {text!r} must be comma-separated integers, e.g. 2,3 "
+                                         "(0 skips the drift runs)") from None
+
+
 def _ood(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -122,7 +130,11 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     regress.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]PP",
                          help="tolerance in percentage points for every metric or one of fpr95, auroc, accuracy "
                               "(repeatable; overrides the file)")
-    regress.add_argument("--update", action="store_true", help="rewrite the expectations from these runs/records")
+    write = regress.add_mutually_exclusive_group()
+    write.add_argument("--update", action="store_true", help="rewrite the expectations from these runs/records")
+    write.add_argument("--add-drift", action="store_true",
+                       help="store these runs/records (every stored seed, in an environment the expectations do not "
+                            "hold) as one more measured drift: their per-seed differences from the stored values")
     regress.add_argument("--out", type=Path, default=Path("runs"), help="where runs write records (default runs/)")
     regress.add_argument("--cache-dir", type=Path, default=None, help="stage cache (default $OODBENCH_CACHE)")
     regress.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -143,13 +155,13 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--jobs", type=int, default=1,
                          help="worker processes running (label, seed) tasks side by side (default 1; e.g. one per "
                               "core with threads 1)")
-    publish.add_argument("--drift-threads", type=int, default=None,
-                         help="rerun every task under this thread count to measure cross-environment drift (default: "
-                              "the labels file's drift_threads; 0 skips)")
+    publish.add_argument("--drift-threads", type=_thread_counts, default=None,
+                         help="rerun every task under each of these thread counts (comma list) to measure "
+                              "cross-environment drift (default: the labels file's drift_threads; 0 skips)")
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    """Print the comparison table; exit 1 on any violation (0 after --update)."""
+    """Print the comparison table; exit 1 on any violation (0 after --update or --add-drift)."""
     from harness.config import parse_set_options
     from harness.data.spec import load_spec
     from harness.records import regression
@@ -175,6 +187,12 @@ def cmd_regress(args: argparse.Namespace) -> int:
             if args.seeds is None:
                 request.seeds = regression.recorded_seeds(doc, labels)
         records = execute(request)
+    if args.add_drift:
+        added = regression.add_drift(doc, records, path)
+        regression.write_expectations(path, doc)
+        print("\n".join(added))
+        print(f"wrote {path}")
+        return 0
     if args.update:
         new = regression.build_expectations(name, records, doc)
         regression.write_expectations(path, new)

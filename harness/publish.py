@@ -2,8 +2,8 @@
 `results/published.json`) for its seeds, from a clean cache, into `results/`, replacing that benchmark's records
 as a whole, then its leaderboard and its expectations (`harness.records.regression`).
 
-`results/published.json` maps a benchmark name to `{"seeds": [...], "threads": N, "preset": "paper", "labels":
-[{"method": NAME, "set": ["SCOPE.FIELD=VALUE", ...]}, ...]}`: one line per label.
+`results/published.json` maps a benchmark name to `{"seeds": [...], "threads": N, "drift_threads": [M, ...],
+"preset": "paper", "labels": [{"method": NAME, "set": ["SCOPE.FIELD=VALUE", ...]}, ...]}`: one line per label.
 """
 
 from __future__ import annotations
@@ -51,13 +51,25 @@ def published_requests(benchmark: str, published_file: Path, out_dir: Path, cach
     return requests
 
 
-def published_drift_threads(benchmark: str, published_file: Path) -> int:
-    """The labels file's `drift_threads` for `benchmark` (0 when it names none)."""
-    entries = json.loads(Path(published_file).read_text())[load_spec(benchmark).name]
-    value = entries.get("drift_threads", 0)
-    if not isinstance(value, int) or value < 0:
-        raise HarnessError(f"{published_file}: drift_threads {value!r} must be an integer >= 0")
-    return value
+def check_drift_threads(value: Any, where: str, threads: int | None) -> list[int]:
+    """Drift thread counts: a list of distinct integers >= 1 other than the published `threads` (an integer is a
+    list of one; 0 or [] measures no drift)."""
+    counts = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if value == 0:
+        counts = []
+    if not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                                               for c in counts) or len(set(counts)) != len(counts):
+        raise HarnessError(f"{where} {value!r} must be distinct thread counts >= 1, e.g. [2, 3] (0 or [] skips "
+                           "the drift runs)")
+    if threads in counts:
+        raise HarnessError(f"{where} {value!r} holds the published thread count {threads}; choose others (e.g. 2 "
+                           "and 3 for records published at 1)")
+    return counts
+
+
+def published_drift_threads(benchmark: str, published_file: Path) -> Any:
+    """The labels file's `drift_threads` for `benchmark` (unchecked; [] when it names none)."""
+    return json.loads(Path(published_file).read_text())[load_spec(benchmark).name].get("drift_threads", [])
 
 
 def clean_cache_dir(cache_dir: Path | None, benchmark: str) -> Path:
@@ -103,28 +115,26 @@ def drift_records(requests: list[RunRequest], staging: Path, cache_dir: Path, th
 
 
 def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE, cache_dir: Path | None = None,
-            threads: int | None = None, device: str = "auto", jobs: int = 1, drift_threads: int | None = None
-            ) -> tuple[list[RunRecord], list[str]]:
+            threads: int | None = None, device: str = "auto", jobs: int = 1,
+            drift_threads: int | list[int] | None = None) -> tuple[list[RunRecord], list[str]]:
     """Run every published label into a staging directory, then replace `<out>/records/<benchmark>` with it and
     rewrite the leaderboard and `<out>/expectations/<benchmark>.json`; returns the records and what changed.
 
     `jobs` > 1 runs (label, seed) tasks in that many worker processes sharing the cache (its file locks make each
     entry computed once); every task still runs with the labels file's thread count, so the numbers equal a
-    one-job publish's. Then every task runs again under `drift_threads` threads (default: the labels file's
-    `drift_threads`; 0 skips it) from a clean cache of its own, and the per-seed differences are stored as the
-    expectations' drift."""
+    one-job publish's. Then every task runs again under each of `drift_threads` thread counts (default: the labels
+    file's `drift_threads`; 0 or [] skips them) from a clean cache of its own, and the per-seed differences are
+    stored as the expectations' drifts, one per thread count."""
     if jobs < 1:
         raise HarnessError(f"--jobs {jobs} must be at least 1")
-    if drift_threads is not None and drift_threads < 0:
-        raise HarnessError(f"--drift-threads {drift_threads} must be >= 0 (0 skips the drift run)")
     name = load_spec(benchmark).name
     cache_dir = clean_cache_dir(cache_dir, name)
     staging = Path(out_dir) / f".publish-{name}"
     requests = published_requests(benchmark, published_file, staging, cache_dir, threads, device)
-    drift_threads = published_drift_threads(benchmark, published_file) if drift_threads is None else drift_threads
-    if drift_threads and drift_threads == requests[0].threads:
-        raise HarnessError(f"--drift-threads {drift_threads} equals the published thread count; choose another "
-                           "(e.g. 2 for records published at 1) or 0 to skip the drift run")
+    drift_counts = (check_drift_threads(published_drift_threads(benchmark, published_file),
+                                        f"{published_file}: drift_threads", requests[0].threads)
+                    if drift_threads is None else
+                    check_drift_threads(drift_threads, "--drift-threads", requests[0].threads))
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / CACHE_MARKER).touch()
     shutil.rmtree(staging, ignore_errors=True)
@@ -134,9 +144,9 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
               f"(cache {cache_dir})")
     run_tasks(tasks, jobs)
     drift = []
-    if drift_threads:
-        drift = drift_records(requests, Path(out_dir) / f".publish-{name}-drift", cache_dir / f"drift-{drift_threads}",
-                              drift_threads, max(1, jobs * (requests[0].threads or 1) // drift_threads))
+    for count in drift_counts:
+        drift += drift_records(requests, Path(out_dir) / f".publish-{name}-drift", cache_dir / f"drift-{count}",
+                               count, max(1, jobs * (requests[0].threads or 1) // count))
     target = Path(out_dir) / "records" / name
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)

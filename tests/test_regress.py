@@ -16,7 +16,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("regress")
     spec = write_tiny_spec(root)
     labels = root / "published.json"
-    labels.write_text(json.dumps({"tiny5k": {"seeds": [0, 1], "threads": 1, "drift_threads": 2, "preset": TINY_PRESET,
+    labels.write_text(json.dumps({"tiny5k": {"seeds": [0, 1], "threads": 1, "drift_threads": [2, 3],
+                                             "preset": TINY_PRESET,
                                              "labels": [
         {"method": "msp"}, {"method": "knn"}, {"method": "knn", "set": ["knn.k=5"]}]}}))
     records, changed = publish(str(spec), root / "results", labels, root / "cache")
@@ -129,11 +130,11 @@ def _write(records, directory, root):
     return directory
 
 
-def test_expectations_store_per_seed_drift_under_a_second_thread_count(tiny):
+def test_expectations_store_per_seed_drift_under_each_drift_thread_count(tiny):
     doc = json.loads(tiny["expectations"].read_text())
     entry = doc["methods"][KNN]
-    assert entry["drift"]["environment"]["torch_threads"] == 2
-    assert set(entry["drift"]["per_seed"]["Average"]["auroc"]) == {"0", "1"}
+    assert [d["environment"]["torch_threads"] for d in entry["drifts"]] == [2, 3]
+    assert all(set(d["per_seed"]["Average"]["auroc"]) == {"0", "1"} for d in entry["drifts"])
     assert doc["same_environment_pp"] == 0.01
 
 
@@ -143,7 +144,7 @@ def test_records_of_the_drift_environment_are_held_exactly_to_their_own_values(t
     doc = json.loads(tiny["expectations"].read_text())
     records = _records(tiny)
     for record in records.values():
-        drift = doc["methods"][record["label"]]["drift"]
+        drift = doc["methods"][record["label"]]["drifts"][0]
         record["environment"]["torch_threads"] = 2
         seed = str(record["seed"])
         for name, metrics in [*record["metrics"].items(), ("Average", record["average"])]:
@@ -157,3 +158,63 @@ def test_records_of_the_drift_environment_are_held_exactly_to_their_own_values(t
     first = next(r for r in records.values() if r["label"] == KNN)
     first["metrics"]["glyphs"]["auroc"] += 0.0005
     assert regress(tiny, "--records", str(_write(records, tmp_path / "nudged", tiny["results"] / "records"))) == 1
+
+
+def _shifted(tiny, threads, offset_pp, seeds=(0, 1)):
+    """The tiny records as if run under `threads` threads, every metric moved by `offset_pp`."""
+    records = {}
+    for path, record in _records(tiny).items():
+        if record["seed"] not in seeds:
+            continue
+        record["environment"]["torch_threads"] = threads
+        for metrics in [*record["metrics"].values(), record["average"]]:
+            for metric in ("fpr95", "auroc"):
+                metrics[metric] += offset_pp / 100
+        if record["id_accuracy"] is not None:
+            record["id_accuracy"] += offset_pp / 100
+        records[path] = record
+    return records
+
+
+def test_add_drift_stores_another_environment_and_then_holds_it_exactly(tiny, tmp_path, capsys):
+    copy = tmp_path / "expectations.json"
+    copy.write_text(tiny["expectations"].read_text())
+    base = ["regress", "--benchmark", str(tiny["spec"]), "--expectations", str(copy), "--records"]
+    five = str(_write(_shifted(tiny, 5, 0.3), tmp_path / "five", tiny["results"] / "records"))
+    assert main([*base, five, "--add-drift"]) == 0
+    assert f"+ {KNN}: drift of torch_threads: 1 -> 5" in capsys.readouterr().out
+    entry = json.loads(copy.read_text())["methods"][KNN]
+    assert [d["environment"]["torch_threads"] for d in entry["drifts"]] == [2, 3, 5]
+    assert entry["drifts"][2]["per_seed"]["glyphs"]["auroc"]["1"] == pytest.approx(0.3)
+    assert main([*base, five]) == 0  # a drift environment: held to its own values
+    assert "drift environment" in capsys.readouterr().out
+    nudged = str(_write(_shifted(tiny, 5, 0.35), tmp_path / "nudged", tiny["results"] / "records"))
+    assert main([*base, nudged]) == 1  # 0.05 pp off in a known environment
+
+
+@pytest.mark.parametrize("records, message", [
+    ((5, 0.3, (0,)), "lack seeds 1 of its expectations; a drift needs every stored seed"),
+    ((1, 0.3, (0, 1)), "already hold the environment of these records"),
+    ((2, 0.3, (0, 1)), "already hold the environment of these records"),
+])
+def test_add_drift_refuses_incomplete_or_known_environments(tiny, tmp_path, capsys, records, message):
+    copy = tmp_path / "expectations.json"
+    copy.write_text(tiny["expectations"].read_text())
+    before = copy.read_text()
+    directory = _write(_shifted(tiny, *records), tmp_path / "records", tiny["results"] / "records")
+    assert main(["regress", "--benchmark", str(tiny["spec"]), "--expectations", str(copy), "--records",
+                 str(directory), "--add-drift"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert copy.read_text() == before
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1", "holds the published thread count 1"), ("2,2", "must be distinct thread counts >= 1"),
+    ("x", "must be comma-separated integers"), ("-1", "must be distinct thread counts >= 1")])
+def test_publish_refuses_bad_drift_thread_counts(tiny, tmp_path, capsys, value, message):
+    assert main(["publish", "--benchmark", str(tiny["spec"]), "--labels", str(tiny["labels"]), "--out",
+                 str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--drift-threads", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -1,23 +1,23 @@
 """Regression checks: committed per-benchmark expectations (per-seed metric values, the environment they came from,
-and the per-seed drift observed when the same runs are repeated under a second torch thread count) and the
-seed-by-seed comparison of new records against them.
+and the per-seed drifts observed when the same runs are repeated in other environments, e.g. other torch thread
+counts) and the seed-by-seed comparison of new records against them.
 
 All values are in percentage points. Each record is compared with the stored value of the same label, seed, set
 and metric (never only with a mean). Its tolerance is, in this order:
 1. `--tolerance` on the command line, or the entry's `tolerance_pp`;
 2. `same_environment_pp` (0.01) when the record's numerics-relevant environment (torch version, threads, device,
-   CPU/GPU, CUDA/cuDNN, deterministic flags; not the commit) is the stored one, or the drift run's (then the stored
-   value plus the drift is expected): identical code reproduces exactly;
-3. otherwise `max(drift_floor_pp, drift_factor * d)`, d the largest |drift| over the seeds of that label, set and
-   metric: a tolerance grounded in a measured change of environment;
+   CPU/GPU, CUDA/cuDNN, deterministic flags; not the commit) is the stored one, or a drift run's (then the stored
+   value plus that drift is expected): identical code reproduces exactly;
+3. otherwise `max(drift_floor_pp, drift_factor * d)`, d the largest |drift| over the seeds and the drift runs of
+   that label, set and metric: a tolerance grounded in measured changes of environment;
 4. for expectations without a drift run, `max(floor_pp, spread_factor * s)`, s the std over seeds (ddof=1).
 In case 3, with n >= 2 seeds compared, one more check per label for each summary metric (average AUROC and FPR95,
 ID accuracy) holds the mean over those seeds of the per-seed differences (new minus stored, paired by seed) within
 `max(drift_floor_pp, drift_factor * r / sqrt(n))`, r the root mean square of the measured drift over the label's
-seeds: the differences of independently seeded runs average out as the drift run's did, while a regression shifts
-every seed. With drift_factor 2, no single seed moving by the largest measured drift can fail it: that moves the
-mean by max|d| / n <= r sqrt(N) / n, within 2 r / sqrt(n) whenever the N drift seeds number at most 4 n (N = 5,
-n >= 2). Per-set metrics keep the per-seed check only: each added paired check is one more chance of a false alarm.
+seeds and drift runs: the differences of independently seeded runs average out as the drift runs' did, while a
+regression shifts every seed. With drift_factor 2, no single seed moving by the largest measured drift can fail
+it: that moves the mean by max|d| / n <= r sqrt(N) / n, within 2 r / sqrt(n) whenever the N drift values number at
+most 4 n. Per-set metrics keep the per-seed check only: each added paired check is one more chance of a false alarm.
 A check's minimal detectable effect is the smallest shift of every seed that surely fails it: its tolerance.
 """
 
@@ -82,9 +82,21 @@ def numerics(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if k != "code_version"}
 
 
-def drift_entry(runs: list[RunRecord], drift_runs: list[RunRecord]) -> dict[str, Any]:
-    """Per (set, metric, seed): value under the drift environment minus the stored value (pp)."""
-    base = {r.seed: record_values(r) for r in runs}
+Values = dict[int, dict[tuple[str, str], float]]  # seed -> (set, metric) -> pp
+
+
+def stored_values(entry: dict[str, Any]) -> Values:
+    """The per-seed values an expectations entry holds."""
+    values: Values = defaultdict(dict)
+    for name, metrics in entry["metrics"].items():
+        for metric, stats in metrics.items():
+            for seed, value in stats["per_seed"].items():
+                values[int(seed)][(name, metric)] = float(value)
+    return dict(values)
+
+
+def drift_entry(base: Values, drift_runs: list[RunRecord]) -> dict[str, Any]:
+    """Per (set, metric, seed): value under the drift environment minus the stored value `base` (pp)."""
     per_seed: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for run in drift_runs:
         for (name, metric), value in record_values(run).items():
@@ -92,14 +104,23 @@ def drift_entry(runs: list[RunRecord], drift_runs: list[RunRecord]) -> dict[str,
                 per_seed[name][metric][str(run.seed)] = value - base[run.seed][(name, metric)]
     facts = environments(drift_runs)
     if len(facts) != 1:
-        raise HarnessError(f"drift runs of {runs[0].label} come from {len(facts)} environments; give one")
+        raise HarnessError(f"drift runs of {drift_runs[0].label} come from {len(facts)} environments; give one")
     return {"environment": facts[0], "per_seed": {n: dict(m) for n, m in per_seed.items()}}
+
+
+def drift_entries(runs: list[RunRecord], drift_runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """One drift entry per numerics-relevant environment of `drift_runs` (the label's runs repeated elsewhere)."""
+    by_environment: dict[str, list[RunRecord]] = defaultdict(list)
+    for run in drift_runs:
+        by_environment[json.dumps(numerics(run.facts), sort_keys=True)].append(run)
+    base = {r.seed: record_values(r) for r in runs}
+    return [drift_entry(base, group) for group in by_environment.values()]
 
 
 def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | None = None,
                       drift_runs: list[RunRecord] | None = None) -> dict[str, Any]:
-    """One method label's expectations from its records (one per seed), with the drift of `drift_runs` (the same
-    label and seeds under a second environment) when given."""
+    """One method label's expectations from its records (one per seed), with one drift per environment of
+    `drift_runs` (the same label and seeds repeated in other environments) when given."""
     per_seed = [record_values(r) for r in runs]
     metrics: dict[str, dict[str, Any]] = defaultdict(dict)
     for key in per_seed[0]:
@@ -111,8 +132,33 @@ def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | No
     entry = {"seeds": [r.seed for r in runs], "environments": environments(runs), "tolerance_pp": tolerance_pp or {},
              "metrics": dict(metrics)}
     if drift_runs:
-        entry["drift"] = drift_entry(runs, drift_runs)
+        entry["drifts"] = drift_entries(runs, drift_runs)
     return entry
+
+
+def add_drift(doc: dict[str, Any], records: list[RunRecord], path: Path | None = None) -> list[str]:
+    """Store the per-seed differences of `records` (every seed of each label, run in one environment the label's
+    expectations do not hold yet) from the stored values as one more measured drift; returns what was added."""
+    added = []
+    check_labels(doc, list(group_by_label(records)), path)
+    for label, runs in group_by_label(records).items():
+        entry = doc["methods"][label]
+        facts = environments(runs)
+        if len(facts) != 1:
+            raise HarnessError(f"records of {label} come from {len(facts)} environments; add one drift at a time")
+        known = [numerics(e) for e in entry.get("environments", [])] + [
+            numerics(d["environment"]) for d in entry.get("drifts", [])]
+        if numerics(facts[0]) in known:
+            raise HarnessError(f"the expectations of {label} already hold the environment of these records "
+                               "(stored or a drift); run them in another one, e.g. another --threads")
+        missing = sorted(set(entry["seeds"]) - {r.seed for r in runs})
+        if missing:
+            raise HarnessError(f"records of {label} lack seeds {', '.join(map(str, missing))} of its expectations; "
+                               "a drift needs every stored seed")
+        entry.setdefault("drifts", []).append(drift_entry(stored_values(entry),
+                                                          [r for r in runs if r.seed in set(entry["seeds"])]))
+        added.append(f"+ {label}: drift of {', '.join(differences(entry['environments'][0], facts[0]))}")
+    return added
 
 
 def build_expectations(benchmark: str, records: list[RunRecord], previous: dict[str, Any] | None = None,
@@ -126,9 +172,9 @@ def build_expectations(benchmark: str, records: list[RunRecord], previous: dict[
              for label, runs in group_by_label(records).items()}
     return {"benchmark": benchmark,
             "formula": "per seed: --tolerance or the entry's tolerance_pp; else same_environment_pp when the "
-                       "numerics-relevant environment is the stored (or the drift run's) one; else max(drift_floor_pp, "
-                       "drift_factor * max |drift| over seeds), and for n >= 2 such seeds their mean paired "
-                       "difference within max(drift_floor_pp, drift_factor * rms drift / sqrt(n)); else "
+                       "numerics-relevant environment is the stored (or a drift run's) one; else max(drift_floor_pp, "
+                       "drift_factor * max |drift| over seeds and drift runs), and for n >= 2 such seeds their mean "
+                       "paired difference within max(drift_floor_pp, drift_factor * rms drift / sqrt(n)); else "
                        "max(floor_pp, spread_factor * std over seeds)",
             "same_environment_pp": previous.get("same_environment_pp", SAME_ENVIRONMENT_PP),
             "drift_floor_pp": previous.get("drift_floor_pp", DRIFT_FLOOR_PP),
@@ -167,10 +213,13 @@ def load_expectations(path: Path, benchmark: str) -> dict[str, Any]:
                     float(stats["mean"]), float(stats["spread"]), dict(stats["per_seed"])
             for metric, value in entry.get("tolerance_pp", {}).items():
                 check_tolerance(value, f"{path} {label} tolerance_pp.{metric}")
-            for metrics in entry.get("drift", {}).get("per_seed", {}).values():
-                for seeds in metrics.values():
-                    [float(v) for v in seeds.values()]
-            dict(entry.get("drift", {}).get("environment", {}))
+            if "drift" in entry:
+                raise KeyError("'drift' (one drift run) is now 'drifts', a list of them")
+            for drift in entry.get("drifts", []):
+                dict(drift["environment"])
+                for metrics in drift["per_seed"].values():
+                    for seeds in metrics.values():
+                        [float(v) for v in seeds.values()]
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise _bad(path, f"has a malformed entry for {label!r} ({type(err).__name__}: {err})") from None
     return doc
@@ -250,19 +299,21 @@ class Check:
         return abs(self.difference) <= self.tolerance + 1e-9
 
 
-def stored_environment(entry: dict[str, Any], record: RunRecord) -> str | None:
-    """"stored" or "drift" when the record's numerics-relevant environment is the one the entry's values (or its
-    drift run) came from; None otherwise."""
+def stored_environment(entry: dict[str, Any], record: RunRecord) -> tuple[str, dict[str, Any] | None] | None:
+    """("stored", None) or ("drift", that drift) when the record's numerics-relevant environment is the one the
+    entry's values (or one of its drift runs) came from; None otherwise."""
     got = numerics(record.facts)
     if any(numerics(env) == got for env in entry.get("environments", [])):
-        return "stored"
-    if "drift" in entry and numerics(entry["drift"]["environment"]) == got:
-        return "drift"
+        return "stored", None
+    for drift in entry.get("drifts", []):
+        if numerics(drift["environment"]) == got:
+            return "drift", drift
     return None
 
 
 def _drift_values(entry: dict[str, Any], name: str, metric: str) -> list[float]:
-    return [float(v) for v in entry.get("drift", {}).get("per_seed", {}).get(name, {}).get(metric, {}).values()]
+    return [float(v) for drift in entry.get("drifts", [])
+            for v in drift["per_seed"].get(name, {}).get(metric, {}).values()]
 
 
 def max_drift(entry: dict[str, Any], name: str, metric: str) -> float | None:
@@ -301,7 +352,8 @@ def compare(doc: dict[str, Any], records: list[RunRecord], overrides: dict[str, 
     for label, runs in groups.items():
         entry = doc["methods"][label]
         for run in runs:
-            environment = stored_environment(entry, run)
+            known = stored_environment(entry, run)
+            environment, drift = known if known else (None, None)
             seed = str(run.seed)
             for (name, metric), value in sorted(record_values(run).items()):
                 stats = entry["metrics"].get(name, {}).get(metric)
@@ -312,8 +364,8 @@ def compare(doc: dict[str, Any], records: list[RunRecord], overrides: dict[str, 
                                        f"{', '.join(sorted(stats['per_seed']))}); compare those seeds or add this "
                                        "one with --update")
                 expected = float(stats["per_seed"][seed])
-                if environment == "drift":
-                    expected += float(entry["drift"]["per_seed"].get(name, {}).get(metric, {}).get(seed, 0.0))
+                if drift is not None:
+                    expected += float(drift["per_seed"].get(name, {}).get(metric, {}).get(seed, 0.0))
                 tolerance, basis = tolerance_for(doc, entry, name, metric, environment, overrides)
                 checks.append(Check(label, run.seed, name, metric, expected, value, tolerance, basis))
     return checks + paired_mean_checks(doc, checks)
@@ -372,7 +424,8 @@ def provenance_notes(doc: dict[str, Any], records: list[RunRecord]) -> list[str]
         entry = doc["methods"].get(label, {})
         expected = entry.get("environments", [])
         for run in runs:
-            if stored_environment(entry, run) == "drift":
+            known = stored_environment(entry, run)
+            if known and known[0] == "drift":
                 continue
             diffs = differences(expected[0], run.facts) if expected else ["expectations record no environment"]
             note = f"{label}: {'; '.join(diffs)}"
