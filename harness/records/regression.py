@@ -103,7 +103,7 @@ def drift_entry(base: Values, drift_runs: list[RunRecord]) -> dict[str, Any]:
             if (name, metric) in base.get(run.seed, {}):
                 per_seed[name][metric][str(run.seed)] = value - base[run.seed][(name, metric)]
     facts = environments(drift_runs)
-    if len(facts) != 1:
+    if len({json.dumps(numerics(f), sort_keys=True) for f in facts}) != 1:
         raise HarnessError(f"drift runs of {drift_runs[0].label} come from {len(facts)} environments; give one")
     return {"environment": facts[0], "per_seed": {n: dict(m) for n, m in per_seed.items()}}
 
@@ -144,7 +144,7 @@ def add_drift(doc: dict[str, Any], records: list[RunRecord], path: Path | None =
     for label, runs in group_by_label(records).items():
         entry = doc["methods"][label]
         facts = environments(runs)
-        if len(facts) != 1:
+        if len({json.dumps(numerics(f), sort_keys=True) for f in facts}) != 1:
             raise HarnessError(f"records of {label} come from {len(facts)} environments; add one drift at a time")
         known = [numerics(e) for e in entry.get("environments", [])] + [
             numerics(d["environment"]) for d in entry.get("drifts", [])]
