@@ -54,9 +54,7 @@ def published_requests(benchmark: str, published_file: Path, out_dir: Path, cach
 def check_drift_threads(value: Any, where: str, threads: int | None) -> list[int]:
     """Drift thread counts: a list of distinct integers >= 1 other than the published `threads` (an integer is a
     list of one; 0 or [] measures no drift)."""
-    counts = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if value == 0:
-        counts = []
+    counts = [] if value == 0 else [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
                                                for c in counts) or len(set(counts)) != len(counts):
         raise HarnessError(f"{where} {value!r} must be distinct thread counts >= 1, e.g. [2, 3] (0 or [] skips "

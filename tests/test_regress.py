@@ -218,3 +218,15 @@ def test_publish_refuses_bad_drift_thread_counts(tiny, tmp_path, capsys, value, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_add_drift_refuses_records_of_two_environments(tiny, tmp_path, capsys):
+    records = {**_shifted(tiny, 5, 0.3, seeds=(0,)), **_shifted(tiny, 6, 0.3, seeds=(1,))}
+    copy = tmp_path / "expectations.json"
+    copy.write_text(tiny["expectations"].read_text())
+    directory = _write(records, tmp_path / "records", tiny["results"] / "records")
+    assert main(["regress", "--benchmark", str(tiny["spec"]), "--expectations", str(copy), "--records",
+                 str(directory), "--add-drift"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "come from 2 environments; give one drift at a time" in err and len(err.splitlines()) == 1
+    assert copy.read_text() == tiny["expectations"].read_text()

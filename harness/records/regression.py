@@ -45,6 +45,7 @@ DRIFT_FLOOR_PP = 0.5
 DRIFT_FACTOR = 2.0
 METRICS = ("fpr95", "auroc", "accuracy")
 AVERAGE, ID = "Average", "ID"
+MEASURED_DRIFT = "measured drift"  # the basis of a check whose tolerance comes from the drifts (step 3)
 SUMMARY = {(AVERAGE, "auroc"): "average AUROC", (AVERAGE, "fpr95"): "average FPR95", (ID, "accuracy"): "ID accuracy"}
 
 
@@ -82,6 +83,11 @@ def numerics(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if k != "code_version"}
 
 
+def numerics_key(facts: dict[str, Any]) -> str:
+    """`numerics(facts)` as a hashable key."""
+    return json.dumps(numerics(facts), sort_keys=True)
+
+
 Values = dict[int, dict[tuple[str, str], float]]  # seed -> (set, metric) -> pp
 
 
@@ -103,8 +109,9 @@ def drift_entry(base: Values, drift_runs: list[RunRecord]) -> dict[str, Any]:
             if (name, metric) in base.get(run.seed, {}):
                 per_seed[name][metric][str(run.seed)] = value - base[run.seed][(name, metric)]
     facts = environments(drift_runs)
-    if len({json.dumps(numerics(f), sort_keys=True) for f in facts}) != 1:
-        raise HarnessError(f"drift runs of {drift_runs[0].label} come from {len(facts)} environments; give one")
+    count = len({numerics_key(f) for f in facts})
+    if count != 1:
+        raise HarnessError(f"runs of {drift_runs[0].label} come from {count} environments; give one drift at a time")
     return {"environment": facts[0], "per_seed": {n: dict(m) for n, m in per_seed.items()}}
 
 
@@ -112,7 +119,7 @@ def drift_entries(runs: list[RunRecord], drift_runs: list[RunRecord]) -> list[di
     """One drift entry per numerics-relevant environment of `drift_runs` (the label's runs repeated elsewhere)."""
     by_environment: dict[str, list[RunRecord]] = defaultdict(list)
     for run in drift_runs:
-        by_environment[json.dumps(numerics(run.facts), sort_keys=True)].append(run)
+        by_environment[numerics_key(run.facts)].append(run)
     base = {r.seed: record_values(r) for r in runs}
     return [drift_entry(base, group) for group in by_environment.values()]
 
@@ -143,21 +150,16 @@ def add_drift(doc: dict[str, Any], records: list[RunRecord], path: Path | None =
     check_labels(doc, list(group_by_label(records)), path)
     for label, runs in group_by_label(records).items():
         entry = doc["methods"][label]
-        facts = environments(runs)
-        if len({json.dumps(numerics(f), sort_keys=True) for f in facts}) != 1:
-            raise HarnessError(f"records of {label} come from {len(facts)} environments; add one drift at a time")
-        known = [numerics(e) for e in entry.get("environments", [])] + [
-            numerics(d["environment"]) for d in entry.get("drifts", [])]
-        if numerics(facts[0]) in known:
+        drift = drift_entry(stored_values(entry), runs)  # seeds the entry lacks add nothing
+        if stored_environment(entry, runs[0]) is not None:
             raise HarnessError(f"the expectations of {label} already hold the environment of these records "
                                "(stored or a drift); run them in another one, e.g. another --threads")
         missing = sorted(set(entry["seeds"]) - {r.seed for r in runs})
         if missing:
             raise HarnessError(f"records of {label} lack seeds {', '.join(map(str, missing))} of its expectations; "
                                "a drift needs every stored seed")
-        entry.setdefault("drifts", []).append(drift_entry(stored_values(entry),
-                                                          [r for r in runs if r.seed in set(entry["seeds"])]))
-        added.append(f"+ {label}: drift of {', '.join(differences(entry['environments'][0], facts[0]))}")
+        entry.setdefault("drifts", []).append(drift)
+        added.append(f"+ {label}: drift of {', '.join(differences(entry['environments'][0], drift['environment']))}")
     return added
 
 
@@ -337,7 +339,7 @@ def tolerance_for(doc: dict[str, Any], entry: dict[str, Any], name: str, metric:
         return float(doc["same_environment_pp"]), f"{environment} environment"
     drift = max_drift(entry, name, metric)
     if drift is not None:
-        return max(float(doc["drift_floor_pp"]), float(doc["drift_factor"]) * drift), "measured drift"
+        return max(float(doc["drift_floor_pp"]), float(doc["drift_factor"]) * drift), MEASURED_DRIFT
     spread = float(entry["metrics"][name][metric]["spread"])
     return max(float(doc["floor_pp"]), float(doc["spread_factor"]) * spread), "seed spread (no drift measured)"
 
@@ -376,7 +378,7 @@ def paired_mean_checks(doc: dict[str, Any], checks: list[Check]) -> list[Check]:
     of the paired differences, within max(drift_floor_pp, drift_factor * rms drift / sqrt(n)) (module docstring)."""
     groups: dict[tuple[str, str, str], list[Check]] = defaultdict(list)
     for c in checks:
-        if c.basis == "measured drift" and (c.set, c.metric) in SUMMARY:
+        if c.basis == MEASURED_DRIFT and (c.set, c.metric) in SUMMARY:
             groups[(c.label, c.set, c.metric)].append(c)
     paired = []
     for (label, name, metric), group in groups.items():
@@ -387,7 +389,7 @@ def paired_mean_checks(doc: dict[str, Any], checks: list[Check]) -> list[Check]:
         tolerance = max(float(doc["drift_floor_pp"]), float(doc["drift_factor"]) * rms / math.sqrt(n))
         paired.append(Check(label, None, name, metric, float(np.mean([c.expected for c in group])),
                             float(np.mean([c.got for c in group])), tolerance,
-                            f"measured drift (rms {rms:.2f}), paired mean", tuple(sorted(c.seed for c in group))))
+                            f"{MEASURED_DRIFT} (rms {rms:.2f}), paired mean", tuple(sorted(c.seed for c in group))))
     return paired
 
 
