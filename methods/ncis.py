@@ -50,7 +50,7 @@ from harness.components.outlier_images import (
     to_channels_tensor,
 )
 from harness.components.pixel_synthesis import PixelSynthesisConfig, PixelSynthesisMethod
-from harness.components.regularizers import PhiKind, TestScore
+from harness.components.regularizers import PhiKind, PhiOrientation, TestScore
 from harness.components.text_latent import (
     BoundarySampling,
     TextLatentConfig,
@@ -116,6 +116,10 @@ class NCISConfig(PixelSynthesisConfig):
     # 5. training with outliers (Sec. 3.5)
     beta: float = 1.0
     phi: PhiKind = "mlp"
+    # Sec. 2 and 3.5: the regulariser gives ID samples the higher energy score, which is then the OOD score: a phi
+    # monotone in the logsumexp (MonotonePhi) holds that orientation; "free" (the official code's unconstrained phi)
+    # can learn the inverted one (docs/ncis.md)
+    phi_orientation: PhiOrientation = "anchored"
     test_score: TestScore = "phi"
     baseline_msp: bool = True             # record the shared baseline classifier's MSP on the decoded outliers
     epochs: int | None = None             # None = the benchmark recipe's; else scaled like it (preset, --set)
@@ -225,7 +229,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         "*": {"p": 5.0, "invariant_rule": "reference", "invariants": "last", "reconstruction_step": True,
               "best_checkpoint": True, "embedding_prompt": "An image of a {}",
               "prompt_template": "A high-quality image of the {}", "scheduler": "pndm", "images_per_embedding": 8,
-              "test_score": "energy", "class_names": "official"},
+              "test_score": "energy", "class_names": "official", "phi_orientation": "free"},
         "cifar100": {"phi": "linear", "batch_size": 256},
         "imagenet100": {"batch_size": 80},
     }
