@@ -116,9 +116,9 @@ class NCISConfig(PixelSynthesisConfig):
     # 5. training with outliers (Sec. 3.5)
     beta: float = 1.0
     phi: PhiKind = "mlp"
-    # Sec. 2 and 3.5: the regulariser gives ID samples the higher energy score, which is then the OOD score: a phi
-    # monotone in the logsumexp (MonotonePhi) holds that orientation; "free" (the official code's unconstrained phi)
-    # can learn the inverted one (docs/ncis.md)
+    # Sec. 3 (opening) and 3.5: the regulariser gives ID samples the higher energy score, which is then the OOD
+    # score: a phi monotone in the logsumexp (MonotonePhi) holds that orientation; "free" (the official code's
+    # unconstrained phi) can learn the inverted one (docs/ncis.md)
     phi_orientation: PhiOrientation = "anchored"
     test_score: TestScore = "phi"
     baseline_msp: bool = True             # record the shared baseline classifier's MSP on the decoded outliers
