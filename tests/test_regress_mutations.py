@@ -145,7 +145,7 @@ def test_one_seed_moved_by_the_largest_measured_drift_passes(tmp_path, label):
 
 
 def test_the_paired_mean_sets_the_detectable_effect(tmp_path, capsys):
-    """In an unmeasured environment ncis's minimal detectable effect on the average AUROC is drift_factor x
+    """In an unmeasured environment ncis's minimal detectable effect on the average AUROC is paired_drift_factor x
     sqrt(systematic^2 + rms^2 / 5 seeds), not drift_factor x the largest drift; with one seed there is no paired
     check."""
     runs = [list(d["per_seed"]["Average"]["auroc"].values()) for d in EXPECTATIONS["methods"]["ncis"]["drifts"]]
@@ -155,9 +155,11 @@ def test_the_paired_mean_sets_the_detectable_effect(tmp_path, capsys):
     records = {p: _as_environment(r, "unmeasured") for p, r in ORIGINAL.items()}
     assert _regress(tmp_path / "all", records) == 0
     out = capsys.readouterr().out
-    assert f"ncis: average AUROC {max(0.5, 2 * np.hypot(shared, rms / np.sqrt(5))):.2f}," in out
+    paired = EXPECTATIONS["paired_drift_factor"] * np.hypot(shared, rms / np.sqrt(5))
+    assert f"ncis: average AUROC {max(EXPECTATIONS['drift_floor_pp'], paired):.2f}," in out
     one = {p: r for p, r in records.items() if r["seed"] == 0}
     assert _regress(tmp_path / "one", one) == 0
     out = capsys.readouterr().out
     assert "paired mean" not in out
-    assert f"ncis: average AUROC {max(0.5, 2 * max(abs(d) for d in drift)):.2f}," in out  # the per-seed check's
+    per_seed = EXPECTATIONS["drift_factor"] * max(abs(d) for d in drift)
+    assert f"ncis: average AUROC {max(EXPECTATIONS['drift_floor_pp'], per_seed):.2f}," in out  # the per-seed check's

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.records.regression import build_expectations, compare, detectable_effects
+from harness.records.regression import PAIRED_DRIFT_FACTOR, build_expectations, compare, detectable_effects
 from harness.records.results import RunRecord
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -42,8 +42,9 @@ def paired(checks):
 
 def test_the_paired_tolerance_adds_the_largest_systematic_drift_to_the_averaged_rest():
     check = paired(compare(DOC, runs(STORED, 7)))
-    assert check.tolerance == pytest.approx(2 * math.hypot(SHARED, RMS / math.sqrt(5)))
-    assert check.tolerance > 2 * RMS / math.sqrt(5) + 1.0       # the averaged part alone would be far tighter
+    assert DOC["paired_drift_factor"] == PAIRED_DRIFT_FACTOR == 2.5
+    assert check.tolerance == pytest.approx(2.5 * math.hypot(SHARED, RMS / math.sqrt(5)))
+    assert check.tolerance > 2.5 * RMS / math.sqrt(5) + 1.0     # the averaged part alone would be far tighter
     assert "systematic 0.86" in check.basis
     assert detectable_effects(compare(DOC, runs(STORED, 7)))["m"]["average AUROC"] == pytest.approx(check.tolerance)
 

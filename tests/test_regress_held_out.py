@@ -1,0 +1,53 @@
+"""The published mnist5k labels rerun from empty caches under thread counts that no drift run measured
+(results/held_out/mnist5k/threads-N, written by `regress --threads N`) pass `regress` against the committed
+expectations: the unmodified records pass in a different environment, not only as relabelled copies of the stored
+values. After a `publish` these reruns are stale and this test fails until they are regenerated (docs/regression.md
+gives the commands)."""
+
+import json
+import shutil
+
+import pytest
+
+from harness.cli import main
+from harness.paths import RESULTS_DIR
+
+HELD_OUT = sorted((RESULTS_DIR / "held_out" / "mnist5k").glob("threads-*"))
+EXPECTATIONS = json.loads((RESULTS_DIR / "expectations" / "mnist5k.json").read_text())
+# Known gap (docs/regression.md): the complexity score of the MLE flow subtracts the image's complexity from its
+# NLL, and at 5 threads a flow whose NLL AUROCs moved <= 0.1 pp moved that score's textures AUROC by 7.6 pp (seed 0)
+# and its textures FPR95 by 21.1 pp (seed 3): beyond what the 2- and 3-thread drifts measured.
+KNOWN_FAILURES = {"threads-5": {"flow(score=complexity,variant=mle)"}}
+
+
+def test_held_out_reruns_exist():
+    assert len(HELD_OUT) >= 2, "results/held_out/mnist5k holds fewer than two thread counts"
+
+
+def _regress(paths, into):
+    for path in paths:
+        (into / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, into / path.parent.name / path.name)
+    return main(["regress", "--benchmark", "mnist5k", "--records", str(into)])
+
+
+@pytest.mark.parametrize("directory", HELD_OUT, ids=lambda p: p.name)
+def test_a_rerun_under_an_unmeasured_thread_count_passes_but_for_its_known_gaps(directory, tmp_path, capsys):
+    paths = sorted(directory.rglob("seed*.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    labels = {r["label"] for r in records}
+    threads = {r["environment"]["torch_threads"] for r in records}
+    assert threads == {int(directory.name.removeprefix("threads-"))}
+    for label in labels:
+        entry = EXPECTATIONS["methods"][label]
+        measured = {e["torch_threads"] for e in entry["environments"]}
+        measured |= {d["environment"]["torch_threads"] for d in entry["drifts"]}
+        assert threads.isdisjoint(measured), f"{label} at {threads} threads is a measured environment"
+        assert sorted(r["seed"] for r in records if r["label"] == label) == entry["seeds"]
+    known = KNOWN_FAILURES.get(directory.name, set())
+    failing = [p for p, r in zip(paths, records, strict=True) if r["label"] in known]
+    assert _regress([p for p in paths if p not in failing], tmp_path / "rest") == 0
+    out = capsys.readouterr().out
+    assert "paired mean" in out and "torch_threads: 1 -> " in out
+    if known:  # strict: a known gap that closes must be removed from KNOWN_FAILURES
+        assert _regress(failing, tmp_path / "known") == 1
