@@ -14,13 +14,9 @@ from harness.paths import RESULTS_DIR
 
 HELD_OUT = sorted((RESULTS_DIR / "held_out" / "mnist5k").glob("threads-*"))
 EXPECTATIONS = json.loads((RESULTS_DIR / "expectations" / "mnist5k.json").read_text())
-# Known gaps (docs/regression.md), each a cell whose value the floating-point reduction order sets, beyond what the
-# 2- and 3-thread drifts measured:
-# - the complexity score of the MLE flow subtracts the image's complexity from its NLL, and at 5 threads a flow whose
-#   NLL AUROCs moved <= 0.1 pp moved that score's textures AUROC by 7.6 pp (seed 0) and textures FPR95 by 21.1 pp;
-# - NCIS's classifier puts noise on either side of the digits (docs/benchmarks.md), and at 4 threads, with every
-#   stage before the classifier equal to 5 significant digits, noise AUROC fell 75.3 -> 39.0 (seed 0) and
-#   94.7 -> 66.5 (seed 1): the paired mean of the average AUROC moved -2.96 pp against a tolerance of 2.14.
+# Known gaps, measured and explained in docs/regression.md: cells whose value the floating-point reduction order
+# sets beyond what the 2- and 3-thread drifts measured (ncis's noise, 75.3 -> 39.0 AUROC at seed 0 with 4 threads;
+# the MLE flow's complexity-minus-NLL score on textures, 92.83 -> 85.22 at seed 0 with 5 threads).
 KNOWN_FAILURES = {"threads-4": {"ncis"}, "threads-5": {"flow(score=complexity,variant=mle)"}}
 
 
