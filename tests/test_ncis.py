@@ -206,6 +206,10 @@ def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
     again = {"classifier": overrides["classifier"], "ncis": TINY_NCIS}
     execute(RunRequest(methods=["ncis"], overrides=again, out_dir=tmp_path / "again"), cache=session_cache)
     assert {stage: session_cache.misses(stage) for stage in before} == before
+    # another run seed shares the embeddings (embedding_seed is fixed) and redraws every later stage
+    execute(RunRequest(methods=["ncis"], overrides=again, seeds=[1], out_dir=tmp_path / "again"), cache=session_cache)
+    assert session_cache.misses("ncis-embeddings") == before["ncis-embeddings"]
+    assert session_cache.misses("ncis-cvpn") == before["ncis-cvpn"] + 1
 
 
 # ---------------------------------------------------------------- eq. 8's class Gaussians: N_c vs D, shrinkage
