@@ -145,6 +145,8 @@ class NCISConfig(PixelSynthesisConfig):
                      "outliers_per_class", "images_per_embedding", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.embedding_seed is not None and self.embedding_seed < 0:
+            raise ValueError(f"embedding_seed={self.embedding_seed} must be >= 0, or none for the run seed")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or none (got {getattr(self, name)})")

@@ -145,7 +145,9 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, model_dir):
                              (f"ncis.outliers_dir={tmp_path / 'nothing'}", "does not exist"),
                              ("ncis.prompt_template=no class", "exactly one"),
                              ("ncis.keep_below_id_percentile=150", "=150.0 must be a percentage"),
-                             ("ncis.phi_orientation=up", "phi_orientation")]:
+                             ("ncis.phi_orientation=up", "phi_orientation"),
+                             ("ncis.embedding_seed=-1", "embedding_seed=-1 must be >= 0"),
+                             ("ncis.embedding_seed=first", "is not an integer")]:
         code = main(["run", "--methods", "ncis", "--set", setting, "--out", str(tmp_path / "out"),
                      "--cache-dir", str(tmp_path / "cache")])
         err = capsys.readouterr().err.strip()
