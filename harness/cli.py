@@ -135,6 +135,10 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     write.add_argument("--add-drift", action="store_true",
                        help="store these runs/records (every stored seed, in an environment the expectations do not "
                             "hold) as one more measured drift: their per-seed differences from the stored values")
+    write.add_argument("--calibrate", metavar="DxP[,DxP...]", default=None,
+                       help="with --records of reruns in environments no drift measured: per pair of drift_factor x "
+                            "paired_drift_factor, the false alarms per environment and the largest minimal "
+                            "detectable effect (docs/regression.md's calibration table)")
     regress.add_argument("--out", type=Path, default=Path("runs"), help="where runs write records (default runs/)")
     regress.add_argument("--cache-dir", type=Path, default=None, help="stage cache (default $OODBENCH_CACHE)")
     regress.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -171,6 +175,9 @@ def cmd_regress(args: argparse.Namespace) -> int:
     name = load_spec(args.benchmark).name
     path = args.expectations or regression.expectations_path(name)
     overrides = regression.parse_tolerances(args.tolerance)
+    pairs = regression.parse_factor_pairs(args.calibrate) if args.calibrate is not None else None
+    if pairs is not None and args.records is None:
+        raise HarnessError("--calibrate compares existing reruns: pass them with --records DIR")
     doc = None if args.update and not path.exists() else regression.load_expectations(path, name)
     if args.records is not None:
         records = load_record_tree(args.records, name)
@@ -187,6 +194,9 @@ def cmd_regress(args: argparse.Namespace) -> int:
             if args.seeds is None:
                 request.seeds = regression.recorded_seeds(doc, labels)
         records = execute(request)
+    if pairs is not None:
+        print(regression.calibration_table(doc, records, pairs))
+        return 0
     if args.add_drift:
         added = regression.add_drift(doc, records, path)
         regression.write_expectations(path, doc)

@@ -11,6 +11,8 @@ import pytest
 
 from harness.cli import main
 from harness.paths import RESULTS_DIR
+from harness.records.regression import compare, detectable_effects, false_alarms, unmeasured_environment_checks
+from harness.records.results import load_record_tree
 
 HELD_OUT = sorted((RESULTS_DIR / "held_out" / "mnist5k").glob("threads-*"))
 EXPECTATIONS = json.loads((RESULTS_DIR / "expectations" / "mnist5k.json").read_text())
@@ -51,3 +53,36 @@ def test_a_rerun_under_an_unmeasured_thread_count_passes_but_for_its_known_gaps(
     assert "paired mean" in out and "torch_threads: 1 -> " in out
     if known:  # strict: a known gap that closes must be removed from KNOWN_FAILURES
         assert _regress(failing, tmp_path / "known") == 1
+
+
+def test_calibration_finds_the_known_gaps_and_meets_the_detectable_effect_targets(capsys):
+    """`regress --calibrate` (docs/regression.md's table) on the committed reruns: at the committed factors exactly
+    the known gaps fail; tighter factors raise more false alarms; every label's minimal detectable effect in a new
+    environment is within the targets (5 pp average AUROC, 1 pp ID accuracy) and equals what `regress` prints for
+    the published records relabelled to an unmeasured thread count."""
+    records = load_record_tree(HELD_OUT[0].parent, "mnist5k")
+    factors = EXPECTATIONS["drift_factor"], EXPECTATIONS["paired_drift_factor"]
+    alarms = false_alarms(EXPECTATIONS, records, *factors)
+    assert len(alarms) == len(HELD_OUT)
+    for alarm in alarms:
+        threads = alarm.environment.removeprefix("torch_threads: 1 -> ")
+        assert set(alarm.labels) == KNOWN_FAILURES.get(f"threads-{threads}", set()), alarm
+    tight = false_alarms(EXPECTATIONS, records, 1.0, 1.0)
+    assert all(t.failed_per_seed > a.failed_per_seed for t, a in zip(tight, alarms, strict=True))
+    effects = detectable_effects(unmeasured_environment_checks(EXPECTATIONS))
+    assert set(effects) == set(EXPECTATIONS["methods"])
+    assert all(e["average AUROC"] <= 5 and e.get("ID accuracy", 0) <= 1 for e in effects.values()), effects
+    published = load_record_tree(RESULTS_DIR / "records" / "mnist5k", "mnist5k")
+    for record in published:
+        record.environment["torch_threads"] = 7
+    assert detectable_effects(compare(EXPECTATIONS, published)) == effects
+    assert main(["regress", "--benchmark", "mnist5k", "--records", str(HELD_OUT[0].parent), "--calibrate",
+                 "1x1,{:g}x{:g}".format(*factors)]) == 0
+    assert str(alarms[0]) in capsys.readouterr().out
+    for bad, message in [("4y2", "is not DRIFTxPAIRED"), ("0x2", "finite numbers > 0")]:
+        assert main(["regress", "--benchmark", "mnist5k", "--records", str(HELD_OUT[0].parent), "--calibrate",
+                     bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert main(["regress", "--benchmark", "mnist5k", "--methods", "msp", "--calibrate", "4x2"]) == 2
+    assert "pass them with --records" in capsys.readouterr().err

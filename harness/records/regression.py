@@ -435,6 +435,95 @@ def detectable_effects(checks: list[Check]) -> dict[str, dict[str, float]]:
             for label, effects in per_seed.items()}
 
 
+def unmeasured_environment_checks(doc: dict[str, Any]) -> list[Check]:
+    """The summary checks the stored values themselves would get from an environment no drift run measured: their
+    tolerances (`detectable_effects`) are the minimal detectable effects of a run in a new environment."""
+    checks = []
+    for label, entry in doc["methods"].items():
+        for name, metric in SUMMARY:
+            stats = entry["metrics"].get(name, {}).get(metric)
+            if stats is None:
+                continue
+            tolerance, basis = tolerance_for(doc, entry, name, metric, None, {})
+            checks += [Check(label, int(seed), name, metric, float(value), float(value), tolerance, basis)
+                       for seed, value in stats["per_seed"].items()]
+    return checks + paired_mean_checks(doc, checks)
+
+
+def parse_factor_pairs(text: str) -> list[tuple[float, float]]:
+    """`2x2,4x2.5` -> [(drift_factor, paired_drift_factor), ...], every factor a number > 0."""
+    pairs = []
+    for item in text.split(","):
+        try:
+            drift, paired = (float(part) for part in item.strip().split("x"))
+        except ValueError:
+            raise HarnessError(f"--calibrate {text!r}: {item.strip()!r} is not DRIFTxPAIRED; give factor pairs such "
+                               "as 2x2,4x2.5") from None
+        if not (drift > 0 and paired > 0 and math.isfinite(drift) and math.isfinite(paired)):
+            raise HarnessError(f"--calibrate {text!r}: factors must be finite numbers > 0, e.g. 4x2.5")
+        pairs.append((drift, paired))
+    return pairs
+
+
+@dataclass(frozen=True)
+class FalseAlarms:
+    """Checks of unmodified reruns from one environment no expectation measured, under one pair of factors."""
+    environment: str  # how it differs from the stored one, e.g. "torch_threads: 1 -> 4"
+    failed_per_seed: int
+    per_seed: int
+    failed_paired: int
+    paired: int
+    labels: tuple[str, ...]  # the labels with a failed check
+
+    def __str__(self) -> str:
+        failing = f" ({', '.join(self.labels)})" if self.labels else ""
+        return f"{self.failed_per_seed} of {self.per_seed} / {self.failed_paired} of {self.paired}{failing}"
+
+
+def false_alarms(doc: dict[str, Any], records: list[RunRecord], drift_factor: float, paired_drift_factor: float
+                 ) -> list[FalseAlarms]:
+    """Per environment of `records` (reruns of unmodified code under environments that neither the expectations nor
+    their drift runs measured, so each failed check is a false alarm), the failed checks under these factors."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        entry = doc["methods"].get(record.label)
+        if entry is not None and stored_environment(entry, record) is not None:
+            raise HarnessError(f"{record.label} seed {record.seed} comes from an environment the expectations hold; "
+                               "calibrate on reruns under other environments (e.g. regress --threads 4)")
+        groups[numerics_key(record.facts)].append(record)
+    trial = {**doc, "drift_factor": drift_factor, "paired_drift_factor": paired_drift_factor}
+    found = []
+    for runs in groups.values():
+        checks = compare(trial, runs)
+        stored = doc["methods"][runs[0].label]["environments"][0]
+        per_seed = [c for c in checks if c.seed is not None]
+        paired = [c for c in checks if c.seed is None]
+        found.append(FalseAlarms("; ".join(differences(numerics(stored), numerics(runs[0].facts))),
+                                 sum(not c.passed for c in per_seed), len(per_seed),
+                                 sum(not c.passed for c in paired), len(paired),
+                                 tuple(sorted({c.label for c in checks if not c.passed}))))
+    return found
+
+
+def calibration_table(doc: dict[str, Any], records: list[RunRecord], pairs: list[tuple[float, float]]) -> str:
+    """The factors' calibration (docs/regression.md), one row per (drift_factor, paired_drift_factor): the
+    `false_alarms` of `records` per environment (failed per-seed checks / failed paired means, and the labels), then
+    the largest minimal detectable effect of the average AUROC and the ID accuracy the pair gives a run in a new
+    environment."""
+    from tabulate import tabulate
+
+    rows, columns = [], []
+    for drift, paired in pairs:
+        alarms = false_alarms(doc, records, drift, paired)
+        columns = [a.environment for a in alarms]
+        trial = {**doc, "drift_factor": drift, "paired_drift_factor": paired}
+        effects = detectable_effects(unmeasured_environment_checks(trial)).values()
+        largest = [max(e.get(key, 0.0) for e in effects) for key in ("average AUROC", "ID accuracy")]
+        rows.append([f"{drift:g} x {paired:g}", *map(str, alarms), f"{largest[0]:.2f} / {largest[1]:.2f}"])
+    return tabulate(rows, headers=["drift x paired factor", *columns, "largest MDE: average AUROC / ID acc."],
+                    tablefmt="github", disable_numparse=True)
+
+
 def table(checks: list[Check]) -> str:
     from tabulate import tabulate
 
