@@ -16,10 +16,9 @@ from harness.records.results import load_record_tree
 
 HELD_OUT = sorted((RESULTS_DIR / "held_out" / "mnist5k").glob("threads-*"))
 EXPECTATIONS = json.loads((RESULTS_DIR / "expectations" / "mnist5k.json").read_text())
-# Known gaps, measured and explained in docs/regression.md: cells whose value the floating-point reduction order
-# sets beyond what the 2- and 3-thread drifts measured (ncis's noise, 75.3 -> 39.0 AUROC at seed 0 with 4 threads;
-# the MLE flow's complexity-minus-NLL score on textures, 92.83 -> 85.22 at seed 0 with 5 threads).
-KNOWN_FAILURES = {"threads-4": {"ncis"}, "threads-5": {"flow(score=complexity,variant=mle)"}}
+# Known gap, measured and explained in docs/regression.md: a cell whose value the floating-point reduction order
+# sets beyond what the 2- and 3-thread drifts measured (the MLE flow's complexity-minus-NLL score on textures).
+KNOWN_FAILURES = {"threads-5": {"flow(score=complexity,variant=mle)"}}
 
 
 def test_held_out_reruns_exist():
