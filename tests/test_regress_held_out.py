@@ -11,7 +11,13 @@ import pytest
 
 from harness.cli import main
 from harness.paths import RESULTS_DIR
-from harness.records.regression import compare, detectable_effects, false_alarms, unmeasured_environment_checks
+from harness.records.regression import (
+    compare,
+    detectable_effects,
+    false_alarms,
+    unmeasured_environment_checks,
+    with_factors,
+)
 from harness.records.results import load_record_tree
 
 HELD_OUT = sorted((RESULTS_DIR / "held_out" / "mnist5k").glob("threads-*"))
@@ -61,12 +67,12 @@ def test_calibration_finds_the_known_gaps_and_meets_the_detectable_effect_target
     the published records relabelled to an unmeasured thread count."""
     records = load_record_tree(HELD_OUT[0].parent, "mnist5k")
     factors = EXPECTATIONS["drift_factor"], EXPECTATIONS["paired_drift_factor"]
-    alarms = false_alarms(EXPECTATIONS, records, *factors)
+    alarms = false_alarms(EXPECTATIONS, records)
     assert len(alarms) == len(HELD_OUT)
     for alarm in alarms:
         threads = alarm.environment.removeprefix("torch_threads: 1 -> ")
         assert set(alarm.labels) == KNOWN_FAILURES.get(f"threads-{threads}", set()), alarm
-    tight = false_alarms(EXPECTATIONS, records, 1.0, 1.0)
+    tight = false_alarms(with_factors(EXPECTATIONS, 1.0, 1.0), records)
     assert all(t.failed_per_seed > a.failed_per_seed for t, a in zip(tight, alarms, strict=True))
     effects = detectable_effects(unmeasured_environment_checks(EXPECTATIONS))
     assert set(effects) == set(EXPECTATIONS["methods"])

@@ -127,13 +127,18 @@ def drift_entry(base: Values, drift_runs: list[RunRecord]) -> dict[str, Any]:
     return {"environment": facts[0], "per_seed": {n: dict(m) for n, m in per_seed.items()}}
 
 
+def group_by_environment(records: list[RunRecord]) -> list[list[RunRecord]]:
+    """`records` split by numerics-relevant environment, in order of first appearance."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[numerics_key(record.facts)].append(record)
+    return list(groups.values())
+
+
 def drift_entries(runs: list[RunRecord], drift_runs: list[RunRecord]) -> list[dict[str, Any]]:
     """One drift entry per numerics-relevant environment of `drift_runs` (the label's runs repeated elsewhere)."""
-    by_environment: dict[str, list[RunRecord]] = defaultdict(list)
-    for run in drift_runs:
-        by_environment[numerics_key(run.facts)].append(run)
     base = {r.seed: record_values(r) for r in runs}
-    return [drift_entry(base, group) for group in by_environment.values()]
+    return [drift_entry(base, group) for group in group_by_environment(drift_runs)]
 
 
 def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | None = None,
@@ -480,21 +485,22 @@ class FalseAlarms:
         return f"{self.failed_per_seed} of {self.per_seed} / {self.failed_paired} of {self.paired}{failing}"
 
 
-def false_alarms(doc: dict[str, Any], records: list[RunRecord], drift_factor: float, paired_drift_factor: float
-                 ) -> list[FalseAlarms]:
+def with_factors(doc: dict[str, Any], drift_factor: float, paired_drift_factor: float) -> dict[str, Any]:
+    """`doc` with its two tolerance factors replaced (the calibration's trial expectations)."""
+    return {**doc, "drift_factor": drift_factor, "paired_drift_factor": paired_drift_factor}
+
+
+def false_alarms(doc: dict[str, Any], records: list[RunRecord]) -> list[FalseAlarms]:
     """Per environment of `records` (reruns of unmodified code under environments that neither the expectations nor
-    their drift runs measured, so each failed check is a false alarm), the failed checks under these factors."""
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    their drift runs measured, so each failed check is a false alarm), the failed checks under `doc`'s factors."""
     for record in records:
         entry = doc["methods"].get(record.label)
         if entry is not None and stored_environment(entry, record) is not None:
             raise HarnessError(f"{record.label} seed {record.seed} comes from an environment the expectations hold; "
                                "calibrate on reruns under other environments (e.g. regress --threads 4)")
-        groups[numerics_key(record.facts)].append(record)
-    trial = {**doc, "drift_factor": drift_factor, "paired_drift_factor": paired_drift_factor}
     found = []
-    for runs in groups.values():
-        checks = compare(trial, runs)
+    for runs in group_by_environment(records):
+        checks = compare(doc, runs)
         stored = doc["methods"][runs[0].label]["environments"][0]
         per_seed = [c for c in checks if c.seed is not None]
         paired = [c for c in checks if c.seed is None]
@@ -512,14 +518,14 @@ def calibration_table(doc: dict[str, Any], records: list[RunRecord], pairs: list
     environment."""
     from tabulate import tabulate
 
-    rows, columns = [], []
+    rows = []
     for drift, paired in pairs:
-        alarms = false_alarms(doc, records, drift, paired)
-        columns = [a.environment for a in alarms]
-        trial = {**doc, "drift_factor": drift, "paired_drift_factor": paired}
+        trial = with_factors(doc, drift, paired)
+        alarms = false_alarms(trial, records)
         effects = detectable_effects(unmeasured_environment_checks(trial)).values()
         largest = [max(e.get(key, 0.0) for e in effects) for key in ("average AUROC", "ID accuracy")]
         rows.append([f"{drift:g} x {paired:g}", *map(str, alarms), f"{largest[0]:.2f} / {largest[1]:.2f}"])
+    columns = [a.environment for a in false_alarms(doc, records)]
     return tabulate(rows, headers=["drift x paired factor", *columns, "largest MDE: average AUROC / ID acc."],
                     tablefmt="github", disable_numparse=True)
 
