@@ -34,3 +34,10 @@ RESULTS_DIR = DATA_HOME / "results"
 REFERENCE_DIR = RESULTS_DIR / "reference"
 EXPECTATIONS_DIR = RESULTS_DIR / "expectations"
 PUBLISHED_FILE = RESULTS_DIR / "published.json"
+
+
+def recorded_path(path: str | Path) -> str:
+    """A path as records store it: relative to the data home when under it (`models/tiny-sd-mnist5k`), so records of
+    the shipped model do not name the checkout's location; a path elsewhere (a user's model) absolute."""
+    resolved = Path(path).expanduser().resolve()
+    return str(resolved.relative_to(DATA_HOME)) if resolved.is_relative_to(DATA_HOME) else str(resolved)

@@ -186,8 +186,7 @@ class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
                     "outlier_resize": self.config.outlier_resize, "test_score": self.config.test_score,
                     **self.regulariser_details()}
         return {"selection": self.config.selection, "outlier_resize": self.config.outlier_resize,
-                "test_score": self.config.test_score, "model_directory": str(self.backend.directory),
-                "model_fingerprint": self.backend.fingerprint, "outliers": len(self.outliers),
+                "test_score": self.config.test_score, **self.model_details(), "outliers": len(self.outliers),
                 "class_words": self.config.class_words, **self.token_report.as_record(),
                 "latent_train_accuracy": round(self.latent_accuracy, 4),
                 "outlier_embedding_norm_mean": round(float(self.embedding_norms.mean()), 5),

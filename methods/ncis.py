@@ -424,8 +424,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
             out["baseline_msp"] = self.baseline_msp
         if c.outliers_dir:
             return {**out, **self.folder_details()}
-        out.update({"model_directory": str(self.backend.directory), "model_fingerprint": self.backend.fingerprint,
-                    "embedding": c.embedding, "sampling": c.sampling, "embedded_images": len(self.embedded_labels),
+        out.update({**self.model_details(), "embedding": c.embedding, "sampling": c.sampling,
+                    "embedded_images": len(self.embedded_labels),
                     "embedded_per_class_min": int(torch.bincount(self.embedded_labels).min()),
                     **self.embedding_facts,
                     "substituted_tokens": {name: t.token for name, t in zip(

@@ -198,6 +198,9 @@ def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
     assert details["baseline_msp"]["outliers"]["count"] == 20 and details["baseline_msp"]["id_test"]["count"] == 1000
     assert details["regulariser"]["epoch"] == [0] and details["regulariser"]["steps"][0] > 0
     assert any(f.endswith("_regulariser.png") for f in ncis["figures"])
+    dream = json.loads(records[1].path(tmp_path / "out").read_text())["details"]
+    # the shipped model is named relative to the data home, so records do not carry the checkout's location
+    assert details["model_directory"] == dream["model_directory"] == "models/tiny-sd-mnist5k"
     gallery = [f for f in ncis["figures"] if f.endswith("_outliers.png")]
     assert gallery and Image.open(tmp_path / "out" / gallery[0]).size[0] > 100
     board = (tmp_path / "out" / "leaderboards" / "mnist5k.md").read_text()

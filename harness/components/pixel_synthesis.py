@@ -36,6 +36,7 @@ from harness.diffusion.backend import (
     resolve_model_path,
 )
 from harness.diffusion.stage import check_template
+from harness.paths import recorded_path
 from harness.records.plots import save_image_grid
 
 
@@ -141,9 +142,13 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
 
         return {"outliers": facts(outlier_set), "id_test": facts(ctx.benchmark.test), "classifier": baseline.key}
 
+    def model_details(self) -> dict[str, Any]:
+        """Record facts of the diffusion model that synthesised the outliers."""
+        return {"model_directory": recorded_path(self.backend.directory), "model_fingerprint": self.backend.fingerprint}
+
     def folder_details(self) -> dict[str, Any]:
         """Record facts of a run on `outliers_dir`."""
-        return {"outliers_dir": str(Path(self.config.outliers_dir).expanduser().resolve()),
+        return {"outliers_dir": recorded_path(self.config.outliers_dir),
                 "outliers_fingerprint": self.outliers.meta["fingerprint"],
                 "outliers_labelled": self.outliers.labels is not None}
 
