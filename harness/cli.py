@@ -178,6 +178,10 @@ def cmd_regress(args: argparse.Namespace) -> int:
     pairs = regression.parse_factor_pairs(args.calibrate) if args.calibrate is not None else None
     if pairs is not None and args.records is None:
         raise HarnessError("--calibrate compares existing reruns: pass them with --records DIR")
+    writer = "--update" if args.update else "--add-drift" if args.add_drift else "--calibrate" if pairs else None
+    if overrides and writer:
+        raise HarnessError(f"--tolerance sets the tolerance of a comparison, which {writer} does not make: drop one "
+                           "of the two")
     doc = None if args.update and not path.exists() else regression.load_expectations(path, name)
     if args.records is not None:
         records = load_record_tree(args.records, name)

@@ -91,3 +91,8 @@ def test_calibration_finds_the_known_gaps_and_meets_the_detectable_effect_target
         assert message in err and len(err.splitlines()) == 1
     assert main(["regress", "--benchmark", "mnist5k", "--methods", "msp", "--calibrate", "4x2"]) == 2
     assert "pass them with --records" in capsys.readouterr().err
+    for flag in (["--calibrate", "4x2"], ["--update"], ["--add-drift"]):  # refused before anything is read or written
+        assert main(["regress", "--benchmark", "mnist5k", "--records", str(HELD_OUT[0].parent), "--tolerance", "3",
+                     "--expectations", "/nonexistent/expectations.json", *flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"which {flag[0]} does not make" in err and len(err.splitlines()) == 1
