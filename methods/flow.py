@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +47,7 @@ from harness.data.sets import ImageSet
 from harness.data.sources import get_source
 from harness.errors import HarnessError
 from harness.metrics import ood_metrics
+from harness.records.plots import save_complexity_scatter
 
 DATA_SCALING = "x = (v + u) / 256, u ~ U(0,1) in training and 0.5 at evaluation; log p in nats on [0,1]^D"
 SCORE_ONLY_FIELDS = ("score", "lipschitz_samples")  # do not change the trained flow
@@ -221,3 +223,13 @@ class NormalizingFlow(Method[FlowConfig]):
             sample = bench.test.gather(torch.from_numpy(np.sort(idx)))
             facts["lipschitz"] = lipschitz_estimate(self.flow, scale_pixels(sample))
         return facts
+
+    def figures(self, directory: Path, stem: str) -> list[Path]:
+        """`<stem>_complexity.png`: C(x) against the NLL per set (the paper's Fig. 3), where both scores read off."""
+        sets = {"ID": self.context.benchmark.test, **self.context.benchmark.ood}
+        path = directory / f"{stem}_complexity.png"
+        save_complexity_scatter({n: self.complexity(s) for n, s in sets.items()},
+                                {n: self.bits_per_dim(s) for n, s in sets.items()}, path,
+                                f"flow {self.config.variant} on {self.context.benchmark.spec.name}, seed "
+                                f"{self.context.seed}")
+        return [path]

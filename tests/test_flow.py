@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from harness.cli import main as cli_main
 from harness.components.flows import (
@@ -186,6 +187,11 @@ def test_end_to_end_run_scores_both_ways_with_one_training(tmp_path, capsys):
     by_score = {r["config"]["score"]: r for r in records}
     nll, comp = by_score["nll"], by_score["complexity"]
     assert nll["details"]["compressor"] in ("jpeg2000", "png")
+    for record in records:  # Fig. 3 (complexity against NLL) beside the score histograms, from the one flow
+        assert any(f.endswith("/seed0_complexity.png") for f in record["figures"]), record["figures"]
+    figures = sorted((tmp_path / "out" / "records" / "mnist5k").rglob("seed0_complexity.png"))
+    assert len(figures) == 2 and figures[0].read_bytes() == figures[1].read_bytes()
+    assert Image.open(figures[0]).size[0] > 200
     # each record carries the other score's metrics: they must agree with the other run's own metrics
     for name, metrics in comp["metrics"].items():
         assert nll["details"]["metrics_complexity"][name] == pytest.approx(metrics)
