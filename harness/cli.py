@@ -162,6 +162,9 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--drift-threads", type=_thread_counts, default=None,
                          help="rerun every task under each of these thread counts (comma list) to measure "
                               "cross-environment drift (default: the labels file's drift_threads; 0 skips)")
+    publish.add_argument("--skip-checks", action="store_true",
+                         help="do not run the suite's slow checks (python -m pytest -m slow) first; the expectations "
+                              "record that they were skipped")
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -235,7 +238,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     from harness.publish import PUBLISHED_FILE, publish
 
     records, changed = publish(args.benchmark, args.out, args.labels or PUBLISHED_FILE, args.cache_dir,
-                               args.threads, args.device, args.jobs, args.drift_threads)
+                               args.threads, args.device, args.jobs, args.drift_threads, not args.skip_checks)
     print("\n".join(changed) or "expectations unchanged")
     print(f"published {len(records)} records under {args.out}")
 

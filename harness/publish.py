@@ -8,10 +8,14 @@ as a whole, then its leaderboard and its expectations (`harness.records.regressi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +24,14 @@ from typing import Any
 from harness.config import parse_set_options
 from harness.data.spec import load_spec
 from harness.errors import HarnessError
-from harness.paths import PUBLISHED_FILE
+from harness.paths import CODE_ROOT, PUBLISHED_FILE
 from harness.records.leaderboard import write_leaderboards
 from harness.records.regression import build_expectations, changes, expectations_path, write_expectations
 from harness.records.results import RunRecord, load_records
 from harness.runner import RunRequest, execute, plan
 
 CACHE_MARKER = ".oodbench-publish"
+SLOW_CHECKS = ["-m", "pytest", "-m", "slow", "-q", "-p", "no:cacheprovider"]
 
 
 def published_requests(benchmark: str, published_file: Path, out_dir: Path, cache_dir: Path,
@@ -112,9 +117,35 @@ def drift_records(requests: list[RunRequest], staging: Path, cache_dir: Path, th
     return records
 
 
+def run_slow_checks(tests_dir: Path = CODE_ROOT / "tests") -> dict[str, Any]:
+    """The suite's heavy checks (`python -m pytest -m slow`: the end-to-end runs that train small models), which
+    `publish` runs before any work, so that numbers are published only from code that passes them. Their output is
+    streamed; returns the command, pytest's summary line and the duration, for the expectations file."""
+    skip = "publish from a checkout with the dev extra (pip install -e '.[dev]'), or pass --skip-checks"
+    if not tests_dir.is_dir():
+        raise HarnessError(f"publish runs the slow checks of {tests_dir}, which does not exist: {skip}")
+    if importlib.util.find_spec("pytest") is None:
+        raise HarnessError(f"publish runs the slow checks with pytest, which is not installed: {skip}")
+    command = [sys.executable, *SLOW_CHECKS, tests_dir.name]
+    shown = " ".join(["python", *command[1:]])
+    print(f"publish: {shown} (in {tests_dir.parent})", flush=True)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=tests_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    summary = ""
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        summary = line.strip(" =\n") or summary
+    if process.wait() != 0:
+        raise HarnessError(f"publish: the slow checks did not pass ({summary}); nothing was run or written: fix "
+                           "them, or pass --skip-checks to publish anyway")
+    return {"command": shown, "summary": summary, "seconds": round(time.perf_counter() - start, 1)}
+
+
 def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE, cache_dir: Path | None = None,
             threads: int | None = None, device: str = "auto", jobs: int = 1,
-            drift_threads: int | list[int] | None = None) -> tuple[list[RunRecord], list[str]]:
+            drift_threads: int | list[int] | None = None, slow_checks: bool = True
+            ) -> tuple[list[RunRecord], list[str]]:
     """Run every published label into a staging directory, then replace `<out>/records/<benchmark>` with it and
     rewrite the leaderboard and `<out>/expectations/<benchmark>.json`; returns the records and what changed.
 
@@ -122,7 +153,8 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     entry computed once); every task still runs with the labels file's thread count, so the numbers equal a
     one-job publish's. Then every task runs again under each of `drift_threads` thread counts (default: the labels
     file's `drift_threads`; 0 or [] skips them) from a clean cache of its own, and the per-seed differences are
-    stored as the expectations' drifts, one per thread count."""
+    stored as the expectations' drifts, one per thread count. Before any of it, once every input is validated,
+    `run_slow_checks` (unless `slow_checks` is false); the expectations record what it ran and its result."""
     if jobs < 1:
         raise HarnessError(f"--jobs {jobs} must be at least 1")
     name = load_spec(benchmark).name
@@ -133,6 +165,7 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
                                         f"{published_file}: drift_threads", requests[0].threads)
                     if drift_threads is None else
                     check_drift_threads(drift_threads, "--drift-threads", requests[0].threads))
+    checks = run_slow_checks() if slow_checks else {"command": "skipped (--skip-checks)"}
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / CACHE_MARKER).touch()
     shutil.rmtree(staging, ignore_errors=True)
@@ -156,6 +189,6 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     old = json.loads(path.read_text()) if path.is_file() else None
     labels = {r.label for r in records}
     kept = {**(old or {}), "methods": {k: v for k, v in (old or {}).get("methods", {}).items() if k in labels}}
-    doc = build_expectations(name, records, kept, drift)
+    doc = {**build_expectations(name, records, kept, drift), "slow_checks": checks}
     write_expectations(path, doc)
     return records, changes(old, doc)

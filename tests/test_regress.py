@@ -3,7 +3,8 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.publish import publish
+from harness.errors import HarnessError
+from harness.publish import publish, run_slow_checks
 from harness.records.results import load_records
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
@@ -20,7 +21,7 @@ def tiny(tmp_path_factory):
                                              "preset": TINY_PRESET,
                                              "labels": [
         {"method": "msp"}, {"method": "knn"}, {"method": "knn", "set": ["knn.k=5"]}]}}))
-    records, changed = publish(str(spec), root / "results", labels, root / "cache")
+    records, changed = publish(str(spec), root / "results", labels, root / "cache", slow_checks=False)
     return {"root": root, "spec": spec, "labels": labels, "records": records, "changed": changed,
             "results": root / "results", "expectations": root / "results/expectations/tiny5k.json"}
 
@@ -110,9 +111,55 @@ def test_publish_refuses_a_cache_that_is_not_clean(tiny, tmp_path, capsys):
     assert "publish runs from a clean one" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_publish_records_that_its_slow_checks_were_skipped(tiny):
+    assert json.loads(tiny["expectations"].read_text())["slow_checks"] == {"command": "skipped (--skip-checks)"}
+
+
+SLOW_TEST = """import pytest
+
+
+@pytest.mark.slow
+def test_heavy():
+    assert {value}
+
+
+def test_fast():
+    assert False  # not a slow check: never run by publish
+"""
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_slow_checks_run_only_the_slow_tests_and_refuse_on_a_failure(tmp_path, capsys, passes):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_heavy.py").write_text(SLOW_TEST.format(value=passes))
+    if passes:
+        checks = run_slow_checks(tmp_path / "tests")
+        assert checks["command"].startswith("python -m pytest -m slow") and checks["seconds"] > 0
+        assert checks["summary"].startswith("1 passed, 1 deselected")
+    else:
+        with pytest.raises(HarnessError, match=r"slow checks did not pass \(1 failed, 1 deselected.*--skip-checks"):
+            run_slow_checks(tmp_path / "tests")
+        assert "test_heavy" in capsys.readouterr().out  # pytest's own report was streamed
+    with pytest.raises(HarnessError, match="does not exist: publish from a checkout"):
+        run_slow_checks(tmp_path / "missing")
+
+
+def test_publish_writes_nothing_when_its_slow_checks_fail(tiny, tmp_path, capsys, monkeypatch):
+    def failing():
+        raise HarnessError("publish: the slow checks did not pass (1 failed in 0.1s); nothing was run or written")
+
+    monkeypatch.setattr("harness.publish.run_slow_checks", failing)
+    assert main(["publish", "--benchmark", str(tiny["spec"]), "--labels", str(tiny["labels"]), "--out",
+                 str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "slow checks did not pass" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
 def test_publish_with_two_jobs_gives_the_one_job_numbers(tiny, tmp_path):
     """(label, seed) tasks in two worker processes sharing one cache: same metrics as the sequential publish."""
-    records, _ = publish(str(tiny["spec"]), tmp_path / "results", tiny["labels"], tmp_path / "cache", jobs=2)
+    records, _ = publish(str(tiny["spec"]), tmp_path / "results", tiny["labels"], tmp_path / "cache", jobs=2,
+                         slow_checks=False)
     parallel = {(r.label, r.seed): (r.metrics, r.id_accuracy) for r in records}
     sequential = {(r.label, r.seed): (r.metrics, r.id_accuracy) for r in tiny["records"]}
     assert parallel == sequential

@@ -13,7 +13,7 @@ def test_plugin_authors_assert_passes_within_tolerance_and_fails_naming_the_metr
     labels = tmp_path / "published.json"
     labels.write_text(json.dumps({"tiny5k": {"seeds": [0], "threads": 1, "preset": TINY_PRESET,
                                              "labels": [{"method": "knn"}]}}))
-    publish(str(spec), tmp_path / "results", labels, tmp_path / "cache")
+    publish(str(spec), tmp_path / "results", labels, tmp_path / "cache", slow_checks=False)
     expectations = tmp_path / "results/expectations/tiny5k.json"
     common = dict(benchmark=str(spec), preset=TINY_PRESET, expectations=expectations, out_dir=tmp_path / "runs")
     cache = Cache(tmp_path / "cache")
