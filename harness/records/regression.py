@@ -518,14 +518,14 @@ def calibration_table(doc: dict[str, Any], records: list[RunRecord], pairs: list
     environment."""
     from tabulate import tabulate
 
-    rows = []
+    rows, columns = [], []
     for drift, paired in pairs:
         trial = with_factors(doc, drift, paired)
         alarms = false_alarms(trial, records)
         effects = detectable_effects(unmeasured_environment_checks(trial)).values()
         largest = [max(e.get(key, 0.0) for e in effects) for key in ("average AUROC", "ID accuracy")]
         rows.append([f"{drift:g} x {paired:g}", *map(str, alarms), f"{largest[0]:.2f} / {largest[1]:.2f}"])
-    columns = [a.environment for a in false_alarms(doc, records)]
+        columns = [a.environment for a in alarms]  # the same environments for every pair
     return tabulate(rows, headers=["drift x paired factor", *columns, "largest MDE: average AUROC / ID acc."],
                     tablefmt="github", disable_numparse=True)
 
