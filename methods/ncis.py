@@ -9,7 +9,10 @@ Diffusion from low-likelihood points of class-conditional manifolds in SD's own 
    or linear invariants (per-class PCA rotation, Table 3), or no map at all (`sampling=npos`: NPOS-style boundary
    sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.components.text_latent`).
 3. Sampling (Sec. 3.3-3.4, eq. 8-11; `harness.components.invariant_sampling`): v = f(e, y), per class
-   N(mu, Sigma + lambda I), `rounds` x `candidates_per_round` draws keeping the `kept_per_round` least likely,
+   N(mu, Sigma + lambda I); rejection sampling from the class's low-likelihood region (Sec. 3.4), the region being
+   below the `keep_below_id_percentile`-th percentile of the class's ID embeddings' log-likelihood: `rounds` x
+   `candidates_per_round` draws (more rounds as needed), keeping the `kept_per_round` least likely accepted draws
+   of each round (the official code keeps the least likely of each round with no bound, `protocol=reference`);
    e' = f^-1(v', y).
 4. Decoding (`harness.diffusion.stage`): "A high-quality image of a <e'>", DDIM 50 steps, guidance 7.5, 512 -> 256,
    `images_per_embedding` seeds per e'.
@@ -109,7 +112,9 @@ class NCISConfig(PixelSynthesisConfig):
     rounds: int = 10
     candidates_per_round: int = 3330
     kept_per_round: int = 10
-    keep_below_id_percentile: float | None = None  # None = paper; q: keep only draws below the class's ID q-th pct
+    # Sec. 3.4's rejection sampling: only draws below the class's ID q-th log-likelihood percentile are kept;
+    # None = the official code's rule (the least likely of each round, whatever their likelihood)
+    keep_below_id_percentile: float | None = 1.0
     npos_k: int = 300                     # sampling=npos: k-NN boundary sampling in embedding space
     npos_boundary_count: int = 50
     npos_sigma: float = 0.07
@@ -136,7 +141,7 @@ class NCISConfig(PixelSynthesisConfig):
             raise ValueError(f"p={self.p} must be a percentage in (0, 100)")
         if self.keep_below_id_percentile is not None and not 0 < self.keep_below_id_percentile < 100:
             raise ValueError(f"keep_below_id_percentile={self.keep_below_id_percentile} must be a percentage in "
-                             "(0, 100), or None for the paper's rule (the least likely of each round)")
+                             "(0, 100), or none for the official code's rule (the least likely of each round)")
         if self.beta < 0 or self.npos_sigma < 0 or self.embedding_lr <= 0 or self.cvpn_lr <= 0:
             raise ValueError("beta and npos_sigma must be >= 0, embedding_lr and cvpn_lr > 0")
         for name in ("embedding_iterations", "timesteps_per_image", "timestep_grid", "images_per_call", "cvpn_blocks",
@@ -234,7 +239,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         "*": {"p": 5.0, "invariant_rule": "reference", "invariants": "last", "reconstruction_step": True,
               "best_checkpoint": True, "embedding_prompt": "An image of a {}",
               "prompt_template": "A high-quality image of the {}", "scheduler": "pndm", "images_per_embedding": 8,
-              "test_score": "energy", "class_names": "official", "phi_orientation": "free"},
+              "test_score": "energy", "class_names": "official", "phi_orientation": "free",
+              "keep_below_id_percentile": None},
         "cifar100": {"phi": "linear", "batch_size": 256},
         "imagenet100": {"batch_size": 80},
     }

@@ -8,7 +8,7 @@ also the lowest p_e(e | y) (eq. 11). `map_back` returns them to the embedding sp
 With `thresholds` (one log-likelihood per class, e.g. the ID embeddings' 1st percentile) only candidates below the
 class's threshold are eligible: each round keeps the `kept_per_round` least likely of them (all of them when
 fewer), and rounds continue until `rounds * kept_per_round` are kept, at most `MAX_ROUNDS_FACTOR * rounds` rounds.
-The paper's rule has no threshold; the 0.3 % tail of a Gaussian need not lie below the ID embeddings' 1st
+The official code's rule has no threshold; the 0.3 % tail of a Gaussian need not lie below the ID embeddings' 1st
 percentile when their log-likelihoods are heavier-tailed than the Gaussian's.
 
 The class covariance (`covariance`): "sample" is eq. 10's biased sample covariance plus the ridge lam I (eq. 8). It
