@@ -76,6 +76,7 @@ def test_paper_defaults_and_reference_protocol_change_exactly_the_documented_fie
         ("ddim", 50, 7.5, 1.0, 1e-5, 2.0)
     assert paper.prompt_template == "A high-quality image of a {}" and paper.invariants == "first"
     assert (paper.phi, paper.test_score, paper.outlier_resize, paper.sampling) == ("mlp", "phi", "random", "cvpn")
+    assert paper.keep_below_id_percentile == 1.0  # Sec. 3.4's rejection sampling, bounded at the ID 1st percentile
     for benchmark in ("mnist5k", "cifar100", "imagenet100"):
         base = method_config(NCIS, benchmark, {})
         reference = method_config(NCIS, benchmark, {"protocol": "reference"})
