@@ -212,7 +212,7 @@ def test_thresholds_keep_only_draws_below_each_class_bound():
     for c in range(2):
         assert (log_probs[labels == c] < thresholds[c]).all()
     plain = low_likelihood_samples(v, y, 2, 1e-5, 3, 50, 4, torch.Generator().manual_seed(0))[2]
-    assert not (plain < thresholds.repeat_interleave(12)).all()  # the paper's rule alone does not ensure it here
+    assert not (plain < thresholds.repeat_interleave(12)).all()  # the unbounded rule alone does not ensure it
     with pytest.raises(HarnessError, match=r"class 0: 3000 rounds of 50 candidates gave 0 of the 12 samples below"):
         low_likelihood_samples(v, y, 2, 1e-5, 3, 50, 4, torch.Generator().manual_seed(0),
                                thresholds=torch.tensor([-1e9, -1e9], dtype=torch.float64))
