@@ -1,7 +1,9 @@
 """Content-addressed cache of expensive stages, atomic writes, and sharding of a stage's work items across ranks.
 
 A stage's output is stored under `<root>/<stage>/<key>.pt`, where the key is the content hash of everything the
-output depends on (its config, the fingerprints of its inputs, the seed). Files are written to a temporary name in
+output depends on: its config, the fingerprints of its inputs, the seed, the version of the code that computes it
+(`STAGE_VERSIONS`, or a third-party plugin's distribution and source hash) and, through the cache's `scope`, the
+numerics of the run (thread count, kernel mode and instruction sets, device). Files are written to a temporary name in
 the same directory and renamed, so a crash never leaves a half-written entry and a rerun picks up where it stopped.
 """
 
@@ -75,16 +77,27 @@ def load_or_none(path: Path, what: str = "cache entry") -> Any | None:
 
 @dataclass
 class Cache:
-    """Stage outputs keyed by content hash. `events` logs (stage, key, "hit" | "miss") for inspection and tests."""
+    """Stage outputs keyed by content hash. `events` logs (stage, key, "hit" | "miss") for inspection and tests;
+    `scope` holds key parts every entry of this view of the cache depends on (`scoped`)."""
 
     root: Path = field(default_factory=default_cache_dir)
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    scope: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser()
 
+    def scoped(self, *parts: Any) -> Cache:
+        """The same cache (root, event log) whose every key also covers `parts`: the run's numerics, a plugin's
+        code. A view without parts is the cache itself."""
+        return Cache(self.root, self.events, self.scope + parts) if parts else self
+
+    def entry_key(self, key: str) -> str:
+        """The file name of `key` under this view's scope."""
+        return content_hash(key, *self.scope) if self.scope else key
+
     def path(self, stage: str, key: str) -> Path:
-        return self.root / stage / f"{key}.pt"
+        return self.root / stage / f"{self.entry_key(key)}.pt"
 
     def key(self, stage: str, *parts: Any) -> str:
         return content_hash(stage, *parts)
@@ -96,6 +109,7 @@ class Cache:
         compute it once: the others wait, then read it. The lock dies with its process, so a killed run leaves no
         stale lock behind. A truncated or corrupted entry is reported in one line and recomputed."""
         path = self.path(stage, key)
+        key = path.stem
         value = load_or_none(path)
         if value is not None:
             self.events.append((stage, key, "hit"))

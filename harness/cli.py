@@ -6,6 +6,7 @@ Input problems are `HarnessError`s: printed as one `error: ...` line on stderr w
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from harness.errors import HarnessError, run_command
@@ -49,6 +50,19 @@ def _add_run_environment(parser: argparse.ArgumentParser) -> None:
                              "numbers")
     parser.add_argument("--deterministic", action="store_true",
                         help="use deterministic algorithms on GPU (slower; recorded)")
+    _add_kernel_options(parser)
+
+
+def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
+    """`--kernels` / `--native-kernels` (harness.numerics): chosen before torch loads, recorded."""
+    from harness.numerics import DEFAULT_MODE, MODE_ENV, MODES
+
+    parser.add_argument("--kernels", default=None, metavar="|".join(MODES),
+                        help=f"kernel instruction set: {DEFAULT_MODE} (default, or ${MODE_ENV}) pins ATen, oneDNN, "
+                             "MKL, OpenBLAS and faiss so numbers reproduce bit for bit on any x86-64 CPU with it; "
+                             "native lets each library dispatch for this CPU (faster, CPU-specific); recorded")
+    parser.add_argument("--native-kernels", dest="kernels", action="store_const", const="native",
+                        help="same as --kernels native")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,6 +149,9 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     write.add_argument("--add-drift", action="store_true",
                        help="store these runs/records (every stored seed, in an environment the expectations do not "
                             "hold) as one more measured drift: their per-seed differences from the stored values")
+    write.add_argument("--add-reproduction", action="store_true",
+                       help="store these runs/records (every stored seed, e.g. under other --kernels) as a "
+                            "reproduction: held exactly from then on, without widening any tolerance")
     write.add_argument("--calibrate", metavar="DxP[,DxP...]", default=None,
                        help="with --records of reruns in environments no drift measured: per pair of drift_factor x "
                             "paired_drift_factor, the false alarms per environment and the largest minimal "
@@ -145,6 +162,7 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     regress.add_argument("--preset", default="paper", help="protocol preset of the benchmark (default paper)")
     regress.add_argument("--threads", type=int, default=None,
                          help="torch threads of the runs (default: those the expectations were recorded with)")
+    _add_kernel_options(regress)
 
     publish = sub.add_parser("publish", help="regenerate the curated results/ of a benchmark: every published label "
                                              "for its seeds from a clean cache, leaderboard and expectations")
@@ -162,6 +180,7 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--drift-threads", type=_thread_counts, default=None,
                          help="rerun every task under each of these thread counts (comma list) to measure "
                               "cross-environment drift (default: the labels file's drift_threads; 0 skips)")
+    _add_kernel_options(publish)
     publish.add_argument("--skip-checks", action="store_true",
                          help="do not run the suite's slow checks (python -m pytest -m slow) first; the expectations "
                               "record that they were skipped")
@@ -181,7 +200,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
     pairs = regression.parse_factor_pairs(args.calibrate) if args.calibrate is not None else None
     if pairs is not None and args.records is None:
         raise HarnessError("--calibrate compares existing reruns: pass them with --records DIR")
-    writer = "--update" if args.update else "--add-drift" if args.add_drift else "--calibrate" if pairs else None
+    writer = ("--update" if args.update else "--add-drift" if args.add_drift else "--add-reproduction"
+              if args.add_reproduction else "--calibrate" if pairs else None)
     if overrides and writer:
         raise HarnessError(f"--tolerance sets the tolerance of a comparison, which {writer} does not make: drop one "
                            "of the two")
@@ -204,8 +224,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if pairs is not None:
         print(regression.calibration_table(doc, records, pairs))
         return 0
-    if args.add_drift:
-        added = regression.add_drift(doc, records, path)
+    if args.add_drift or args.add_reproduction:
+        added = regression.add_drift(doc, records, path, "drifts" if args.add_drift else "reproductions")
         regression.write_expectations(path, doc)
         print("\n".join(added))
         print(f"wrote {path}")
@@ -218,6 +238,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
         return 0
     checks = regression.compare(doc, records, overrides, path)
     print(regression.table(checks))
+    unpinned = regression.unpinned_labels(records)
+    if unpinned:
+        print(f"\nnote: {', '.join(unpinned)} ran without portable kernels (--native-kernels, a GPU, or a CPU the "
+              "portable set cannot run on): exact reproduction is expected only in the very environment the "
+              "expectations hold, measured-drift tolerances apply elsewhere")
     failed = [c for c in checks if not c.passed]
     notes = regression.provenance_notes(doc, records)
     if notes:
@@ -325,6 +350,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     def command() -> int | None:
         args = build_parser().parse_args(argv)
+        if hasattr(args, "kernels"):  # before anything loads torch
+            from harness.numerics import DEFAULT_MODE, MODE_ENV, check_mode, select_kernels
+
+            select_kernels(check_mode(args.kernels or os.environ.get(MODE_ENV) or DEFAULT_MODE,
+                                      "--kernels" if args.kernels else MODE_ENV))
         if args.command == "run":
             return cmd_run(args)
         if args.command == "list":

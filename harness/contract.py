@@ -26,7 +26,7 @@ import torch
 from harness.cache import Cache
 from harness.classifier.hooks import TrainingHook
 from harness.classifier.models import Classifier, build_classifier
-from harness.classifier.training import ClassifierConfig, extract_outputs, train_classifier
+from harness.classifier.training import CLASSIFIER_VERSION, ClassifierConfig, extract_outputs, train_classifier
 from harness.config import content_hash
 from harness.data.benchmarks import Benchmark
 from harness.data.sets import AnyImageSet
@@ -86,6 +86,14 @@ class RunContext:
     artifact_dir: Path | None = None
     fpr_positive: Positive = "id"           # the run's metric conventions, for metrics a method adds to `details`
     fpr_rule: FprRule = "recall-at-least"
+    # The method's code identity (a third-party plugin's distribution, version and source hash; empty for a
+    # built-in). `cache` is already scoped by it; `shared_cache` is not, for stages every method shares.
+    code: tuple[Any, ...] = ()
+    shared_cache: Cache | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared_cache is None:
+            self.shared_cache = self.cache
 
     def new_classifier(self, config: ClassifierConfig | None = None) -> Classifier:
         spec, config = self.benchmark.spec, config or self.classifier_config
@@ -103,21 +111,22 @@ class RunContext:
         config = config or self.classifier_config
         key = content_hash(purpose, self.benchmark.train.fingerprint, self.benchmark.spec.mean,
                            self.benchmark.spec.std, config, self.seed, list(key_parts),
-                           file_identity(config.pretrained))
+                           file_identity(config.pretrained), CLASSIFIER_VERSION, self.code if hooks else [])
 
-        checkpoint = self.cache.path("checkpoints", f"classifier-{key}")
+        checkpoint = self.shared_cache.path("checkpoints", f"classifier-{key}")
 
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.seed)  # initial weights come from the seed, not from whatever ran before
             model = train_classifier(self.new_classifier(config), self.benchmark.train, config, self.device,
                                      self.seed, hooks, desc=f"{purpose} (seed {self.seed})",
-                                     failure_checkpoint=self.cache.root / "failed" / f"classifier-{purpose}-{key}.pt",
+                                     failure_checkpoint=(self.shared_cache.root / "failed"
+                                                         / f"classifier-{purpose}-{key}.pt"),
                                      checkpoint=checkpoint)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                     "hooks": [[m.state_dict() for m in h.modules()] for h in hooks],
                     "records": [h.training_record() for h in hooks]}
 
-        stored = self.cache.get_or_compute("classifier", key, compute)
+        stored = self.shared_cache.get_or_compute("classifier", key, compute)
         checkpoint.unlink(missing_ok=True)  # the finished weights are stored; the epoch checkpoint is done
         model = self.new_classifier(config)
         model.load_state_dict(stored["state_dict"])
@@ -135,8 +144,8 @@ class RunContext:
 
     def outputs(self, classifier: TrainedClassifier, images: AnyImageSet) -> dict[str, np.ndarray]:
         """Cached penultimate `features` and `logits` of `classifier` on `images`."""
-        key = content_hash(classifier.key, images.fingerprint)
-        return self.cache.get_or_compute(
+        key = content_hash(classifier.key, images.fingerprint, CLASSIFIER_VERSION)
+        return self.shared_cache.get_or_compute(
             "outputs", key,
             lambda: extract_outputs(classifier.model, images, self.device, self.classifier_config.eval_batch_size,
                                     desc=f"features {images.name}", precision=self.classifier_config.precision))

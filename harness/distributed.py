@@ -50,7 +50,7 @@ class ShardedStage:
 
     @property
     def directory(self) -> Path:
-        return self.cache.root / self.stage / self.key
+        return self.cache.root / self.stage / self.cache.entry_key(self.key)
 
     def item_path(self, item_id: str) -> Path:
         return self.directory / f"{item_id}{self.suffix}"

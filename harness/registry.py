@@ -6,11 +6,14 @@ The core never names a plugin: it only walks the package and the entry points.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import pkgutil
-from dataclasses import dataclass
-from importlib.metadata import entry_points
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,10 +29,49 @@ BUILTIN_PACKAGE = "methods"
 class Registered:
     cls: type[Method]
     source: str  # where it came from: "methods.knn" or "entry point knn2 = pkg.mod:Class (dist)"
+    # The plugin's distribution, version and source hash (`plugin_identity`), stored in every record.
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.cls.info.name
+
+    @property
+    def builtin(self) -> bool:
+        return self.cls.__module__.split(".")[0] == BUILTIN_PACKAGE
+
+    @property
+    def cache_scope(self) -> tuple[Any, ...]:
+        """What the cached stages a plugin computes are keyed by, beyond their inputs: nothing for a built-in method
+        (its stages carry version constants, held to their sources by the suite), the distribution, version and
+        source hash for a third-party plugin, whose code can change without any constant moving."""
+        return () if self.builtin else (self.identity,)
+
+
+def source_sha256(cls: type) -> str:
+    """SHA-256 over the Python sources of the top-level package (or single module) that defines `cls`: every
+    `.py` file under it, by relative path, so that a change anywhere in a plugin's package changes it."""
+    top = sys.modules[cls.__module__.split(".")[0]]
+    digest = hashlib.sha256()
+    if getattr(top, "__path__", None):
+        root = Path(list(top.__path__)[0])
+        files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+        for path in files:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    else:
+        digest.update(Path(inspect.getfile(top)).read_bytes())
+    return digest.hexdigest()
+
+
+def plugin_identity(cls: type, distribution: str | None) -> dict[str, str]:
+    """{distribution, version, source_sha256} of the plugin defining `cls` (distribution "unknown" for a module
+    no installed distribution provides)."""
+    name = distribution or "unknown"
+    try:
+        found = version(name) if distribution else "unknown"
+    except PackageNotFoundError:
+        found = "unknown"
+    return {"distribution": name, "version": found, "module": cls.__module__, "source_sha256": source_sha256(cls)}
 
 
 def _methods_in(module: ModuleType) -> list[type[Method]]:
@@ -52,7 +94,7 @@ def discover() -> dict[str, Registered]:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
         for cls in _methods_in(module):
-            _add(registry, Registered(cls, module.__name__))
+            _add(registry, Registered(cls, module.__name__, plugin_identity(cls, "oodbench")))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = ep.load()
@@ -65,7 +107,7 @@ def discover() -> dict[str, Registered]:
         for cls in classes:
             if not (inspect.isclass(cls) and issubclass(cls, Method)):
                 raise HarnessError(f"{origin} is not a harness.contract.Method subclass; point it at one")
-            _add(registry, Registered(cls, origin))
+            _add(registry, Registered(cls, origin, plugin_identity(cls, dist.name if dist else None)))
     return registry
 
 

@@ -25,7 +25,7 @@ from harness.errors import HarnessError
 from harness.metrics import METRIC_NAMES, FprRule, Positive, accuracy, ood_metrics
 from harness.records.leaderboard import write_leaderboards
 from harness.records.plots import save_score_histograms
-from harness.records.provenance import environment, run_settings
+from harness.records.provenance import environment, numerics_scope, run_settings
 from harness.records.results import RunRecord, run_label
 from harness.registry import configure, discover, resolve_methods
 
@@ -75,6 +75,8 @@ class PlannedMethod:
     cls: type[Method]
     config: Any
     label: str
+    identity: dict[str, str] = field(default_factory=dict)  # the plugin's distribution, version, source hash
+    cache_scope: tuple[Any, ...] = ()  # what the method's own cached stages are keyed by (Registered.cache_scope)
 
 
 def preset_classifier(spec: BenchmarkSpec, preset: str) -> dict[str, Any]:
@@ -132,7 +134,9 @@ def plan(request: RunRequest) -> Plan:
             changes["fpr_positive"] = request.fpr_positive
         if request.fpr_rule != "recall-at-least":
             changes["fpr_rule"] = request.fpr_rule
-        planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes)))
+        entry = registry[cls.info.name]
+        planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes), entry.identity,
+                                     entry.cache_scope))
     for entry in spec.ood:
         if entry.get("source") == "image_folder" and not Path(entry["path"]).expanduser().is_dir():
             raise HarnessError(f"OOD folder {entry['path']} (set {entry['name']!r}) does not exist; pass an existing "
@@ -181,6 +185,7 @@ def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
     if cache is None:
         cache = Cache(request.cache_dir) if request.cache_dir else Cache()
     check_writable(cache.root, "--cache-dir")
+    cache = cache.scoped(numerics_scope(device))
     benchmark = load_benchmark(spec, cache, planned_run.data_root, request.preset, planned_run.data)
     incomplete = {row.set: f"{row.count} of {row.expected}" for row in planned_run.data.rows
                   if row.status == "incomplete"}
@@ -191,7 +196,8 @@ def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
                              fpr_rule=request.fpr_rule)
         for item in planned:
             seed_everything(seed)  # a method's random draws never depend on the methods run before it
-            method = item.cls(item.config, context)
+            method = item.cls(item.config, dataclasses.replace(context, cache=cache.scoped(*item.cache_scope),
+                                                               code=item.cache_scope))
             timings = {}
             start = time.perf_counter()
             outliers = method.synthesize()
@@ -211,7 +217,7 @@ def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
                 id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
-                details=method.details(), data=data_facts, environment=environment(device))
+                details=method.details(), data=data_facts, environment=environment(device), plugin=item.identity)
             figure = record.directory(out_dir) / f"seed{seed}_scores.png"
             save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")
             extra = method.figures(record.directory(out_dir), f"seed{seed}")

@@ -51,6 +51,7 @@ from harness.records.plots import save_complexity_scatter
 
 DATA_SCALING = "x = (v + u) / 256, u ~ U(0,1) in training and 0.5 at evaluation; log p in nats on [0,1]^D"
 SCORE_ONLY_FIELDS = ("score", "lipschitz_samples")  # do not change the trained flow
+FLOW_VERSION = 1  # training and scoring of the image flow (cache stages `flow`, `flow-loglik`, `complexity`)
 SCORE_BATCH = 1000  # images read (and scored) at once: file-backed sets are never held in memory whole
 
 
@@ -154,7 +155,7 @@ class NormalizingFlow(Method[FlowConfig]):
         flow_spec = self._flow_spec()
         train_fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in SCORE_ONLY_FIELDS}
         self.key = content_hash("flow", self.context.benchmark.train.fingerprint, self.context.seed, train_fields,
-                                DATA_SCALING, outliers.meta["fingerprint"] if outliers else None)
+                                DATA_SCALING, outliers.meta["fingerprint"] if outliers else None, FLOW_VERSION)
 
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.context.seed)
@@ -188,7 +189,8 @@ class NormalizingFlow(Method[FlowConfig]):
     def complexity(self, images: ImageSet) -> np.ndarray:
         """Cached C(x) in bits/dim (Definition 1) with the recorded compressor."""
         compressor = compressor_name()
-        return self.context.cache.get_or_compute("complexity", content_hash(compressor, images.fingerprint),
+        key = content_hash(compressor, images.fingerprint, FLOW_VERSION)
+        return self.context.cache.get_or_compute("complexity", key,
                                                  lambda: np.concatenate([complexity_bits_per_dim(batch, compressor)
                                                                          for batch in images.batches(SCORE_BATCH)]))
 

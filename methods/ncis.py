@@ -37,6 +37,7 @@ import torch
 from harness.classifier.training import ClassifierConfig
 from harness.components.cvpn import (
     CVPN,
+    CVPN_VERSION,
     CVPNConfig,
     LinearInvariants,
     check_reconstruction,
@@ -298,7 +299,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
             model: CVPN | LinearInvariants = LinearInvariants.fit(embeddings, labels, num_classes, k, c.invariants)
         else:
             key = content_hash("ncis-cvpn", hashlib.sha256(embeddings.numpy().tobytes()).hexdigest(),
-                               hashlib.sha256(labels.numpy().tobytes()).hexdigest(), num_classes, k, c.cvpn, ctx.seed)
+                               hashlib.sha256(labels.numpy().tobytes()).hexdigest(), num_classes, k, c.cvpn, ctx.seed,
+                               CVPN_VERSION)
 
             def compute() -> dict[str, Any]:
                 trained, history = train_cvpn(embeddings, labels, num_classes, k, c.cvpn, ctx.seed, ctx.device)

@@ -32,6 +32,8 @@ from harness.contract import Method, MethodInfo, Outliers
 from harness.data.text import TextSet
 from harness.errors import HarnessError
 
+TEXT_FLOW_VERSION = 1  # training of the text flow (cache stage `text-flow`)
+
 FEATURE_SCALING = {
     "unit-box": "x = (e - min) / (max - min) per dimension, min/max over the ID training embeddings, so log p = 0 "
                 "(the softplus margin of eq. 3) is the uniform density on the training box, as [0,1]^D for pixels",
@@ -169,7 +171,7 @@ class TextFlow(Method[TextFlowConfig]):
         train_fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in SCORE_ONLY_FIELDS}
         self.key = content_hash("text-flow", stage.key, train.fingerprint, self.context.seed, train_fields,
                                 FEATURE_SCALING[self.config.feature_scaling],
-                                outliers.meta["fingerprint"] if outliers is not None else None)
+                                outliers.meta["fingerprint"] if outliers is not None else None, TEXT_FLOW_VERSION)
 
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.context.seed)

@@ -32,6 +32,10 @@ from harness.classifier.models import Classifier
 from harness.data.sets import AnyImageSet, ImageSet
 from harness.errors import HarnessError
 
+# Version of the code that trains a classifier and extracts its outputs (cache stages `classifier`, `outputs`):
+# bump it when a change alters what they compute (tests/test_stage_versions.py holds it to the sources).
+CLASSIFIER_VERSION = 1
+
 
 @dataclass(frozen=True)
 class ClassifierConfig:

@@ -27,6 +27,7 @@ from harness.errors import HarnessError
 
 Invariants = Literal["first", "last"]
 KRule = Literal["paper", "reference"]
+CVPN_VERSION = 1  # the cVPN's training (cache stage `ncis-cvpn`)
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "silu": nn.SiLU}
 
 

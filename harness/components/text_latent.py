@@ -35,6 +35,8 @@ from harness.contract import RunContext
 from harness.diffusion.backend import ClassToken, DiffusionBackend
 from harness.errors import HarnessError
 
+LATENT_VERSION = 1  # the eq. 2 latent encoder's training (cache stage `dream-ood-latent`)
+
 Similarity = Literal["dot", "cosine"]
 
 
@@ -92,7 +94,7 @@ def text_latent_embeddings(context: RunContext, backend: DiffusionBackend, ancho
     recipe = replace(ctx.classifier_config, epochs=config.epochs, batch_size=config.batch_size)
     key = content_hash("dream-ood-latent", ctx.benchmark.train.fingerprint, recipe, config.temperature,
                        config.similarity, hashlib.sha256(anchors.numpy().tobytes()).hexdigest(), ctx.seed,
-                       backend.fingerprint)
+                       backend.fingerprint, LATENT_VERSION)
 
     def build() -> Classifier:
         model = ctx.new_classifier(recipe)

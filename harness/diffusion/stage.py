@@ -22,6 +22,8 @@ from harness.diffusion.backend import DiffusionBackend, GenerationConfig, png_by
 from harness.distributed import ShardedStage
 from harness.errors import HarnessError
 
+GENERATION_VERSION = 1  # the decoding of images (cache stage `generation`)
+
 
 @dataclass(frozen=True)
 class GenerationItem:
@@ -74,7 +76,7 @@ def generate_images(backend: DiffusionBackend, cache: Cache, class_names: list[s
         backend.check_embeddings(embeddings)
     key = content_hash("generation", backend.fingerprint, str(backend.dtype), config, template, class_names,
                        *([] if token_names == list(class_names) else [token_names]),
-                       _digest(labels, seeds, embeddings))
+                       _digest(labels, seeds, embeddings), GENERATION_VERSION)
     stage = ShardedStage(cache, "generation", key, suffix=".png")
     items = [GenerationItem(i, int(c), class_names[int(c)], int(s))
              for i, (c, s) in enumerate(zip(labels, seeds, strict=True))]

@@ -6,8 +6,10 @@ All values are in percentage points. Each record is compared with the stored val
 and metric (never only with a mean). Its tolerance is, in this order:
 1. `--tolerance` on the command line, or the entry's `tolerance_pp`;
 2. `same_environment_pp` (0.01) when the record's numerics-relevant environment (torch version, threads, device,
-   CPU/GPU, CUDA/cuDNN, deterministic flags; not the commit) is the stored one, or a drift run's (then the stored
-   value plus that drift is expected): identical code reproduces exactly;
+   kernels, CPU (not under a portable kernel mode, `harness.numerics`)/GPU, CUDA/cuDNN, deterministic flags; not the
+   commit) is the stored one, or a drift run's or a reproduction's (then the stored value plus its per-seed
+   difference is expected): identical code reproduces exactly. A reproduction is the label rerun in another kernel
+   environment (`regress --add-reproduction`), held exactly but, unlike a drift, never used to widen a tolerance;
 3. otherwise `max(drift_floor_pp, drift_factor * d)`, d the largest |drift| over the seeds and the drift runs of
    that label, set and metric: a tolerance grounded in measured changes of environment;
 4. for expectations without a drift run, `max(floor_pp, spread_factor * s)`, s the std over seeds (ddof=1).
@@ -46,7 +48,7 @@ import numpy as np
 from harness.cache import atomic_write_bytes
 from harness.errors import HarnessError
 from harness.paths import EXPECTATIONS_DIR
-from harness.records.provenance import differences
+from harness.records.provenance import decisive, differences, portable
 from harness.records.results import RunRecord
 
 DEFAULT_FLOOR_PP = 1.0
@@ -91,8 +93,8 @@ def environments(runs: list[RunRecord]) -> list[dict[str, Any]]:
 
 
 def numerics(facts: dict[str, Any]) -> dict[str, Any]:
-    """The facts that decide whether identical code must reproduce a number exactly: all but the commit."""
-    return {k: v for k, v in facts.items() if k != "code_version"}
+    """The facts that decide whether identical code must reproduce a number exactly (`provenance.decisive`)."""
+    return decisive(facts)
 
 
 def numerics_key(facts: dict[str, Any]) -> str:
@@ -160,23 +162,28 @@ def expectation_entry(runs: list[RunRecord], tolerance_pp: dict[str, float] | No
     return entry
 
 
-def add_drift(doc: dict[str, Any], records: list[RunRecord], path: Path | None = None) -> list[str]:
+def add_drift(doc: dict[str, Any], records: list[RunRecord], path: Path | None = None,
+              into: str = "drifts") -> list[str]:
     """Store the per-seed differences of `records` (every seed of each label, run in one environment the label's
-    expectations do not hold yet) from the stored values as one more measured drift; returns what was added."""
+    expectations do not hold yet) from the stored values as one more measured drift (`into="drifts"`), or as a
+    reproduction (`into="reproductions"`: held exactly, never widening a tolerance); returns what was added."""
     added = []
+    what = "drift" if into == "drifts" else "reproduction"
     check_labels(doc, list(group_by_label(records)), path)
     for label, runs in group_by_label(records).items():
         entry = doc["methods"][label]
         drift = drift_entry(stored_values(entry), runs)  # seeds the entry lacks add nothing
         if stored_environment(entry, runs[0]) is not None:
             raise HarnessError(f"the expectations of {label} already hold the environment of these records "
-                               "(stored or a drift); run them in another one, e.g. another --threads")
+                               "(stored, a drift or a reproduction); run them in another one, e.g. another "
+                               "--threads or --kernels")
         missing = sorted(set(entry["seeds"]) - {r.seed for r in runs})
         if missing:
             raise HarnessError(f"records of {label} lack seeds {', '.join(map(str, missing))} of its expectations; "
-                               "a drift needs every stored seed")
-        entry.setdefault("drifts", []).append(drift)
-        added.append(f"+ {label}: drift of {', '.join(differences(entry['environments'][0], drift['environment']))}")
+                               f"a {what} needs every stored seed")
+        entry.setdefault(into, []).append(drift)
+        added.append(f"+ {label}: {what} of "
+                     f"{', '.join(differences(entry['environments'][0], drift['environment']))}")
     return added
 
 
@@ -237,7 +244,7 @@ def load_expectations(path: Path, benchmark: str) -> dict[str, Any]:
                 check_tolerance(value, f"{path} {label} tolerance_pp.{metric}")
             if "drift" in entry:
                 raise KeyError("'drift' (one drift run) is now 'drifts', a list of them")
-            for drift in entry.get("drifts", []):
+            for drift in entry.get("drifts", []) + entry.get("reproductions", []):
                 dict(drift["environment"])
                 for metrics in drift["per_seed"].values():
                     for seeds in metrics.values():
@@ -322,14 +329,16 @@ class Check:
 
 
 def stored_environment(entry: dict[str, Any], record: RunRecord) -> tuple[str, dict[str, Any] | None] | None:
-    """("stored", None) or ("drift", that drift) when the record's numerics-relevant environment is the one the
-    entry's values (or one of its drift runs) came from; None otherwise."""
+    """("stored", None), ("drift", that drift) or ("reproduction", that reproduction) when the record's
+    numerics-relevant environment is the one the entry's values (or one of its drift runs or reproductions) came
+    from; None otherwise."""
     got = numerics(record.facts)
     if any(numerics(env) == got for env in entry.get("environments", [])):
         return "stored", None
-    for drift in entry.get("drifts", []):
-        if numerics(drift["environment"]) == got:
-            return "drift", drift
+    for kind in ("drifts", "reproductions"):
+        for drift in entry.get(kind, []):
+            if numerics(drift["environment"]) == got:
+                return kind.removesuffix("s"), drift
     return None
 
 
@@ -540,6 +549,11 @@ def table(checks: list[Check]) -> str:
                                    "basis", "verdict"), tablefmt="github", disable_numparse=True)
 
 
+def unpinned_labels(records: list[RunRecord]) -> list[str]:
+    """The labels with a record computed outside a portable kernel mode (`harness.numerics`)."""
+    return sorted({r.label for r in records if not portable(r.facts)})
+
+
 def provenance_notes(doc: dict[str, Any], records: list[RunRecord]) -> list[str]:
     """Per label, how the records' environment differs from the one the expectations came from (the commit
     included: it is shown, though identical numerics are still expected across commits)."""
@@ -549,7 +563,7 @@ def provenance_notes(doc: dict[str, Any], records: list[RunRecord]) -> list[str]
         expected = entry.get("environments", [])
         for run in runs:
             known = stored_environment(entry, run)
-            if known and known[0] == "drift":
+            if known and known[0] != "stored":
                 continue
             diffs = differences(expected[0], run.facts) if expected else ["expectations record no environment"]
             note = f"{label}: {'; '.join(diffs)}"

@@ -82,7 +82,8 @@ class RunRecord:
     figures: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # preset, data root, per set: source, path, subset drawn
     fpr_rule: str = "recall-at-least"  # FPR95 threshold rule (harness.metrics); older records used this one
-    environment: dict[str, Any] = field(default_factory=dict)  # threads, CPU/GPU, CUDA/cuDNN, deterministic flags
+    environment: dict[str, Any] = field(default_factory=dict)  # threads, kernels, CPU/GPU, CUDA/cuDNN, flags
+    plugin: dict[str, str] = field(default_factory=dict)  # the method's distribution, version and source hash
 
     @property
     def facts(self) -> dict[str, Any]:
