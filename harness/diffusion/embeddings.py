@@ -37,7 +37,7 @@ from harness.distributed import ShardedStage
 from harness.errors import HarnessError
 
 STAGE = "ncis-embeddings"
-EMBEDDING_VERSION = 1  # the eq. 1 optimisation of each training image's embedding (cache stage `ncis-embeddings`)
+DIFFUSION_EMBEDDING_VERSION = 1  # eq. 1's optimisation of each training embedding (cache stage `ncis-embeddings`)
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ def diffusion_embeddings(backend: DiffusionBackend, cache: Cache, train_set, pro
     check_vae_encoder(backend)
     _timestep_grid(backend, config.timestep_grid)
     key = content_hash(STAGE, backend.fingerprint, str(backend.dtype), config, list(prompt_names),
-                       train_set.fingerprint, seed, EMBEDDING_VERSION)
+                       train_set.fingerprint, seed, DIFFUSION_EMBEDDING_VERSION)
     stage = ShardedStage(cache, STAGE, key)
     chosen = select_images(labels, config.max_per_class, seed).tolist()
 
