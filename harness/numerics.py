@@ -102,10 +102,16 @@ def unsupported(mode: str, cpu: dict[str, Any]) -> str | None:
 
 def select_kernels(mode: str) -> str:
     """Make `mode` this process's kernel mode: for a portable set, export its pinning environment (inherited by every
-    worker process), which takes effect only if torch has not computed anything yet. Returns the mode in force:
+    worker process), which takes effect only if torch has not computed anything yet; the pins a parent process
+    exported for another mode (`OODBENCH_KERNELS`) are removed first. Returns the mode in force:
     `native` where the portable set cannot run (ARM, a CPU without it), after one line on stderr saying so. Raises a
     one-line error when torch already runs with other kernels in this process."""
     check_mode(mode)
+    inherited = os.environ.get(MODE_ENV)
+    if inherited in PORTABLE and mode != inherited:  # a parent process's pins are not this process's choice
+        for name, value in PORTABLE[inherited].items():
+            if os.environ.get(name) == value:
+                del os.environ[name]
     reason = unsupported(mode, cpu_identity())
     if reason:
         print(f"note: --kernels {mode} cannot apply ({reason}); running with native kernels, so records compare "

@@ -7,10 +7,14 @@ synthesis and density methods (about an hour on a CPU) only with
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from harness.cache import Cache
+from harness.numerics import cpu_identity
+from harness.paths import CODE_ROOT
 from harness.publish import PUBLISHED_FILE
 from harness.records.regression import expectations_path, load_expectations, recorded_threads
 from harness.testing import assert_within_tolerance
@@ -32,6 +36,18 @@ def test_post_hoc_methods_hold_the_committed_mnist5k_numbers(tmp_path):
     records = assert_within_tolerance(POST_HOC, "mnist5k", seeds=[0], out_dir=tmp_path / "runs",
                                       cache=Cache(tmp_path / "cache"))
     assert [r.method for r in records] == POST_HOC
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("avx512f" not in cpu_identity().get("flags", []), reason="needs a CPU with AVX-512")
+def test_native_kernels_on_an_avx512_cpu_miss_the_numbers_the_portable_kernels_hold(tmp_path):
+    """The check above can fail: on an AVX-512 CPU, the same seed with each library's native dispatch moves the
+    numbers beyond the same-environment tolerance."""
+    run = subprocess.run([sys.executable, "-m", "harness", "regress", "--methods", "energy", "--seeds", "0",
+                          "--native-kernels", "--tolerance", "0.01", "--out", str(tmp_path / "out"), "--cache-dir",
+                          str(tmp_path / "cache")], cwd=CODE_ROOT, capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "energy ran without portable kernels" in run.stdout and "checks beyond tolerance" in run.stdout
 
 
 @pytest.mark.slow
