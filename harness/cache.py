@@ -9,7 +9,11 @@ the same directory and renamed, so a crash never leaves a half-written entry and
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import io
+import json
 import os
 import pickle
 import sys
@@ -20,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
 from harness.config import content_hash
+from harness.errors import HarnessError
 
 T = TypeVar("T")
 DEFAULT_CACHE_ENV = "OODBENCH_CACHE"
@@ -34,17 +40,23 @@ def default_cache_dir() -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` via a temporary file in the same directory and an atomic rename; a full disk is a
+    one-line error, with nothing half-written left behind."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise HarnessError(f"disk full while writing {path}; free space and rerun (finished stages are cached "
+                               "and kept)") from None
         raise
 
 
@@ -55,22 +67,110 @@ def remove_stale_temporaries(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+# Dataclasses a cache entry may hold (e.g. image sets), registered by their modules with `storable`: an entry
+# names one of these or holds only tensors, numbers, strings, lists, tuples and dicts, so loading it runs no code.
+STORABLE: dict[str, type] = {}
+ENTRY_MAGIC = b"oodbench-cache-entry 1\n"
+
+
+def storable(cls: type[T]) -> type[T]:
+    """Class decorator: instances of the dataclass `cls` may be stored in cache entries (by their fields)."""
+    STORABLE[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def encode(obj: Any) -> Any:
+    """`obj` as what `torch.load(weights_only=True)` reads back: numpy arrays become tensors, registered dataclasses
+    their fields, both tagged for `decode`."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "biuf":
+            return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj))}
+        return {"__ndarray_list__": obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        if name not in STORABLE:
+            raise TypeError(f"{name} is not registered with harness.cache.storable")
+        return {"__dataclass__": name, "fields": {f.name: encode(getattr(obj, f.name))
+                                                  for f in dataclasses.fields(obj)}}
+    if isinstance(obj, dict):
+        return {k: encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(encode(v) for v in obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def decode(obj: Any) -> Any:
+    """The inverse of `encode`; a dataclass name that is not registered is refused (ValueError)."""
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return obj["__ndarray__"].numpy()
+        if "__ndarray_list__" in obj:
+            return np.array(obj["__ndarray_list__"], dtype=np.dtype(obj["dtype"]))
+        if "__dataclass__" in obj:
+            cls = STORABLE.get(obj["__dataclass__"])
+            if cls is None:
+                raise ValueError(f"entry names the unregistered type {obj['__dataclass__']}")
+            return cls(**{k: decode(v) for k, v in obj["fields"].items()})
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(decode(v) for v in obj)
+    return obj
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`obj` as a plain `torch.save` file that `torch.load(weights_only=True)` reads (`load_tensors`)."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    torch.save(encode(obj), buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_tensors(path: Path) -> Any:
+    """A file of `atomic_torch_save` (or any torch file of tensors and plain values), loaded without running code."""
+    return decode(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def write_entry(obj: Any, path: Path) -> None:
+    """A cache entry: a header naming the entry (`<stage>/<file>`) and the SHA-256 of its payload, then the payload
+    (`torch.save` of `encode(obj)`); written atomically."""
+    buffer = io.BytesIO()
+    torch.save(encode(obj), buffer)
+    payload = buffer.getvalue()
+    header = json.dumps({"entry": f"{path.parent.name}/{path.name}", "sha256": hashlib.sha256(payload).hexdigest()})
+    atomic_write_bytes(Path(path), ENTRY_MAGIC + header.encode() + b"\n" + payload)
+
+
+def read_entry(path: Path) -> Any:
+    """The object of the cache entry at `path`; ValueError when it is not one, is stored under another name (a
+    moved or swapped file) or its payload does not match its checksum (a flipped bit, a truncated write)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(ENTRY_MAGIC):
+        raise ValueError("not a cache entry of this harness version")
+    line, _, payload = data[len(ENTRY_MAGIC):].partition(b"\n")
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError("its header is damaged") from None
+    if header.get("entry") != f"{path.parent.name}/{path.name}":
+        raise ValueError(f"it holds the entry {header.get('entry')!r}, not this one")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise ValueError("its content does not match its checksum")
+    return decode(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
 
 
 def load_or_none(path: Path, what: str = "cache entry") -> Any | None:
-    """The object stored at `path`; None when there is none, or when it is truncated or corrupted (then it is
-    reported in one line on stderr and removed, so the caller recomputes it)."""
+    """The object stored at `path`; None when there is none, or when it is damaged, moved or not loadable without
+    running code (then it is reported in one line on stderr and removed, so the caller recomputes it)."""
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        return read_entry(path)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"warning: {what} {path} is truncated or corrupted ({reason}); recomputing it", file=sys.stderr)
+        print(f"warning: {what} {path} is damaged or not trusted ({reason}); recomputing it", file=sys.stderr)
         path.unlink(missing_ok=True)
         return None
 
@@ -129,7 +229,7 @@ class Cache:
             self.events.append((stage, key, "miss"))
             remove_stale_temporaries(path)
             value = compute()
-            atomic_torch_save(value, path)
+            write_entry(value, path)
             return value
         finally:
             lock.release()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from harness.cache import Cache, atomic_torch_save, remove_stale_temporaries
+from harness.cache import Cache, load_or_none, remove_stale_temporaries, write_entry
 from harness.errors import HarnessError
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class ShardedStage:
 
     def run_batches(self, items: dict[str, T], compute: Callable[[list[T]], Sequence[Any]], batch_size: int,
                     rank: int | None = None, world: int | None = None,
-                    write: Callable[[Any, Path], None] = atomic_torch_save,
+                    write: Callable[[Any, Path], None] = write_entry,
                     progress: Callable[[list[list[str]]], Any] | None = None) -> dict[str, Path]:
         """Compute this rank's unfinished batches with `compute(list of items) -> one output per item` and store
         each output with `write(output, path)` (atomic); returns every item's path."""
@@ -99,4 +99,10 @@ class ShardedStage:
         return {item_id: self.item_path(item_id) for item_id in items}
 
     def load(self, item_id: str) -> Any:
-        return torch.load(self.item_path(item_id), map_location="cpu", weights_only=False)
+        """The stored output of `item_id`; a damaged one is removed and reported in one line (a rerun recomputes
+        it)."""
+        value = load_or_none(self.item_path(item_id), f"item of stage {self.stage}")
+        if value is None:
+            raise HarnessError(f"item {item_id} of stage {self.stage} was missing or damaged and is removed; rerun "
+                               "to recompute it")
+        return value

@@ -10,7 +10,10 @@ Lookup order of the data home (a folder holding `datasets/`, `models/` and `resu
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from harness.errors import HarnessError
 
 HOME_ENV = "OODBENCH_HOME"
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -41,3 +44,24 @@ def recorded_path(path: str | Path) -> str:
     the shipped model do not name the checkout's location; a path elsewhere (a user's model) absolute."""
     resolved = Path(path).expanduser().resolve()
     return str(resolved.relative_to(DATA_HOME)) if resolved.is_relative_to(DATA_HOME) else str(resolved)
+
+
+# A name that becomes a file or folder name (a benchmark, a set): letters, digits, '_', '-', '.' and '+', starting
+# with a letter or digit, never '..', at most 100 characters.
+SAFE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def check_name(value: object, what: str) -> str:
+    """`value` when it is a safe file name (`SAFE_NAME`), else a one-line error naming `what`."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise HarnessError(f"{what} {value!r} cannot name a file: use letters, digits, '_', '-', '.' or '+' (starting "
+                           "with a letter or digit, no '..', at most 100 characters)")
+    return value
+
+
+def path_under(root: Path, *parts: str) -> Path:
+    """`root / parts...` as given, once proved to stay inside `root` when resolved (symbolic links included)."""
+    base = Path(root).expanduser().resolve()
+    if not base.joinpath(*parts).resolve().is_relative_to(base):
+        raise HarnessError(f"{'/'.join(map(str, parts))} would lead outside {root}; refusing to write there")
+    return Path(root).joinpath(*parts)

@@ -24,7 +24,7 @@ from typing import Any
 from harness.config import parse_set_options
 from harness.data.spec import load_spec
 from harness.errors import HarnessError
-from harness.paths import CODE_ROOT, PUBLISHED_FILE
+from harness.paths import CODE_ROOT, PUBLISHED_FILE, path_under
 from harness.records.leaderboard import write_leaderboards
 from harness.records.regression import build_expectations, changes, expectations_path, write_expectations
 from harness.records.results import RunRecord, load_records
@@ -178,7 +178,7 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     for count in drift_counts:
         drift += drift_records(requests, Path(out_dir) / f".publish-{name}-drift", cache_dir / f"drift-{count}",
                                count, max(1, jobs * (requests[0].threads or 1) // count))
-    target = Path(out_dir) / "records" / name
+    target = path_under(out_dir, "records", name)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(staging / "records" / name, target)

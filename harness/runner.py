@@ -134,6 +134,8 @@ def plan(request: RunRequest) -> Plan:
             changes["fpr_positive"] = request.fpr_positive
         if request.fpr_rule != "recall-at-least":
             changes["fpr_rule"] = request.fpr_rule
+        if request.extra_ood:  # its averages cover more sets than the benchmark's own: never the same row
+            changes["extra_ood"] = "+".join(sorted(request.extra_ood))
         entry = registry[cls.info.name]
         planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes), entry.identity,
                                      entry.cache_scope))

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from harness.cache import atomic_torch_save, load_or_none
+from harness.cache import atomic_torch_save, load_or_none, write_entry
 from harness.classifier.augment import augment, random_resized_crop, to_unit
 from harness.classifier.hooks import StepBatch, TrainingHook
 from harness.classifier.models import Classifier
@@ -139,7 +139,7 @@ def save_epoch_checkpoint(path: Path, epoch: int, step: int, model: Classifier, 
     """Everything needed to continue after `epoch` exactly as an uninterrupted run would: weights, hook states,
     optimizer (momentum), the step (the cosine schedule is a function of it), the data-order/augmentation generator
     and the global torch/numpy RNG states; written atomically."""
-    atomic_torch_save({
+    write_entry({
         "epoch": epoch, "step": step, "model": model.state_dict(), "hooks": [h.state_dict() for h in hooks],
         "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

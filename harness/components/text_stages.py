@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.cache import Cache, atomic_torch_save, load_or_none
+from harness.cache import Cache, load_or_none, write_entry
 from harness.components.text_encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
 from harness.components.text_outliers import SynthesizedTexts, TextOutlierConfig, TextSimplifier
 from harness.config import content_hash
@@ -125,7 +125,7 @@ def outliers_cached(texts: Sequence[str], config: TextOutlierConfig, cache: Cach
         for text, source in zip(result.texts, result.sources, strict=True):
             made[distinct[source]] = text
         for text, outlier in made.items():  # deterministic content: concurrent writers write the same bytes
-            atomic_torch_save({"outlier": outlier}, cache.path("text-outliers", _text_key(settings, text)))
+            write_entry({"outlier": outlier}, cache.path("text-outliers", _text_key(settings, text)))
         for i in missing:
             found[i] = made[texts[i]]
     cache.events += [("text-outliers", settings, "hit")] * (len(texts) - len(missing))

@@ -52,10 +52,28 @@ def _at(data_root: Path | None, path: str) -> Path:
 
 # --- CIFAR-100 python pickles -----------------------------------------------------------------------------------
 
+class ArrayUnpickler(pickle.Unpickler):
+    """Loads only numpy arrays, lists, dicts, str and bytes (what the CIFAR python pickles hold): any other class a
+    pickle names is refused before anything could run."""
+
+    ALLOWED: dict[tuple[str, str], Any] = {
+        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file may not load")
+        return self.ALLOWED[(module, name)]
+
+
 def _unpickle(file: Path) -> dict[str, Any]:
     try:
         with open(file, "rb") as handle:
-            data = pickle.load(handle, encoding="latin1")
+            data = ArrayUnpickler(handle, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise HarnessError(f"CIFAR pickle {file} was refused ({err}); re-extract cifar-100-python.tar.gz from its "
+                           "official source") from None
     except Exception as err:  # noqa: BLE001  (a damaged pickle can raise almost anything; all mean "re-extract")
         raise HarnessError(f"cannot read CIFAR pickle {file} ({type(err).__name__}); re-extract "
                            "cifar-100-python.tar.gz") from None

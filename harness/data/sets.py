@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.cache import storable
 from harness.errors import HarnessError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+@storable
 @dataclass(frozen=True, eq=False)
 class ImageSet:
     """A named set of uint8 images (N, C, H, W) with optional labels (N,) and a content fingerprint."""
@@ -68,6 +70,7 @@ class ImageSet:
         return ImageSet(name or self.name, self.images[idx].contiguous(), labels)
 
 
+@storable
 @dataclass(frozen=True, eq=False)
 class FileImageSet:
     """Image files decoded on demand to uint8 (C, size, size) with `preprocess` (see `decode_image`).

@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.data.sets import PREPROCESSING
 from harness.errors import HarnessError
-from harness.paths import DATASETS_DIR
+from harness.paths import DATASETS_DIR, check_name
 
 MODALITIES = ("image", "text")
 LEADERBOARD_METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")
@@ -83,6 +83,8 @@ class BenchmarkSpec:
         if folders and self.modality != "image":
             raise HarnessError(f"--ood adds image folders; {self.name} is a {self.modality} benchmark (add text sets "
                                "to a copy of its spec file instead)")
+        for name in folders:
+            check_name(name, "--ood NAME")
         clash = sorted(set(folders) & set(self.ood_names))
         if clash:
             raise HarnessError(f"--ood {clash[0]}=... clashes with the benchmark's own OOD set {clash[0]!r}; "
@@ -133,9 +135,12 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
     if missing:
         raise HarnessError(f"benchmark spec {path} lacks {', '.join(missing)}; "
                            "see datasets/mnist5k.json for the format")
+    check_name(raw["name"], f"benchmark spec {path}: name")
     names = [entry.get("name") for entry in raw["ood"]]
     if None in names or len(set(names)) != len(names):
         raise HarnessError(f"benchmark spec {path}: every OOD entry needs a distinct 'name'")
+    for name in names:
+        check_name(name, f"benchmark spec {path}: OOD set name")
     class_names = raw.get("class_names", [])
     if isinstance(class_names, str):  # a class-list file next to the spec, one name (e.g. wnid) per line
         from harness.data.readers import read_wnids

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.cache import storable
 from harness.data.sources import SetProbe, register_source
 from harness.errors import HarnessError
 
 
+@storable
 @dataclass(frozen=True)
 class TextSet:
     """A named list of texts with integer labels (-1 where the source has none)."""
@@ -299,6 +301,7 @@ def newsgroup_posts(root: Path | str | None = None) -> TextSet:
     return text_set("newsgroup_posts", [bodies[i] for i in keep], [int(bunch["target"][i]) for i in keep], path)
 
 
+@storable
 @dataclass(frozen=True)
 class TextBenchmark:
     """ID train/test and the OOD test sets of one text benchmark."""

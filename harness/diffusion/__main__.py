@@ -74,7 +74,7 @@ def _device_for_rank(name: str):  # noqa: ANN202 (a torch.device)
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from harness.cache import Cache
+    from harness.cache import Cache, load_tensors
     from harness.diffusion.backend import GenerationConfig, load_backend
     from harness.diffusion.stage import generate_images
     from harness.distributed import dist_rank_world
@@ -87,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     device = _device_for_rank(args.device)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     labels = torch.arange(len(classes)).repeat_interleave(args.per_class)
-    embeddings = torch.load(args.embeddings, map_location="cpu") if args.embeddings else None
+    embeddings = load_tensors(args.embeddings) if args.embeddings else None
     backend = load_backend(args.model, device, args.dtype)
     paths = generate_images(backend, Cache(args.cache_dir) if args.cache_dir else Cache(), classes, labels,
                             args.seed + torch.arange(len(labels)), config, args.template, embeddings)

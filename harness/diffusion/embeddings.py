@@ -310,7 +310,7 @@ def diffusion_embeddings(backend: DiffusionBackend, cache: Cache, train_set, pro
 
     paths = stage.run_batches({f"{i:07d}": i for i in chosen}, compute, config.images_per_call,
                               progress=lambda todo: tqdm(todo, desc=desc, unit="batch", leave=False))
-    items = [torch.load(paths[f"{i:07d}"], map_location="cpu", weights_only=True) for i in chosen]
+    items = [stage.load(item_id) for item_id in (f"{i:07d}" for i in chosen) if paths[item_id]]
     return DiffusionEmbeddings(
         embeddings=torch.stack([item["embedding"] for item in items]),
         labels=torch.stack([item["label"] for item in items]),

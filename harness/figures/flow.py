@@ -148,7 +148,7 @@ def toy_experiment(out: Path, steps: int = 1500, seed: int = 0, datasets: tuple[
 # --- command line ----------------------------------------------------------------------------------------------------
 
 def _lipschitz_command(args: argparse.Namespace) -> None:
-    from harness.cache import Cache
+    from harness.cache import Cache, load_or_none
     from harness.data.sets import load_image_folder
 
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()
@@ -158,7 +158,7 @@ def _lipschitz_command(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise HarnessError(f"flow checkpoint {path} does not exist; pass a .pt path or the flow_key of a flow run's "
                            "record (with the --cache-dir that run used)")
-    stored = torch.load(path, map_location="cpu", weights_only=False)
+    stored = load_or_none(path, "flow checkpoint")
     if not isinstance(stored, dict) or "spec" not in stored:
         raise HarnessError(f"{path} is not a flow checkpoint (no 'spec'); pass the file a flow run recorded")
     flow = Flow.from_checkpoint(stored)

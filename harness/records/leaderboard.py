@@ -19,7 +19,7 @@ import pandas as pd
 from harness.cache import atomic_write_bytes
 from harness.data.spec import BenchmarkSpec, load_spec
 from harness.errors import HarnessError
-from harness.paths import DATASETS_DIR, REFERENCE_DIR
+from harness.paths import DATASETS_DIR, REFERENCE_DIR, check_name, path_under
 from harness.records.provenance import NUMERIC_FACTS
 from harness.records.results import RunRecord, load_records
 
@@ -59,10 +59,17 @@ def _fmt(values: list[float]) -> str:
 
 
 def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRICS) -> pd.DataFrame:
-    """One row per (label, FPR convention): mean values in columns (set, metric), seeds kept in `n_seeds`."""
+    """One row per (label, FPR convention): mean values in columns (set, metric), seeds kept in `n_seeds`. The
+    Average column averages the sets every record holds, so rows with extra sets (`--ood`) are never ranked on an
+    average over other sets; their extra sets get columns of their own."""
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
         groups[(record.label, record.fpr_positive)].append(record)
+    common = [name for name in (records[0].metrics if records else {}) if all(name in r.metrics for r in records)]
+
+    def average(run: RunRecord, key: str) -> float:
+        return float(np.mean([run.metrics[name][key] for name in common]))
+
     rows = []
     for (label, positive), runs in sorted(groups.items()):
         runs.sort(key=lambda r: r.seed)
@@ -71,7 +78,7 @@ def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRI
         sets = list(runs[0].metrics)
         for name in sets + ["Average"]:
             for key in metrics:
-                values = [100 * (r.average[key] if name == "Average" else r.metrics[name][key])
+                values = [100 * (average(r, key) if name == "Average" else r.metrics[name][key])
                           for r in runs if name == "Average" or name in r.metrics]
                 metric = COLUMN[key]
                 row[(name, metric)] = values
@@ -246,7 +253,7 @@ def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[s
 
 
 def leaderboard_path(out_dir: Path, benchmark: str) -> Path:
-    return Path(out_dir) / "leaderboards" / f"{benchmark}.md"
+    return path_under(out_dir, "leaderboards", f"{check_name(benchmark, 'benchmark name')}.md")
 
 
 def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None,

@@ -6,6 +6,7 @@ import json
 import platform
 import re
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -15,7 +16,7 @@ import harness
 from harness.cache import atomic_write_bytes
 from harness.config import content_hash
 from harness.errors import HarnessError
-from harness.paths import CODE_ROOT
+from harness.paths import CODE_ROOT, check_name, path_under
 from harness.records.provenance import numeric_facts
 
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas", "timm",
@@ -91,9 +92,11 @@ class RunRecord:
         return numeric_facts(self.code_version, self.libraries, self.environment)
 
     def directory(self, out_dir: Path) -> Path:
-        return Path(out_dir) / "records" / self.benchmark / label_slug(self.label)
+        return path_under(out_dir, "records", check_name(self.benchmark, "benchmark name"), label_slug(self.label))
 
     def path(self, out_dir: Path) -> Path:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise HarnessError(f"seed {self.seed!r} of {self.label} must be an integer >= 0")
         return self.directory(out_dir) / f"seed{self.seed}.json"
 
     def save(self, out_dir: Path) -> Path:
@@ -102,16 +105,60 @@ class RunRecord:
         return path
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_record(path: Path) -> RunRecord:
+    """The record stored at `path`, checked for what leaderboards and regress read; ValueError naming the problem
+    when it is truncated, not a record, or of the wrong shape."""
+    try:
+        raw = json.loads(Path(path).read_bytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not valid JSON ({type(err).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON {type(raw).__name__}, not a record object")
+    try:
+        record = RunRecord(**raw)
+    except TypeError as err:
+        raise ValueError(str(err).replace("RunRecord.__init__() ", "")) from None
+    for name in ("benchmark", "method", "label", "kind", "fpr_positive"):
+        if not isinstance(getattr(record, name), str):
+            raise ValueError(f"{name} is {getattr(record, name)!r}, not a string")
+    check_name(record.benchmark, "benchmark name")
+    if not isinstance(record.seed, int) or isinstance(record.seed, bool) or record.seed < 0:
+        raise ValueError(f"seed {record.seed!r} is not an integer >= 0")
+    per_set = record.metrics if isinstance(record.metrics, dict) else None
+    if not per_set or not all(isinstance(m, dict) and all(_number(v) for v in m.values()) for m in per_set.values()):
+        raise ValueError("metrics must map each set to numbers")
+    if not isinstance(record.average, dict) or not all(_number(v) for v in record.average.values()):
+        raise ValueError("average must map each metric to a number")
+    if record.id_accuracy is not None and not _number(record.id_accuracy):
+        raise ValueError(f"id_accuracy {record.id_accuracy!r} is not a number")
+    return record
+
+
+def read_records(paths: list[Path]) -> list[RunRecord]:
+    """The readable records of `paths`; each broken one is reported in one warning line naming it, and skipped."""
+    records = []
+    for path in paths:
+        try:
+            records.append(read_record(path))
+        except (ValueError, HarnessError) as err:
+            print(f"warning: skipping record {path}: {err}", file=sys.stderr)
+    return records
+
+
 def load_records(out_dir: Path, benchmark: str | None = None) -> list[RunRecord]:
     root = Path(out_dir) / "records"
     pattern = f"{benchmark}/*/seed*.json" if benchmark else "*/*/seed*.json"
-    return [RunRecord(**json.loads(p.read_text())) for p in sorted(root.glob(pattern))]
+    return read_records(sorted(root.glob(pattern)))
 
 
 def load_record_tree(directory: Path, benchmark: str) -> list[RunRecord]:
     """Every record under `directory` (a results directory, its `records/`, or one benchmark's records), all of
     which must be of `benchmark`."""
-    records = [RunRecord(**json.loads(p.read_text())) for p in sorted(Path(directory).rglob("seed*.json"))]
+    records = read_records(sorted(Path(directory).rglob("seed*.json")))
     if not records:
         raise HarnessError(f"no records (seed*.json) under {directory}; pass the directory a run wrote")
     others = sorted({r.benchmark for r in records} - {benchmark})
