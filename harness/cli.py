@@ -23,8 +23,9 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise argparse.ArgumentTypeError("--seeds needs at least one integer, e.g. --seeds 0")
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r} must list distinct integers >= 0, e.g. 0,1,2,3,4")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r} must list distinct integers from 0 to 2**32 - 1, e.g. "
+                                         "0,1,2,3,4")
     return seeds
 
 

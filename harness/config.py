@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -87,12 +88,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         except ValueError:
             raise HarnessError(f"{key}={value!r} is not an integer; give a whole number such as {key}=10") from None
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         try:
-            return float(str(value))
+            number = float(value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value))
         except ValueError:
             raise HarnessError(f"{key}={value!r} is not a number; give a value such as {key}=0.1") from None
+        if not math.isfinite(number):
+            raise HarnessError(f"{key}={value!r} is not a finite number; give a value such as {key}=0.1")
+        return number
     if tp is str:
         return str(value)
     if tp is Any:

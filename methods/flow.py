@@ -127,7 +127,8 @@ class NormalizingFlow(Method[FlowConfig]):
             raise HarnessError(f"flow: {err}") from None
 
     def _batches(self, outliers: Outliers | None):
-        """Load-time batches (x_id, x_outliers): seeded shuffling, dequantization and outlier draws."""
+        """Load-time batches (x_id, x_outliers): seeded shuffling, dequantization and outlier draws; and the generator
+        they draw from."""
         config, device = self.config, self.context.device
         pixels = self.context.benchmark.train  # in memory or file-backed (ImageNet scale): read per batch
         gen = torch.Generator().manual_seed(self.context.seed)
@@ -149,7 +150,7 @@ class NormalizingFlow(Method[FlowConfig]):
                     pick = torch.randint(0, len(outliers.data), (len(turn),), generator=gen)
                     turn = outliers.data[pick].to(device)
                 yield scale_pixels(keep, gen), scale_pixels(turn, gen)
-        return batches
+        return batches, gen
 
     def train(self, outliers: Outliers | None) -> None:
         flow_spec = self._flow_spec()
@@ -161,11 +162,15 @@ class NormalizingFlow(Method[FlowConfig]):
             torch.manual_seed(self.context.seed)
             flow = Flow(flow_spec).to(self.context.device)
             start = time.perf_counter()
-            history = train_flow(flow, self._batches(outliers), self.config.train_config(),
-                                 desc=f"flow {self.config.variant} (seed {self.context.seed})")
+            batches, generator = self._batches(outliers)
+            history = train_flow(flow, batches, self.config.train_config(),
+                                 desc=f"flow {self.config.variant} (seed {self.context.seed})", checkpoint=checkpoint,
+                                 generator=generator)
             return {**flow.checkpoint(), "history": history, "train_seconds": time.perf_counter() - start}
 
+        checkpoint = self.context.cache.path("checkpoints", f"flow-{self.key}")
         stored = self.context.cache.get_or_compute("flow", self.key, compute)
+        checkpoint.unlink(missing_ok=True)
         self.flow = Flow.from_checkpoint(stored).to(self.context.device)
         self.history, self.train_seconds = stored["history"], stored["train_seconds"]
 

@@ -136,7 +136,7 @@ class TextFlow(Method[TextFlowConfig]):
 
     def _batches(self, x_id: torch.Tensor, x_out: torch.Tensor | None, sources: torch.Tensor | None):
         """Seeded shuffling; with outliers, each sample is replaced by its outlier with probability outlier_prob
-        (samples without an outlier stay ID)."""
+        (samples without an outlier stay ID); and the generator the batches draw from."""
         config, device = self.config, self.context.device
         gen = torch.Generator().manual_seed(self.context.seed)
         outlier_of = torch.full((len(x_id),), -1, dtype=torch.long)
@@ -153,7 +153,7 @@ class TextFlow(Method[TextFlowConfig]):
                     continue
                 turn = (torch.rand(len(idx), generator=gen) < config.outlier_prob) & (outlier_of[idx] >= 0)
                 yield x_id[idx[~turn]].to(device), x_out[outlier_of[idx[turn]]].to(device)
-        return batches
+        return batches, gen
 
     def train(self, outliers: Outliers | None) -> None:
         stage = self._stage()
@@ -177,12 +177,15 @@ class TextFlow(Method[TextFlowConfig]):
             torch.manual_seed(self.context.seed)
             flow = Flow(flow_spec).to(self.context.device)
             start = time.perf_counter()
-            history = train_flow(flow, self._batches(x_id, x_out, outliers.labels if outliers is not None else None),
-                                 self.config.train_config(),
-                                 desc=f"text flow {self.config.variant} (seed {self.context.seed})")
+            batches, generator = self._batches(x_id, x_out, outliers.labels if outliers is not None else None)
+            history = train_flow(flow, batches, self.config.train_config(),
+                                 desc=f"text flow {self.config.variant} (seed {self.context.seed})",
+                                 checkpoint=checkpoint, generator=generator)
             return {**flow.checkpoint(), "history": history, "train_seconds": time.perf_counter() - start}
 
+        checkpoint = self.context.cache.path("checkpoints", f"text-flow-{self.key}")
         stored = self.context.cache.get_or_compute("text-flow", self.key, compute)
+        checkpoint.unlink(missing_ok=True)
         self.flow = Flow.from_checkpoint(stored).to(self.context.device)
         self.history, self.train_seconds = stored["history"], stored["train_seconds"]
         self.outliers = outliers

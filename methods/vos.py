@@ -116,6 +116,14 @@ class VOSSampler:
         # a stream of its own: not torch's global one (the classifier's), nor the trainer's data-order generator
         self.generator = torch.Generator().manual_seed(hook_seed(seed, "vos-virtual-outliers"))
 
+    def state_dict(self) -> dict[str, Any]:
+        """Its sampling generator's state, for the regulariser's epoch checkpoints (`Stateful`; the queues are a
+        hook of their own)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
     def __call__(self, batch: StepBatch, model: Classifier) -> torch.Tensor | None:
         if not self.queues.full:
             return None

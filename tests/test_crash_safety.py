@@ -9,7 +9,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from harness.cache import Cache
+from harness.cache import Cache, read_entry
 from harness.classifier.hooks import TrainingHook
 from harness.data.sets import ImageSet
 from harness.records.results import load_records
@@ -41,7 +41,7 @@ def test_training_killed_mid_way_resumes_to_the_weights_of_an_uninterrupted_run(
     checkpoints = cache / "checkpoints"
     while proc.poll() is None:  # kill -9 once the checkpoint of epoch 8 (index 7) is written
         found = list(checkpoints.glob("*.pt")) if checkpoints.is_dir() else []
-        if found and torch.load(found[0], weights_only=False)["epoch"] >= 7:
+        if found and read_entry(found[0])["epoch"] >= 7:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)

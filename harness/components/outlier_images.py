@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -86,6 +86,13 @@ class OutlierImageSource:
         self.padding = padding
         self.hflip = hflip
         self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its draw generator's state, for the regulariser's epoch checkpoints (`Stateful`)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         device = batch.images.device

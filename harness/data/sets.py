@@ -209,16 +209,30 @@ def decode_image(file: str | Path, size: int, channels: int, preprocess: str = "
             else:
                 img = resize_center_crop(img, size, resize)
             return np.asarray(img)
+    except Image.DecompressionBombError:
+        raise HarnessError(f"image {file} has more pixels than PIL decodes safely ({Image.MAX_IMAGE_PIXELS:,}); "
+                           "remove it or replace it with a downscaled copy") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise HarnessError(f"cannot read image {file} ({type(err).__name__}: {str(err).splitlines()[0][:80]}); "
                            "remove or replace that file") from None
 
 
 def list_images(root: Path) -> list[Path]:
-    """Every image file under `root` (recursively, following symlinks), sorted by path."""
-    found = []
-    for directory, _, names in os.walk(root, followlinks=True):
-        found += [Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    """Every image file under `root` (recursively, following symlinks, each folder and each file once however
+    many links lead to it, so a link loop ends), sorted by path."""
+    found, seen_dirs, seen_files = [], set(), set()
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen_dirs:
+            subdirs[:] = []
+            continue
+        seen_dirs.add(real)
+        subdirs.sort()
+        for name in sorted(names):
+            path = Path(directory) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
+                found.append(path)
     return sorted(found)
 
 

@@ -45,6 +45,9 @@ def first_unreadable(files: Sequence[Path]) -> str | None:
         try:
             with Image.open(file) as img:
                 img.size  # noqa: B018  (parsing the header is the check)
+        except Image.DecompressionBombError:
+            return (f"image {file} has more pixels than PIL decodes safely ({Image.MAX_IMAGE_PIXELS:,}); remove it or "
+                    "replace it with a downscaled copy")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             return f"cannot read image {file}"
     return None

@@ -20,6 +20,7 @@ DIR under the data root or absolute, "pooling": "mean" | "pooler"}`) and the met
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
             from None
     if variant:
         raw = _apply_variant(raw, variant, path)
+    if not isinstance(raw, dict):
+        raise HarnessError(f"benchmark spec {path} holds a JSON {type(raw).__name__}, not an object; see "
+                           "datasets/mnist5k.json for the format")
     modality = raw.get("modality", "image")
     if modality not in MODALITIES:
         raise HarnessError(f"benchmark spec {path}: modality {modality!r} must be one of {', '.join(MODALITIES)}")
@@ -136,6 +140,9 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         raise HarnessError(f"benchmark spec {path} lacks {', '.join(missing)}; "
                            "see datasets/mnist5k.json for the format")
     check_name(raw["name"], f"benchmark spec {path}: name")
+    if not isinstance(raw["ood"], list):
+        raise HarnessError(f"benchmark spec {path}: ood must be a list of set entries")
+    check_schema(raw, path)
     names = [entry.get("name") for entry in raw["ood"]]
     if None in names or len(set(names)) != len(names):
         raise HarnessError(f"benchmark spec {path}: every OOD entry needs a distinct 'name'")
@@ -179,6 +186,90 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         presets=presets, storage=storage, family=raw.get("family", raw["name"]),
         variants=tuple(sorted(raw.get("variants", {}))), stability_targets=targets,
     )
+
+
+TOP_LEVEL_KEYS = ("name", "description", "modality", "image_size", "channels", "num_classes", "class_names",
+                  "prompt_names", "prompt_names_note", "official_prompt_names", "mean", "std", "id", "ood",
+                  "classifier", "presets", "storage", "leaderboard_metrics", "stability_targets", "text_encoder",
+                  "variants", "family")
+# Keys every set entry may carry whatever its source: how the harness draws and describes it.
+ENTRY_KEYS = ("name", "source", "note", "from", "layout", "locations", "expected", "eval_count", "subset_seed",
+              "preprocess", "seed", "class_names")
+COUNT_KEYS = ("count", "train", "test", "expected", "eval_count", "min_per_class", "max_per_class")
+SEED_KEYS = ("seed", "split_seed", "subset_seed")
+PRESET_KEYS = ("epoch_scale", "max_train", "max_test", "max_ood", "description")
+MAX_COUNT = 10_000_000
+
+
+def _unknown(keys: Any, allowed: Any, where: str) -> None:
+    """One line naming the first key of `keys` not in `allowed`, with the nearest allowed one."""
+    import difflib
+
+    for key in keys:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise HarnessError(f"{where}: unknown key {key!r} ({hint}allowed: {', '.join(sorted(allowed))})")
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_schema(raw: dict[str, Any], path: Path) -> None:
+    """Every field of a spec (after its variant is applied) has a known name and a value of the right type and
+    range; otherwise one line naming the field, what it holds and what is expected."""
+    import inspect
+
+    from harness.data.sources import get_probe, get_source
+
+    where = f"benchmark spec {path}"
+    _unknown(raw, TOP_LEVEL_KEYS, where)
+    if raw.get("modality", "image") == "image":
+        if not _whole(raw["image_size"], 8, 4096):
+            raise HarnessError(f"{where}: image_size {raw['image_size']!r} must be a whole number of pixels from 8 "
+                               "to 4096")
+        if raw["channels"] not in (1, 3) or isinstance(raw["channels"], bool):
+            raise HarnessError(f"{where}: channels {raw['channels']!r} must be 1 (grey) or 3 (RGB)")
+        for key in ("mean", "std"):
+            values = raw[key]
+            if not isinstance(values, list) or len(values) != raw["channels"] or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise HarnessError(f"{where}: {key} {values!r} must list {raw['channels']} finite numbers, one per "
+                                   "channel")
+        if not all(v > 0 for v in raw["std"]):
+            raise HarnessError(f"{where}: std {raw['std']!r} must be positive in every channel (it divides the "
+                               "pixels)")
+    for name, preset in raw.get("presets", {}).items():
+        _unknown(preset, PRESET_KEYS, f"{where}: presets.{name}")
+        for key, value in preset.items():
+            if key != "description" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                              and 0 < value <= MAX_COUNT):
+                raise HarnessError(f"{where}: presets.{name}.{key} {value!r} must be a positive number")
+    for label, entry in [("id", raw["id"]), *((f"ood {e.get('name')!r}", e) for e in raw["ood"])]:
+        if not isinstance(entry, dict):
+            raise HarnessError(f"{where}: {label} must be an object with a 'source'")
+        for location in locations(entry):
+            source = location.get("source")
+            if not isinstance(source, str):
+                raise HarnessError(f"{where}: {label} names no 'source'")
+            probe = get_probe(source)
+            functions = [get_source(source), *([probe] if probe else [])]
+            parameters = [p for fn in functions for follow in (False, True)
+                          for p in inspect.signature(fn, follow_wrapped=follow).parameters.values()]
+            named = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+            _unknown(location, {*ENTRY_KEYS, *named} - {"size", "channels", "data_root"},
+                     f"{where}: {label} (source {source})")
+            for key in COUNT_KEYS:
+                value = location.get(key)
+                if key in location and value is not None and not (isinstance(value, dict) and all(
+                        _whole(v, 1, MAX_COUNT) for v in value.values())) and not _whole(value, 1, MAX_COUNT):
+                    raise HarnessError(f"{where}: {label} {key} {location[key]!r} must be a whole number from 1 to "
+                                       f"{MAX_COUNT:,}")
+            for key in SEED_KEYS:
+                if key in location and not _whole(location[key], 0, 2**32 - 1):
+                    raise HarnessError(f"{where}: {label} {key} {location[key]!r} must be a whole number from 0 to "
+                                       "2**32 - 1")
 
 
 def _check_stability_targets(targets: dict[str, Any], path: Path) -> None:

@@ -409,6 +409,7 @@ def _pl(folder: Path, **_: object) -> TextSet:
 def _file_source(read: object) -> object:
     def source(*, data_root: Path | None, path: str, **options: object) -> TextSet:
         return read(_under(data_root, path), **options)  # type: ignore[operator]
+    source.__wrapped__ = read  # type: ignore[attr-defined]  (its options are the reader's: the spec schema reads them)
     return source
 
 
