@@ -34,8 +34,8 @@ CASES = {
     "npos": settings("npos", {"queue_size": "8", "k": "4", "boundary_count": "4", "candidates_per_point": "8",
                               "kept_per_point": "2", "test_k": "5", "start_epoch": "0"}),
     "flow": settings("flow", {"epochs": "3"}),
-    "dream_ood": settings("dream_ood", {"start_epoch": "0"}),
-    "ncis": settings("ncis", {"start_epoch": "0"}),
+    "dream_ood": settings("dream_ood", {}),
+    "ncis": settings("ncis", {}),
     "text_flow": settings("text_flow", {"epochs": "3"}),
 }
 SLOW = {"dream_ood", "ncis", "text_flow"}
