@@ -281,6 +281,12 @@ def cmd_list() -> None:
             print(f"    {name}.{field}: {type_name} = {default!r}")
         for bench, values in sorted(entry.cls.benchmark_defaults.items()):
             print(f"    on {bench}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    from harness.classifier.training import ClassifierConfig
+
+    print("classifier  the shared classifier recipe of every method that trains one (defaults; a benchmark's spec "
+          "sets its own, see its `classifier`)")
+    for field, type_name, default in describe_fields(ClassifierConfig):
+        print(f"    classifier.{field}: {type_name} = {default!r}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:

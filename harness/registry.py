@@ -6,6 +6,7 @@ The core never names a plugin: it only walks the package and the entry points.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, get_args
 
 from harness.config import Protocol, build_config, coerce, config_fields
-from harness.contract import Method
+from harness.contract import Method, MethodInfo, MethodKind
 from harness.errors import HarnessError
 
 ENTRY_POINT_GROUP = "harness.methods"
@@ -87,8 +88,33 @@ def _add(registry: dict[str, Registered], entry: Registered) -> None:
     registry[entry.name] = entry
 
 
+# Entry points that could not be registered, by entry-point name: why, in one line. `discover` warns once per
+# process and leaves them out; `resolve_methods` refuses a run that names one.
+BROKEN: dict[str, str] = {}
+
+
+def check_method_class(cls: type, origin: str) -> None:
+    """A registered class must be a concrete `Method` with a `MethodInfo` of a known kind and a dataclass `Config`
+    (ValueError naming what is wrong otherwise)."""
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise ValueError(f"{origin} is not a harness.contract.Method subclass; point it at one")
+    info = cls.__dict__.get("info")
+    if not isinstance(info, MethodInfo):
+        raise ValueError(f"{origin}: {cls.__name__}.info must be a harness.contract.MethodInfo")
+    if info.kind not in get_args(MethodKind):
+        raise ValueError(f"{origin}: kind {info.kind!r} of method {info.name!r} is not one of "
+                         f"{', '.join(get_args(MethodKind))}")
+    if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+        raise ValueError(f"{origin}: {cls.__name__}.Config must be a dataclass of the method's settings")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise ValueError(f"{origin}: {cls.__name__} does not implement {missing}")
+
+
 def discover() -> dict[str, Registered]:
-    """Every available method by name; a duplicate name is an error naming both sources."""
+    """Every available method by name; a duplicate name is an error naming both sources. A third-party entry point
+    that fails to import or breaks the contract is left out with one warning line (`BROKEN`), so it stops only the
+    runs that name it."""
     registry: dict[str, Registered] = {}
     package = importlib.import_module(BUILTIN_PACKAGE)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
@@ -96,17 +122,22 @@ def discover() -> dict[str, Registered]:
         for cls in _methods_in(module):
             _add(registry, Registered(cls, module.__name__, plugin_identity(cls, "oodbench")))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = ep.load()
-        except Exception as err:  # a broken third-party plugin must not hide the others' names
-            raise HarnessError(f"plugin entry point {ep.name} = {ep.value} failed to import ({err}); "
-                               "fix or uninstall that package") from None
-        classes = _methods_in(loaded) if inspect.ismodule(loaded) else [loaded]
         dist = getattr(ep, "dist", None)
         origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name})" if dist else "")
+        try:
+            loaded = ep.load()
+            classes = _methods_in(loaded) if inspect.ismodule(loaded) else [loaded]
+            for cls in classes:
+                check_method_class(cls, origin)
+        except Exception as err:  # noqa: BLE001  (a broken third-party plugin must not stop the others)
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            problem = reason if isinstance(err, ValueError) and origin in reason else \
+                f"{origin} failed to import ({type(err).__name__}: {reason})"
+            if ep.name not in BROKEN:
+                print(f"warning: plugin skipped: {problem}; fix or uninstall that package", file=sys.stderr)
+            BROKEN[ep.name] = problem
+            continue
         for cls in classes:
-            if not (inspect.isclass(cls) and issubclass(cls, Method)):
-                raise HarnessError(f"{origin} is not a harness.contract.Method subclass; point it at one")
             _add(registry, Registered(cls, origin, plugin_identity(cls, dist.name if dist else None)))
     return registry
 
@@ -114,6 +145,9 @@ def discover() -> dict[str, Registered]:
 def resolve_methods(names: list[str], registry: dict[str, Registered]) -> list[type[Method]]:
     if not names:
         raise HarnessError(f"no methods given; pass --methods with one or more of: {', '.join(sorted(registry))}")
+    broken = [n for n in names if n not in registry and n in BROKEN]
+    if broken:
+        raise HarnessError(f"method {broken[0]!r} cannot run: {BROKEN[broken[0]]}; fix or uninstall that package")
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise HarnessError(f"unknown method {unknown[0]!r}; available methods: {', '.join(sorted(registry))}")

@@ -154,19 +154,38 @@ def plan(request: RunRequest) -> Plan:
     return Plan(planned, classifier, spec, data_root, data)
 
 
+def checked_scores(method: Method, images: Any, name: str) -> np.ndarray:
+    """`method.score(images)` as float64, or one line naming the method, the set and what the contract expects:
+    one finite number per item."""
+    where = f"{method.info.name}.score on set {name!r}"
+    try:
+        scores = np.asarray(method.score(images), dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise HarnessError(f"{where} returned something that is not numbers ({err}); return one float per item") \
+            from None
+    if scores.shape != (len(images),):
+        raise HarnessError(f"{where} returned shape {scores.shape} for {len(images)} items; return one float per "
+                           f"item, shape ({len(images)},)")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise HarnessError(f"{where} returned {len(bad)} non-finite scores (first at item {bad[0]}: {scores[bad[0]]}); "
+                           "every score must be a finite number, higher = more in-distribution")
+    return scores
+
+
 def evaluate(method: Method, benchmark: Benchmark, positive: Positive,
              rule: FprRule = "recall-at-least") -> tuple[dict, dict, float | None, dict]:
-    id_scores = np.asarray(method.score(benchmark.test), dtype=np.float64)
+    id_scores = checked_scores(method, benchmark.test, "ID")
     per_set, scores = {}, {"ID": id_scores}
     for name, image_set in benchmark.ood.items():
-        ood_scores = np.asarray(method.score(image_set), dtype=np.float64)
-        if ood_scores.shape != (len(image_set),):
-            raise RuntimeError(f"{method.info.name}.score returned shape {ood_scores.shape} "
-                               f"for {len(image_set)} items")
+        ood_scores = checked_scores(method, image_set, name)
         scores[name] = ood_scores
         per_set[name] = ood_metrics(id_scores, ood_scores, positive, rule)
     average = {m: float(np.mean([per_set[s][m] for s in per_set])) for m in METRIC_NAMES}
     predictions = method.predict(benchmark.test)
+    if predictions is not None and np.shape(predictions) != (len(benchmark.test),):
+        raise HarnessError(f"{method.info.name}.predict returned shape {np.shape(predictions)} for the "
+                           f"{len(benchmark.test)} ID test items; return one class index per item, or None")
     id_acc = None if predictions is None else accuracy(predictions, benchmark.test.labels.numpy())
     return per_set, average, id_acc, scores
 

@@ -130,3 +130,104 @@ def test_every_reference_setting_names_a_field_of_its_method():
             assert "protocol" in fields, f"{entry.name} has reference_settings but no protocol field"
             unknown = set(settings) - fields
             assert not unknown, f"{entry.name}.reference_settings[{benchmark!r}] names unknown fields {unknown}"
+
+
+BROKEN_PLUGINS = {
+    "shadowed": ("raise ImportError('a folder shadows this module')\n", "failed to import (ImportError: a folder"),
+    "notdata": ("from harness.contract import BaselineClassifierMethod, MethodInfo\n\n\nclass NotData:\n    pass\n\n\n"
+                "class Bad(BaselineClassifierMethod):\n    info = MethodInfo('notdata', 'x', 'post-hoc')\n"
+                "    Config = NotData\n\n    def score_outputs(self, outputs):\n        return outputs['logits'][:, 0]\n",
+                "Bad.Config must be a dataclass"),
+    "oddkind": ("from dataclasses import dataclass\n\nfrom harness.contract import BaselineClassifierMethod, MethodInfo\n"
+                "\n\n@dataclass\nclass C:\n    pass\n\n\nclass Bad(BaselineClassifierMethod):\n"
+                "    info = MethodInfo('oddkind', 'x', 'posthoc')\n    Config = C\n\n"
+                "    def score_outputs(self, outputs):\n        return outputs['logits'][:, 0]\n",
+                "kind 'posthoc' of method 'oddkind' is not one of post-hoc, feature-synthesis"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_PLUGINS))
+def test_a_broken_plugin_is_skipped_with_one_warning_and_stops_only_runs_that_name_it(name, tmp_path, monkeypatch,
+                                                                                      capsys):
+    from harness import registry
+
+    source, message = BROKEN_PLUGINS[name]
+    module = f"{name}_plugin"
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    target = f"{module}:Bad" if name != "shadowed" else module
+    (dist / "entry_points.txt").write_text(f"[harness.methods]\n{name} = {target}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "BROKEN", {})
+    found = discover()
+    assert name not in found and {"msp", "energy"} <= set(found)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: plugin skipped: ") and message in warning and warning.count("\n") == 1
+    discover()
+    assert capsys.readouterr().err == ""  # once per process
+    with pytest.raises(HarnessError, match=f"method '{name}' cannot run: .*{re.escape(message)}"):
+        resolve_methods(["msp", name], found)
+    assert resolve_methods(["msp"], found)
+
+
+def test_list_shows_the_classifier_settings(capsys):
+    from harness.cli import main
+
+    assert main(["list"]) == 0
+    shown = capsys.readouterr().out
+    assert "classifier.epochs: int = 100" in shown and "classifier.eval_batch_size: int = 500" in shown
+
+
+SCORES = {
+    "wrong shape": ("return np.zeros((len(outputs['logits']), 10))", "returned shape (200, 10) for 200 items"),
+    "nan": ("s = outputs['logits'].max(1).astype(float); s[3] = np.nan; return s",
+            "returned 1 non-finite scores (first at item 3: nan)"),
+    "strings": ("return np.array(['a'] * len(outputs['logits']))", "returned something that is not numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCORES))
+def test_a_score_breaking_the_contract_is_one_line_naming_method_and_set(case, tmp_path, monkeypatch, capsys,
+                                                                         session_cache):
+    from harness import registry
+    from harness.cli import main
+    from tests.regress_helpers import TINY_PRESET, write_tiny_spec
+
+    body, message = SCORES[case]
+    module = f"contract_{case.replace(' ', '_')}_plugin"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(f'''
+        from dataclasses import dataclass
+
+        import numpy as np
+
+        from harness.contract import BaselineClassifierMethod, MethodInfo
+
+
+        @dataclass(frozen=True)
+        class C:
+            pass
+
+
+        class Bad(BaselineClassifierMethod[C]):
+            info = MethodInfo("badscore", "none", "post-hoc")
+            Config = C
+
+            def score_outputs(self, outputs):
+                {body}
+        '''))
+    dist = tmp_path / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[harness.methods]\nbadscore = {module}:Bad\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "BROKEN", {})
+    spec = write_tiny_spec(tmp_path, epochs=1)
+    code = main(["run", "--methods", "badscore", "--benchmark", str(spec), "--preset", TINY_PRESET, "--out",
+                 str(tmp_path / "out"), "--cache-dir", str(session_cache.root)])
+    err = capsys.readouterr().err
+    line = err[err.find("error: "):]  # after the training's progress bars
+    assert code == 2 and line.count("\n") == 1 and "Traceback" not in err, err
+    assert line.startswith("error: badscore.score on set 'ID' ") and message in line, err
+    assert not list((tmp_path / "out").rglob("*.json"))
