@@ -136,10 +136,11 @@ BROKEN_PLUGINS = {
     "shadowed": ("raise ImportError('a folder shadows this module')\n", "failed to import (ImportError: a folder"),
     "notdata": ("from harness.contract import BaselineClassifierMethod, MethodInfo\n\n\nclass NotData:\n    pass\n\n\n"
                 "class Bad(BaselineClassifierMethod):\n    info = MethodInfo('notdata', 'x', 'post-hoc')\n"
-                "    Config = NotData\n\n    def score_outputs(self, outputs):\n        return outputs['logits'][:, 0]\n",
+                "    Config = NotData\n\n    def score_outputs(self, outputs):\n"
+                "        return outputs['logits'][:, 0]\n",
                 "Bad.Config must be a dataclass"),
-    "oddkind": ("from dataclasses import dataclass\n\nfrom harness.contract import BaselineClassifierMethod, MethodInfo\n"
-                "\n\n@dataclass\nclass C:\n    pass\n\n\nclass Bad(BaselineClassifierMethod):\n"
+    "oddkind": ("from dataclasses import dataclass\n\n"
+                "from harness.contract import BaselineClassifierMethod, MethodInfo\n\n\n@dataclass\nclass C:\n    pass\n\n\nclass Bad(BaselineClassifierMethod):\n"
                 "    info = MethodInfo('oddkind', 'x', 'posthoc')\n    Config = C\n\n"
                 "    def score_outputs(self, outputs):\n        return outputs['logits'][:, 0]\n",
                 "kind 'posthoc' of method 'oddkind' is not one of post-hoc, feature-synthesis"),
