@@ -140,7 +140,8 @@ BROKEN_PLUGINS = {
                 "        return outputs['logits'][:, 0]\n",
                 "Bad.Config must be a dataclass"),
     "oddkind": ("from dataclasses import dataclass\n\n"
-                "from harness.contract import BaselineClassifierMethod, MethodInfo\n\n\n@dataclass\nclass C:\n    pass\n\n\nclass Bad(BaselineClassifierMethod):\n"
+                "from harness.contract import BaselineClassifierMethod, MethodInfo\n\n\n"
+                "@dataclass\nclass C:\n    pass\n\n\nclass Bad(BaselineClassifierMethod):\n"
                 "    info = MethodInfo('oddkind', 'x', 'posthoc')\n    Config = C\n\n"
                 "    def score_outputs(self, outputs):\n        return outputs['logits'][:, 0]\n",
                 "kind 'posthoc' of method 'oddkind' is not one of post-hoc, feature-synthesis"),
