@@ -39,6 +39,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(DEFAULT_CACHE_ENV, Path.home() / ".cache" / "oodbench"))
 
 
+class DiskFull(HarnessError):
+    """The disk (or quota) filled up during a write; nothing half-written was left."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same directory and an atomic rename; a full disk is a
     one-line error, with nothing half-written left behind."""
@@ -55,8 +59,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise HarnessError(f"disk full while writing {path}; free space and rerun (finished stages are cached "
-                               "and kept)") from None
+            raise DiskFull(f"disk full while writing {path}; free space and rerun (finished stages are cached and "
+                           "kept)") from None
         raise
 
 

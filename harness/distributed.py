@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from harness.cache import Cache, load_or_none, remove_stale_temporaries, write_entry
+from harness.cache import Cache, DiskFull, load_or_none, remove_stale_temporaries, write_entry
 from harness.errors import HarnessError
 
 T = TypeVar("T")
@@ -87,8 +87,8 @@ class ShardedStage:
                     continue
                 try:
                     write(output, path)
-                except OSError as err:
-                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                except (DiskFull, OSError) as err:
+                    if isinstance(err, DiskFull) or err.errno in (errno.ENOSPC, errno.EDQUOT):
                         stored = sum(self.item_path(i).exists() for i in ids)
                         raise HarnessError(f"disk full while writing {path}; {stored} of {len(ids)} items of stage "
                                            f"{self.stage} are stored and kept: free space and rerun to resume") \

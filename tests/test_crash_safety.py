@@ -100,7 +100,7 @@ def test_a_truncated_cache_entry_is_reported_in_one_line_and_recomputed(tmp_path
     value = cache.get_or_compute("stage", "key", compute)
     assert torch.equal(value["weights"], torch.arange(1000.0)) and len(calls) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is truncated or corrupted" in err[0] and "recomputing" in err[0]
+    assert len(err) == 1 and "is damaged or not trusted" in err[0] and "recomputing" in err[0]
     assert cache.get_or_compute("stage", "key", compute) is not None and len(calls) == 2
 
 
