@@ -216,7 +216,8 @@ class NormalizingFlow(Method[FlowConfig]):
         facts: dict[str, Any] = {
             "data_scaling": DATA_SCALING,
             "compressor": compressor_name(),
-            "flow_key": self.key,  # <cache dir>/flow/<key>.pt; `python -m harness.figures.flow lipschitz KEY`
+            # <cache dir>/flow/<key>.pt; `python -m harness.figures.flow lipschitz KEY`
+            "flow_key": self.context.cache.entry_key(self.key),
             "final_train_loss": self.history[-1],
             "haar": self.flow.spec.haar,
             "train_seconds_uncached": round(self.train_seconds, 1),

@@ -227,7 +227,7 @@ class TextFlow(Method[TextFlowConfig]):
             "synthesized": len(synthesized),
             "dropped_texts": made.dropped,  # training texts with no sentence of <= max_length tokens: no outlier
             "outliers_used": self.config.variant == "synthetic",
-            "flow_key": self.key,
+            "flow_key": self.context.cache.entry_key(self.key),
             "final_train_loss": self.history[-1],
             "train_seconds_uncached": round(self.train_seconds, 1),
             "mean_log_p_nats": {name: float(self.log_p(s).mean())

@@ -19,11 +19,12 @@ def msp_records():
 
 
 def shifted(records, offsets, kind="post-hoc", label="msp", acc_offsets=None, faces=None):
-    """Copies whose average AUROC is moved by offsets[i] / 100 (and faces AUROC set to faces[i])."""
+    """Copies whose average AUROC is moved by offsets[i] / 100, every set's AUROC by as much (the leaderboard averages
+    the sets), and faces AUROC set to faces[i]."""
     out = []
     for i, r in enumerate(records):
         average = {**r.average, "auroc": r.average["auroc"] + offsets[i] / 100}
-        metrics = dict(r.metrics)
+        metrics = {name: {**values, "auroc": values["auroc"] + offsets[i] / 100} for name, values in r.metrics.items()}
         if faces is not None:
             metrics["faces"] = {**metrics["faces"], "auroc": faces[i]}
         acc = r.id_accuracy + (acc_offsets[i] / 100 if acc_offsets else 0)

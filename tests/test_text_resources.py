@@ -1,5 +1,6 @@
 """Text resources: pinned archives, atomic extraction, one-line errors naming the set-up command."""
 
+import json
 import subprocess
 
 import pytest
@@ -60,4 +61,6 @@ def test_a_deleted_resource_file_makes_it_not_ready(tmp_path):
     assert not tr.resource_is_ready("pang_lee", tmp_path)  # marker without its files: rebuilt at next use
     for name in tr.PANG_LEE_FILES:
         (tmp_path / "pang_lee" / name).write_text("")
+    assert not tr.resource_is_ready("pang_lee", tmp_path)  # files without the manifest they were extracted with
+    (tmp_path / "pang_lee" / tr.MARKER).write_text(json.dumps({"manifest": tr.tree_manifest(tmp_path / "pang_lee")}))
     assert tr.resource_is_ready("pang_lee", tmp_path)

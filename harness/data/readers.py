@@ -13,6 +13,7 @@ relative to the data root: `--data-root DIR` or the `OODBENCH_DATA` environment 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 import pickle
@@ -52,6 +53,10 @@ def _at(data_root: Path | None, path: str) -> Path:
 
 # --- CIFAR-100 python pickles -----------------------------------------------------------------------------------
 
+class RefusedClass(pickle.UnpicklingError):
+    """A pickle named a class `ArrayUnpickler` does not load."""
+
+
 class ArrayUnpickler(pickle.Unpickler):
     """Loads only numpy arrays, lists, dicts, str and bytes (what the CIFAR python pickles hold): any other class a
     pickle names is refused before anything could run."""
@@ -59,11 +64,12 @@ class ArrayUnpickler(pickle.Unpickler):
     ALLOWED: dict[tuple[str, str], Any] = {
         ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode}  # how protocol-2 pickles store bytes
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file may not load")
+            raise RefusedClass(f"it refers to {module}.{name}, which a data file may not load")
         return self.ALLOWED[(module, name)]
 
 
@@ -71,7 +77,7 @@ def _unpickle(file: Path) -> dict[str, Any]:
     try:
         with open(file, "rb") as handle:
             data = ArrayUnpickler(handle, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+    except RefusedClass as err:
         raise HarnessError(f"CIFAR pickle {file} was refused ({err}); re-extract cifar-100-python.tar.gz from its "
                            "official source") from None
     except Exception as err:  # noqa: BLE001  (a damaged pickle can raise almost anything; all mean "re-extract")
