@@ -39,6 +39,7 @@ def test_post_hoc_methods_hold_the_committed_mnist5k_numbers(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.skipif("avx512f" not in cpu_identity().get("flags", []), reason="needs a CPU with AVX-512")
 def test_native_kernels_on_an_avx512_cpu_miss_the_numbers_the_portable_kernels_hold(tmp_path):
     """The check above can fail: on an AVX-512 CPU, the same seed with each library's native dispatch moves the
