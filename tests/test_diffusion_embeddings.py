@@ -260,6 +260,7 @@ def test_killed_stage_resumed_gives_bit_identical_files(tmp_path, uninterrupted)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_torchrun_two_cpu_ranks_give_the_same_embeddings_as_one_process(tmp_path, uninterrupted):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *_embed_cmd(tmp_path)]

@@ -121,6 +121,7 @@ def test_killed_generation_resumed_gives_the_same_files(model_dir, tmp_path, uni
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_torchrun_two_cpu_ranks_give_the_same_files_as_one_process(model_dir, tmp_path, uninterrupted):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *_generate_cmd(model_dir, tmp_path)]

@@ -67,7 +67,8 @@ def test_every_method_plans_with_its_defaults_on_every_benchmark_and_preset(data
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", [pytest.param(b, marks=pytest.mark.heavy) if b == "imagenet100" else b
+                                  for b in BENCHMARKS])
 def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp_path):
     methods = image_methods()
     settings = [f"{scope}.{k}={v}" for scope, values in TINY.items() if scope in methods or scope == "classifier"

@@ -156,6 +156,8 @@ def test_publish_writes_nothing_when_its_slow_checks_fail(tiny, tmp_path, capsys
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_publish_with_two_jobs_gives_the_one_job_numbers(tiny, tmp_path):
     """(label, seed) tasks in two worker processes sharing one cache: same metrics as the sequential publish."""
     records, _ = publish(str(tiny["spec"]), tmp_path / "results", tiny["labels"], tmp_path / "cache", jobs=2,

@@ -47,6 +47,7 @@ def test_shipped_model_has_the_sd_layout_and_fits_the_size_limit():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_class_prompt_samples_are_classified_as_the_prompted_digit():
     torch.manual_seed(0)
     threads = torch.get_num_threads()
