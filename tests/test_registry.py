@@ -233,3 +233,24 @@ def test_a_score_breaking_the_contract_is_one_line_naming_method_and_set(case, t
     assert code == 2 and line.count("\n") == 1 and "Traceback" not in err, err
     assert line.startswith("error: badscore.score on set 'ID' ") and message in line, err
     assert not list((tmp_path / "out").rglob("*.json"))
+
+
+def test_the_readme_plugin_example_installs_and_is_listed(tmp_path):
+    """The README's worked example, its module and pyproject exactly as printed, installs with pip and registers."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Adding a method", 1)[1]
+    module = re.search(r"```python\n# maxlogit_plugin.py\n(.*?)```", section, re.S).group(1)
+    pyproject = re.search(r"```toml\n# your package's pyproject.toml\n(.*?)```", section, re.S).group(1)
+    package = tmp_path / "maxlogit-plugin"
+    package.mkdir()
+    (package / "maxlogit_plugin.py").write_text(module)
+    (package / "pyproject.toml").write_text(pyproject)
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              "--target", str(target), str(package)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(REPO)])}
+    listing = subprocess.run([sys.executable, "-m", "harness", "list"], env=env, capture_output=True, text=True)
+    assert listing.returncode == 0 and "warning" not in listing.stderr, listing.stderr
+    assert "maxlogit  [post-hoc]" in listing.stdout and "(maxlogit-plugin)" in listing.stdout
+    assert "maxlogit.scale: float = 1.0" in listing.stdout
