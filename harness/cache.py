@@ -125,24 +125,32 @@ def decode(obj: Any) -> Any:
     return obj
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`obj` as a plain `torch.save` file that `torch.load(weights_only=True)` reads (`load_tensors`)."""
+def _serialize(obj: Any) -> bytes:
+    """`torch.save` bytes of `encode(obj)`."""
     buffer = io.BytesIO()
     torch.save(encode(obj), buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _deserialize(source: Any) -> Any:
+    """The object of `_serialize` bytes (a path or a file object), loaded without running code."""
+    return decode(torch.load(source, map_location="cpu", weights_only=True))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`obj` as a plain `torch.save` file that `torch.load(weights_only=True)` reads (`load_tensors`)."""
+    atomic_write_bytes(Path(path), _serialize(obj))
 
 
 def load_tensors(path: Path) -> Any:
     """A file of `atomic_torch_save` (or any torch file of tensors and plain values), loaded without running code."""
-    return decode(torch.load(path, map_location="cpu", weights_only=True))
+    return _deserialize(path)
 
 
 def write_entry(obj: Any, path: Path) -> None:
     """A cache entry: a header naming the entry (`<stage>/<file>`) and the SHA-256 of its payload, then the payload
-    (`torch.save` of `encode(obj)`); written atomically."""
-    buffer = io.BytesIO()
-    torch.save(encode(obj), buffer)
-    payload = buffer.getvalue()
+    (`_serialize(obj)`); written atomically."""
+    payload = _serialize(obj)
     header = json.dumps({"entry": f"{path.parent.name}/{path.name}", "sha256": hashlib.sha256(payload).hexdigest()})
     atomic_write_bytes(Path(path), ENTRY_MAGIC + header.encode() + b"\n" + payload)
 
@@ -162,7 +170,7 @@ def read_entry(path: Path) -> Any:
         raise ValueError(f"it holds the entry {header.get('entry')!r}, not this one")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise ValueError("its content does not match its checksum")
-    return decode(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
+    return _deserialize(io.BytesIO(payload))
 
 
 def load_or_none(path: Path, what: str = "cache entry") -> Any | None:
@@ -213,7 +221,7 @@ class Cache:
         compute it once: the others wait, then read it. The lock dies with its process, so a killed run leaves no
         stale lock behind. A truncated or corrupted entry is reported in one line and recomputed."""
         path = self.path(stage, key)
-        key = path.stem
+        key = path.stem  # the scoped key: what the event log and the lock name
         value = load_or_none(path)
         if value is not None:
             self.events.append((stage, key, "hit"))

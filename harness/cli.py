@@ -9,7 +9,9 @@ import argparse
 import os
 from pathlib import Path
 
+from harness.config import MAX_SEED
 from harness.errors import HarnessError, run_command
+from harness.numerics import DEFAULT_MODE, MODE_ENV, MODES, check_mode, select_kernels
 
 
 def _csv(text: str) -> list[str]:
@@ -23,7 +25,7 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise argparse.ArgumentTypeError("--seeds needs at least one integer, e.g. --seeds 0")
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > 2**32 - 1:
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
         raise argparse.ArgumentTypeError(f"--seeds {text!r} must list distinct integers from 0 to 2**32 - 1, e.g. "
                                          "0,1,2,3,4")
     return seeds
@@ -56,8 +58,6 @@ def _add_run_environment(parser: argparse.ArgumentParser) -> None:
 
 def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
     """`--kernels` / `--native-kernels` (harness.numerics): chosen before torch loads, recorded."""
-    from harness.numerics import DEFAULT_MODE, MODE_ENV, MODES
-
     parser.add_argument("--kernels", default=None, metavar="|".join(MODES),
                         help=f"kernel instruction set: {DEFAULT_MODE} (default, or ${MODE_ENV}) pins ATen, oneDNN, "
                              "MKL, OpenBLAS and faiss so numbers reproduce bit for bit on any x86-64 CPU with it; "
@@ -358,8 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     def command() -> int | None:
         args = build_parser().parse_args(argv)
         if hasattr(args, "kernels"):  # before anything loads torch
-            from harness.numerics import DEFAULT_MODE, MODE_ENV, check_mode, select_kernels
-
             select_kernels(check_mode(args.kernels or os.environ.get(MODE_ENV) or DEFAULT_MODE,
                                       "--kernels" if args.kernels else MODE_ENV))
         if args.command == "run":

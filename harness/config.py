@@ -43,6 +43,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+MAX_SEED = 2**32 - 1  # the largest seed a run, a spec or a record may name (numpy's generators take up to it)
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (in a JSON file or a config, `true` is not 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_whole(value: Any, low: int, high: int) -> bool:
+    """An int (not a bool) from `low` to `high`."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert `value` (often a CLI string) to the declared type `tp`, or raise a one-line HarnessError."""
     origin = get_origin(tp)
@@ -89,7 +102,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise HarnessError(f"{key}={value!r} is not an integer; give a whole number such as {key}=10") from None
     if tp is float:
         try:
-            number = float(value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value))
+            number = float(value if is_number(value) else str(value))
         except ValueError:
             raise HarnessError(f"{key}={value!r} is not a number; give a value such as {key}=0.1") from None
         if not math.isfinite(number):

@@ -86,9 +86,8 @@ class RunContext:
     artifact_dir: Path | None = None
     fpr_positive: Positive = "id"           # the run's metric conventions, for metrics a method adds to `details`
     fpr_rule: FprRule = "recall-at-least"
-    # The method's code identity (a third-party plugin's distribution, version and source hash; empty for a
-    # built-in). `cache` is already scoped by it; `shared_cache` is not, for stages every method shares.
-    code: tuple[Any, ...] = ()
+    # `cache` is scoped by the method's code (a third-party plugin's distribution, version and source hash; the same
+    # as `shared_cache` for a built-in); `shared_cache` is not, for the stages every method shares.
     shared_cache: Cache | None = None
 
     def __post_init__(self) -> None:
@@ -104,29 +103,29 @@ class RunContext:
                          hooks: Sequence[TrainingHook] = (), key_parts: Sequence[Any] = ()) -> TrainedClassifier:
         """Train (or load from the cache) a classifier on the ID training set.
 
-        The cache key covers the benchmark data, the classifier recipe, the seed, `purpose` and `key_parts`: a method
+        The cache key covers the benchmark data, the classifier recipe, the seed, `purpose` and `key_parts`, and,
+        with hooks, the method's code (the classifier is stored through the method's own scoped `cache`): a method
         that trains with hooks must put everything its hooks depend on (its config, its outliers' fingerprint) in
         `key_parts`.
         """
         config = config or self.classifier_config
         key = content_hash(purpose, self.benchmark.train.fingerprint, self.benchmark.spec.mean,
                            self.benchmark.spec.std, config, self.seed, list(key_parts),
-                           file_identity(config.pretrained), CLASSIFIER_VERSION, self.code if hooks else [])
-
-        checkpoint = self.shared_cache.path("checkpoints", f"classifier-{key}")
+                           file_identity(config.pretrained), CLASSIFIER_VERSION)
+        cache = self.cache if hooks else self.shared_cache  # hooks are the method's code: keyed by it
+        checkpoint = cache.path("checkpoints", f"classifier-{key}")
 
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.seed)  # initial weights come from the seed, not from whatever ran before
             model = train_classifier(self.new_classifier(config), self.benchmark.train, config, self.device,
                                      self.seed, hooks, desc=f"{purpose} (seed {self.seed})",
-                                     failure_checkpoint=(self.shared_cache.root / "failed"
-                                                         / f"classifier-{purpose}-{key}.pt"),
+                                     failure_checkpoint=cache.root / "failed" / f"classifier-{purpose}-{key}.pt",
                                      checkpoint=checkpoint)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                     "hooks": [[m.state_dict() for m in h.modules()] for h in hooks],
                     "records": [h.training_record() for h in hooks]}
 
-        stored = self.shared_cache.get_or_compute("classifier", key, compute)
+        stored = cache.get_or_compute("classifier", key, compute)
         checkpoint.unlink(missing_ok=True)  # the finished weights are stored; the epoch checkpoint is done
         model = self.new_classifier(config)
         model.load_state_dict(stored["state_dict"])

@@ -3,7 +3,6 @@ and `ShardedStage` (one atomically written file per item, so a killed run resume
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ class ShardedStage:
                     write: Callable[[Any, Path], None] = write_entry,
                     progress: Callable[[list[list[str]]], Any] | None = None) -> dict[str, Path]:
         """Compute this rank's unfinished batches with `compute(list of items) -> one output per item` and store
-        each output with `write(output, path)` (atomic); returns every item's path."""
+        each output with `write(output, path)` (atomic, through `atomic_write_bytes`); returns every item's path."""
         env_rank, env_world = dist_rank_world()
         rank = env_rank if rank is None else rank
         world = env_world if world is None else world
@@ -87,13 +86,10 @@ class ShardedStage:
                     continue
                 try:
                     write(output, path)
-                except (DiskFull, OSError) as err:
-                    if isinstance(err, DiskFull) or err.errno in (errno.ENOSPC, errno.EDQUOT):
-                        stored = sum(self.item_path(i).exists() for i in ids)
-                        raise HarnessError(f"disk full while writing {path}; {stored} of {len(ids)} items of stage "
-                                           f"{self.stage} are stored and kept: free space and rerun to resume") \
-                            from None
-                    raise
+                except DiskFull:  # `write` goes through atomic_write_bytes, which names a full disk so
+                    stored = sum(self.item_path(i).exists() for i in ids)
+                    raise HarnessError(f"disk full while writing {path}; {stored} of {len(ids)} items of stage "
+                                       f"{self.stage} are stored and kept: free space and rerun to resume") from None
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         return {item_id: self.item_path(item_id) for item_id in items}

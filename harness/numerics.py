@@ -24,6 +24,7 @@ only on the same kind of CPU. `kernel_facts` reads back what is in use, for the 
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import os
@@ -149,10 +150,9 @@ def _mkl_branch() -> str | None:
     return MKL_BRANCHES.get(code, str(code))
 
 
-@functools.lru_cache(maxsize=1)
 def _onednn_isa() -> str | None:
     """The instruction set oneDNN dispatches to, from the banner its verbose mode prints on the first primitive
-    (read once per process through a temporary file behind file descriptor 1)."""
+    (read through a temporary file behind file descriptor 1)."""
     import torch
 
     if not torch.backends.mkldnn.is_available():
@@ -161,14 +161,14 @@ def _onednn_isa() -> str | None:
     saved = os.dup(1)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 1)
+        enabled = torch.backends.mkldnn.enabled
         try:
-            enabled = torch.backends.mkldnn.enabled
             torch.backends.mkldnn.enabled = True
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                 torch.nn.functional.conv2d(torch.ones(2, 16, 32, 32), torch.ones(16, 16, 3, 3))
-            torch.backends.mkldnn.enabled = enabled
             ctypes.CDLL(None).fflush(None)
         finally:
+            torch.backends.mkldnn.enabled = enabled
             os.dup2(saved, 1)
             os.close(saved)
         sink.seek(0)
@@ -199,19 +199,27 @@ def _faiss_level() -> str | None:
     return config.get_level_name() if config is not None else os.environ.get("FAISS_SIMD_LEVEL", "unknown")
 
 
-def kernel_facts() -> dict[str, Any]:
-    """The kernels this process computes with, read back from each library: the mode, ATen's CPU capability,
-    oneDNN's ISA and whether float32 work uses it, MKL's branch, every BLAS's code path, faiss's SIMD level."""
+@functools.lru_cache(maxsize=1)
+def _library_kernels() -> dict[str, Any]:
+    """What each library reports it dispatches to: fixed once the libraries are loaded, so read once per process
+    (every record and every run's cache scope ask for it)."""
     import torch
 
     faiss_level = _faiss_level()  # loaded first, so that its BLAS is listed with numpy's and scipy's
     import scipy.linalg  # noqa: F401
     return {
-        "mode": current_mode(),
         "aten": torch.backends.cpu.get_cpu_capability(),
         "onednn": _onednn_isa(),
-        "onednn_float32": bool(torch.backends.mkldnn.enabled),
         "mkl_cbwr": _mkl_branch() if torch.backends.mkl.is_available() else None,
         "blas": {"torch": "mkl" if torch.backends.mkl.is_available() else "other", **_blas_paths()},
         "faiss": faiss_level,
     }
+
+
+def kernel_facts() -> dict[str, Any]:
+    """The kernels this process computes with, read back from each library: the mode, ATen's CPU capability,
+    oneDNN's ISA and whether float32 work uses it, MKL's branch, every BLAS's code path, faiss's SIMD level."""
+    import torch
+
+    return {"mode": current_mode(), "onednn_float32": bool(torch.backends.mkldnn.enabled),
+            **copy.deepcopy(_library_kernels())}

@@ -7,12 +7,13 @@ The core never names a plugin: it only walks the package and the entry points.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
 import pkgutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from types import ModuleType
@@ -30,8 +31,7 @@ BUILTIN_PACKAGE = "methods"
 class Registered:
     cls: type[Method]
     source: str  # where it came from: "methods.knn" or "entry point knn2 = pkg.mod:Class (dist)"
-    # The plugin's distribution, version and source hash (`plugin_identity`), stored in every record.
-    identity: dict[str, str] = field(default_factory=dict)
+    distribution: str | None = None  # the installed distribution that provides it, when one does
 
     @property
     def name(self) -> str:
@@ -40,6 +40,12 @@ class Registered:
     @property
     def builtin(self) -> bool:
         return self.cls.__module__.split(".")[0] == BUILTIN_PACKAGE
+
+    @functools.cached_property
+    def identity(self) -> dict[str, str]:
+        """The plugin's distribution, version and source hash (`plugin_identity`), stored in every record; hashed
+        when first asked for, so only the methods a run plans read their sources."""
+        return plugin_identity(self.cls, self.distribution)
 
     @property
     def cache_scope(self) -> tuple[Any, ...]:
@@ -120,26 +126,33 @@ def discover() -> dict[str, Registered]:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
         for cls in _methods_in(module):
-            _add(registry, Registered(cls, module.__name__, plugin_identity(cls, "oodbench")))
+            _add(registry, Registered(cls, module.__name__, "oodbench"))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name})" if dist else "")
         try:
             loaded = ep.load()
-            classes = _methods_in(loaded) if inspect.ismodule(loaded) else [loaded]
-            for cls in classes:
-                check_method_class(cls, origin)
         except Exception as err:  # noqa: BLE001  (a broken third-party plugin must not stop the others)
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            problem = reason if isinstance(err, ValueError) and origin in reason else \
-                f"{origin} failed to import ({type(err).__name__}: {reason})"
-            if ep.name not in BROKEN:
-                print(f"warning: plugin skipped: {problem}; fix or uninstall that package", file=sys.stderr)
-            BROKEN[ep.name] = problem
+            _skip(ep.name, f"{origin} failed to import ({type(err).__name__}: {reason})")
+            continue
+        classes = _methods_in(loaded) if inspect.ismodule(loaded) else [loaded]
+        try:
+            for cls in classes:
+                check_method_class(cls, origin)
+        except ValueError as err:
+            _skip(ep.name, str(err))
             continue
         for cls in classes:
-            _add(registry, Registered(cls, origin, plugin_identity(cls, dist.name if dist else None)))
+            _add(registry, Registered(cls, origin, dist.name if dist else None))
     return registry
+
+
+def _skip(name: str, problem: str) -> None:
+    """Leave the entry point `name` out, in `BROKEN`, with one warning line the first time in this process."""
+    if name not in BROKEN:
+        print(f"warning: plugin skipped: {problem}; fix or uninstall that package", file=sys.stderr)
+    BROKEN[name] = problem
 
 
 def resolve_methods(names: list[str], registry: dict[str, Registered]) -> list[type[Method]]:

@@ -27,7 +27,7 @@ from harness.records.leaderboard import write_leaderboards
 from harness.records.plots import save_score_histograms
 from harness.records.provenance import environment, numerics_scope, run_settings
 from harness.records.results import RunRecord, run_label
-from harness.registry import configure, discover, resolve_methods
+from harness.registry import Registered, configure, discover, resolve_methods
 
 CLASSIFIER_SCOPE = "classifier"
 
@@ -75,8 +75,7 @@ class PlannedMethod:
     cls: type[Method]
     config: Any
     label: str
-    identity: dict[str, str] = field(default_factory=dict)  # the plugin's distribution, version, source hash
-    cache_scope: tuple[Any, ...] = ()  # what the method's own cached stages are keyed by (Registered.cache_scope)
+    registered: Registered  # where the method came from: its identity and what its own stages are keyed by
 
 
 def preset_classifier(spec: BenchmarkSpec, preset: str) -> dict[str, Any]:
@@ -136,9 +135,7 @@ def plan(request: RunRequest) -> Plan:
             changes["fpr_rule"] = request.fpr_rule
         if request.extra_ood:  # its averages cover more sets than the benchmark's own: never the same row
             changes["extra_ood"] = "+".join(sorted(request.extra_ood))
-        entry = registry[cls.info.name]
-        planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes), entry.identity,
-                                     entry.cache_scope))
+        planned.append(PlannedMethod(cls, config, run_label(cls.info.name, changes), registry[cls.info.name]))
     for entry in spec.ood:
         if entry.get("source") == "image_folder" and not Path(entry["path"]).expanduser().is_dir():
             raise HarnessError(f"OOD folder {entry['path']} (set {entry['name']!r}) does not exist; pass an existing "
@@ -158,8 +155,9 @@ def checked_scores(method: Method, images: Any, name: str) -> np.ndarray:
     """`method.score(images)` as float64, or one line naming the method, the set and what the contract expects:
     one finite number per item."""
     where = f"{method.info.name}.score on set {name!r}"
+    returned = method.score(images)  # an error inside the method is the method's, reported as it is
     try:
-        scores = np.asarray(method.score(images), dtype=np.float64)
+        scores = np.asarray(returned, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise HarnessError(f"{where} returned something that is not numbers ({err}); return one float per item") \
             from None
@@ -217,8 +215,8 @@ def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
                              fpr_rule=request.fpr_rule)
         for item in planned:
             seed_everything(seed)  # a method's random draws never depend on the methods run before it
-            method = item.cls(item.config, dataclasses.replace(context, cache=cache.scoped(*item.cache_scope),
-                                                               code=item.cache_scope))
+            method = item.cls(item.config,
+                              dataclasses.replace(context, cache=cache.scoped(*item.registered.cache_scope)))
             timings = {}
             start = time.perf_counter()
             outliers = method.synthesize()
@@ -238,7 +236,8 @@ def execute_runs(request: RunRequest, cache: Cache | None) -> list[RunRecord]:
                 id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
-                details=method.details(), data=data_facts, environment=environment(device), plugin=item.identity)
+                details=method.details(), data=data_facts, environment=environment(device),
+                plugin=item.registered.identity)
             figure = record.directory(out_dir) / f"seed{seed}_scores.png"
             save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")
             extra = method.figures(record.directory(out_dir), f"seed{seed}")

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from harness.cache import atomic_torch_save, load_or_none, write_entry
 from harness.classifier.augment import augment, random_resized_crop, to_unit
-from harness.classifier.hooks import StepBatch, TrainingHook
+from harness.classifier.hooks import Stateful, StepBatch, TrainingHook
 from harness.classifier.models import Classifier
 from harness.data.sets import AnyImageSet, ImageSet
 from harness.errors import HarnessError
@@ -137,9 +138,10 @@ def snapshot(model: Classifier, hooks: Sequence[TrainingHook]) -> dict:
     return {"state_dict": cpu(model.state_dict()), "hooks": [[cpu(m.state_dict()) for m in h.modules()] for h in hooks]}
 
 
-def save_epoch_checkpoint(path: Path, epoch: int, step: int, model: Classifier, hooks: Sequence[TrainingHook],
+def save_epoch_checkpoint(path: Path, epoch: int, step: int, model: nn.Module, hooks: Sequence[Stateful],
                           optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> None:
-    """Everything needed to continue after `epoch` exactly as an uninterrupted run would: weights, hook states,
+    """Everything needed to continue after `epoch` exactly as an uninterrupted run would (a classifier's or a
+    flow's): weights, the states of the hooks (or any `Stateful` the loop keeps, e.g. a loss history),
     optimizer (momentum), the step (the cosine schedule is a function of it), the data-order/augmentation generator
     and the global torch/numpy RNG states; written atomically."""
     write_entry({
@@ -149,7 +151,7 @@ def save_epoch_checkpoint(path: Path, epoch: int, step: int, model: Classifier, 
         "numpy_rng": np.random.get_state()}, path)
 
 
-def resume_epoch_checkpoint(path: Path, model: Classifier, hooks: Sequence[TrainingHook],
+def resume_epoch_checkpoint(path: Path, model: nn.Module, hooks: Sequence[Stateful],
                             optimizer: torch.optim.Optimizer, generator: torch.Generator,
                             device: torch.device) -> tuple[int, int]:
     """Restore a `save_epoch_checkpoint` state; returns (first epoch to run, step). (0, 0) when there is none (a

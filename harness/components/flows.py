@@ -224,29 +224,26 @@ def train_flow(flow: Flow, batches: Callable[[int], Iterator[tuple[torch.Tensor,
     """Adam on the dual loss. `batches(epoch)` yields (x_id, x_outliers or None) already scaled and on-device,
     drawing from `generator`.
 
-    With `checkpoint`, the flow, optimizer, history, step, `generator` and torch's RNG state are written there at
-    the end of every epoch, and a rerun resumes after the last finished epoch, ending with the same flow as an
-    uninterrupted run (the caller removes the file once it has stored the result). Returns the mean loss per
-    epoch. A non-finite loss stops training with a HarnessError naming step and terms.
+    With `checkpoint`, the classifier's epoch checkpoints (`save_epoch_checkpoint`: the flow, optimizer, step,
+    `generator`, the global RNG states, and the loss history) are written there after every epoch, and a rerun
+    resumes after the last finished epoch, ending with the same flow as an uninterrupted run (the caller removes the
+    file once it has stored the result). Returns the mean loss per epoch. A non-finite loss stops training with a
+    HarnessError naming step and terms.
     """
     import sys
 
     from tqdm.auto import tqdm
 
-    from harness.cache import load_or_none, write_entry
+    from harness.classifier.training import resume_epoch_checkpoint, save_epoch_checkpoint
 
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     flow.train()
-    history, step, first = [], 0, 0
-    state = load_or_none(checkpoint, "flow checkpoint") if checkpoint is not None else None
-    if state is not None:
-        flow.load_state_dict(state["flow"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, step, first = list(state["history"]), state["step"], state["epoch"] + 1
-        if generator is not None:
-            generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        print(f"{desc}: resuming after epoch {first} of {config.epochs} ({checkpoint})", file=sys.stderr)
+    device, generator = next(flow.parameters()).device, generator or torch.Generator()
+    history, step, first = LossHistory(), 0, 0
+    if checkpoint is not None:
+        first, step = resume_epoch_checkpoint(checkpoint, flow, [history], optimizer, generator, device)
+        if first:
+            print(f"{desc}: resuming after epoch {first} of {config.epochs} from {checkpoint}", file=sys.stderr)
     bar = tqdm(range(first, config.epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
         total, count = 0.0, 0
@@ -263,11 +260,19 @@ def train_flow(flow: Flow, batches: Callable[[int], Iterator[tuple[torch.Tensor,
         history.append(total / max(count, 1))
         bar.set_postfix(loss=f"{history[-1]:.3f}")
         if checkpoint is not None and epoch + 1 < config.epochs:
-            write_entry({"epoch": epoch, "step": step, "flow": flow.state_dict(), "optimizer": optimizer.state_dict(),
-                         "history": history, "torch_rng": torch.get_rng_state(),
-                         "generator": generator.get_state() if generator is not None else None}, checkpoint)
+            save_epoch_checkpoint(checkpoint, epoch, step, flow, [history], optimizer, generator, device)
     flow.eval()
-    return history
+    return list(history)
+
+
+class LossHistory(list):
+    """The mean loss per finished epoch, carried by `train_flow`'s epoch checkpoints (`Stateful`)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self[:] = state["losses"]
 
 
 @torch.no_grad()

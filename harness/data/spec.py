@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import MAX_SEED, is_number, is_whole
 from harness.data.sets import PREPROCESSING
 from harness.errors import HarnessError
 from harness.paths import DATASETS_DIR, check_name
@@ -212,64 +213,67 @@ def _unknown(keys: Any, allowed: Any, where: str) -> None:
             raise HarnessError(f"{where}: unknown key {key!r} ({hint}allowed: {', '.join(sorted(allowed))})")
 
 
-def _whole(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 def check_schema(raw: dict[str, Any], path: Path) -> None:
     """Every field of a spec (after its variant is applied) has a known name and a value of the right type and
     range; otherwise one line naming the field, what it holds and what is expected."""
-    import inspect
-
-    from harness.data.sources import get_probe, get_source
-
     where = f"benchmark spec {path}"
     _unknown(raw, TOP_LEVEL_KEYS, where)
     if raw.get("modality", "image") == "image":
-        if not _whole(raw["image_size"], 8, 4096):
-            raise HarnessError(f"{where}: image_size {raw['image_size']!r} must be a whole number of pixels from 8 "
-                               "to 4096")
-        if raw["channels"] not in (1, 3) or isinstance(raw["channels"], bool):
-            raise HarnessError(f"{where}: channels {raw['channels']!r} must be 1 (grey) or 3 (RGB)")
-        for key in ("mean", "std"):
-            values = raw[key]
-            if not isinstance(values, list) or len(values) != raw["channels"] or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-                raise HarnessError(f"{where}: {key} {values!r} must list {raw['channels']} finite numbers, one per "
-                                   "channel")
-        if not all(v > 0 for v in raw["std"]):
-            raise HarnessError(f"{where}: std {raw['std']!r} must be positive in every channel (it divides the "
-                               "pixels)")
+        _check_image_fields(raw, where)
     for name, preset in raw.get("presets", {}).items():
         _unknown(preset, PRESET_KEYS, f"{where}: presets.{name}")
         for key, value in preset.items():
-            if key != "description" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                              and 0 < value <= MAX_COUNT):
+            if key != "description" and not (is_number(value) and 0 < value <= MAX_COUNT):
                 raise HarnessError(f"{where}: presets.{name}.{key} {value!r} must be a positive number")
     for label, entry in [("id", raw["id"]), *((f"ood {e.get('name')!r}", e) for e in raw["ood"])]:
         if not isinstance(entry, dict):
             raise HarnessError(f"{where}: {label} must be an object with a 'source'")
         for location in locations(entry):
-            source = location.get("source")
-            if not isinstance(source, str):
-                raise HarnessError(f"{where}: {label} names no 'source'")
-            probe = get_probe(source)
-            functions = [get_source(source), *([probe] if probe else [])]
-            parameters = [p for fn in functions for follow in (False, True)
-                          for p in inspect.signature(fn, follow_wrapped=follow).parameters.values()]
-            named = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-            _unknown(location, {*ENTRY_KEYS, *named} - {"size", "channels", "data_root"},
-                     f"{where}: {label} (source {source})")
-            for key in COUNT_KEYS:
-                value = location.get(key)
-                if key in location and value is not None and not (isinstance(value, dict) and all(
-                        _whole(v, 1, MAX_COUNT) for v in value.values())) and not _whole(value, 1, MAX_COUNT):
-                    raise HarnessError(f"{where}: {label} {key} {location[key]!r} must be a whole number from 1 to "
-                                       f"{MAX_COUNT:,}")
-            for key in SEED_KEYS:
-                if key in location and not _whole(location[key], 0, 2**32 - 1):
-                    raise HarnessError(f"{where}: {label} {key} {location[key]!r} must be a whole number from 0 to "
-                                       "2**32 - 1")
+            _check_location(location, f"{where}: {label}")
+
+
+def _check_image_fields(raw: dict[str, Any], where: str) -> None:
+    if not is_whole(raw["image_size"], 8, 4096):
+        raise HarnessError(f"{where}: image_size {raw['image_size']!r} must be a whole number of pixels from 8 to "
+                           "4096")
+    if not is_whole(raw["channels"], 1, 3) or raw["channels"] == 2:
+        raise HarnessError(f"{where}: channels {raw['channels']!r} must be 1 (grey) or 3 (RGB)")
+    for key in ("mean", "std"):
+        values = raw[key]
+        if not isinstance(values, list) or len(values) != raw["channels"] or not all(
+                is_number(v) and math.isfinite(v) for v in values):
+            raise HarnessError(f"{where}: {key} {values!r} must list {raw['channels']} finite numbers, one per channel")
+    if not all(v > 0 for v in raw["std"]):
+        raise HarnessError(f"{where}: std {raw['std']!r} must be positive in every channel (it divides the pixels)")
+
+
+def _source_options(source: str) -> set[str]:
+    """The options a spec entry may give `source`: the keyword parameters of its reader and probe (and of the
+    functions they wrap), less what the harness passes itself."""
+    import inspect
+
+    from harness.data.sources import get_probe, get_source
+
+    functions = [get_source(source), *filter(None, [get_probe(source)])]
+    parameters = [p for fn in functions for follow in (False, True)
+                  for p in inspect.signature(fn, follow_wrapped=follow).parameters.values()]
+    named = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return named - {"size", "channels", "data_root"}
+
+
+def _check_location(location: dict[str, Any], where: str) -> None:
+    source = location.get("source")
+    if not isinstance(source, str):
+        raise HarnessError(f"{where} names no 'source'")
+    _unknown(location, {*ENTRY_KEYS, *_source_options(source)}, f"{where} (source {source})")
+    for key in COUNT_KEYS:
+        value = location.get(key)  # a count, or one per split ({"train": ..., "test": ...})
+        counts = list(value.values()) if isinstance(value, dict) else [value]
+        if value is not None and not all(is_whole(c, 1, MAX_COUNT) for c in counts):
+            raise HarnessError(f"{where} {key} {value!r} must be a whole number from 1 to {MAX_COUNT:,}")
+    for key in SEED_KEYS:
+        if key in location and not is_whole(location[key], 0, MAX_SEED):
+            raise HarnessError(f"{where} {key} {location[key]!r} must be a whole number from 0 to {MAX_SEED}")
 
 
 def _check_stability_targets(targets: dict[str, Any], path: Path) -> None:
@@ -279,7 +283,7 @@ def _check_stability_targets(targets: dict[str, Any], path: Path) -> None:
                            "average_auroc and id_accuracy")
     for key, value in targets.items():
         values = value.values() if isinstance(value, dict) else [value]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        if not all(is_number(v) and v > 0 for v in values):
             raise HarnessError(f"benchmark spec {path}: stability_targets.{key} must be a positive number of pp "
                                f"(or a mapping from method kind to one); got {value!r}")
 

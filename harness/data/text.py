@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.cache import storable
+from harness.data.readers import ArrayUnpickler
 from harness.data.sources import SetProbe, register_source
 from harness.errors import HarnessError
 
@@ -271,19 +272,13 @@ class _Bunch(dict):
     """sklearn's Bunch, as the pickle names it (only its dict content is used)."""
 
 
-_NEWSGROUP_CLASSES = {("copy_reg", "_reconstructor"): copyreg._reconstructor, ("__builtin__", "dict"): dict,
-                      ("__builtin__", "object"): object, ("sklearn.datasets.base", "Bunch"): _Bunch,
-                      ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-                      ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+class _NewsgroupUnpickler(ArrayUnpickler):
+    """Only the classes of gensim's `mini_newsgroup` pickle (a Python 2 sklearn Bunch: a dict of lists and numpy
+    arrays) may load."""
 
-
-class _NewsgroupUnpickler(pickle.Unpickler):
-    """Only the classes of gensim's `mini_newsgroup` pickle (a dict of lists and numpy arrays) may load."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _NEWSGROUP_CLASSES:
-            raise pickle.UnpicklingError(f"mini_newsgroup refers to {module}.{name}, which is not allowed")
-        return _NEWSGROUP_CLASSES[(module, name)]
+    ALLOWED = {**ArrayUnpickler.ALLOWED, ("copy_reg", "_reconstructor"): copyreg._reconstructor,
+               ("__builtin__", "dict"): dict, ("__builtin__", "object"): object,
+               ("sklearn.datasets.base", "Bunch"): _Bunch}
 
 
 def newsgroup_posts(root: Path | str | None = None) -> TextSet:

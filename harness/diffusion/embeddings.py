@@ -308,9 +308,9 @@ def diffusion_embeddings(backend: DiffusionBackend, cache: Cache, train_set, pro
                  "initial_loss": initial[j].clone(), "final_loss": final[j].clone()}
                 for j, i in enumerate(batch)]
 
-    paths = stage.run_batches({f"{i:07d}": i for i in chosen}, compute, config.images_per_call,
-                              progress=lambda todo: tqdm(todo, desc=desc, unit="batch", leave=False))
-    items = [stage.load(item_id) for item_id in (f"{i:07d}" for i in chosen) if paths[item_id]]
+    stage.run_batches({f"{i:07d}": i for i in chosen}, compute, config.images_per_call,
+                      progress=lambda todo: tqdm(todo, desc=desc, unit="batch", leave=False))
+    items = [stage.load(f"{i:07d}") for i in chosen]
     return DiffusionEmbeddings(
         embeddings=torch.stack([item["embedding"] for item in items]),
         labels=torch.stack([item["label"] for item in items]),

@@ -10,7 +10,6 @@ import contextlib
 import os
 import platform
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,16 +35,6 @@ def decisive(facts: dict[str, Any]) -> dict[str, Any]:
     a portable kernel mode, all but the CPU's identity (its kernels are pinned; `harness.numerics`)."""
     dropped = ("code_version", *(CPU_FACTS if portable(facts) else ()))
     return {k: v for k, v in facts.items() if k not in dropped}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else `platform.processor()` or the machine type."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def apply_run_settings(threads: int | None, deterministic: bool) -> None:
@@ -79,12 +68,13 @@ def run_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
 def environment(device: torch.device) -> dict[str, Any]:
     """The run's environment as stored in each record (see `NUMERIC_FACTS`)."""
     cuda = device.type == "cuda"
+    cpu = cpu_identity()
     return {
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "device": device.type,
-        "cpu": cpu_model(),
-        "cpu_id": cpu_identity(),
+        "cpu": cpu.get("name") or platform.processor() or platform.machine(),  # the model name
+        "cpu_id": cpu,
         "kernels": kernel_facts(),
         "gpu": torch.cuda.get_device_name(device) if cuda else None,
         "cuda": torch.version.cuda if cuda else None,
@@ -100,7 +90,7 @@ def numerics_scope(device: torch.device) -> dict[str, Any]:
     """What every cached stage of a run is keyed by beyond its inputs: the decisive environment (thread count,
     kernel mode and instruction sets, device; the CPU's identity unless the kernels are pinned) and torch's
     version, so that no stage computed under other numerics is ever reused."""
-    return {"torch": torch.__version__, **decisive({**environment(device), "code_version": None})}
+    return {"torch": torch.__version__, **decisive(environment(device))}
 
 
 def numeric_facts(code_version: str, libraries: dict[str, str], env: dict[str, Any]) -> dict[str, Any]:

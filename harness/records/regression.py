@@ -92,14 +92,9 @@ def environments(runs: list[RunRecord]) -> list[dict[str, Any]]:
     return found
 
 
-def numerics(facts: dict[str, Any]) -> dict[str, Any]:
-    """The facts that decide whether identical code must reproduce a number exactly (`provenance.decisive`)."""
-    return decisive(facts)
-
-
 def numerics_key(facts: dict[str, Any]) -> str:
-    """`numerics(facts)` as a hashable key."""
-    return json.dumps(numerics(facts), sort_keys=True)
+    """`decisive(facts)` as a hashable key."""
+    return json.dumps(decisive(facts), sort_keys=True)
 
 
 Values = dict[int, dict[tuple[str, str], float]]  # seed -> (set, metric) -> pp
@@ -332,12 +327,12 @@ def stored_environment(entry: dict[str, Any], record: RunRecord) -> tuple[str, d
     """("stored", None), ("drift", that drift) or ("reproduction", that reproduction) when the record's
     numerics-relevant environment is the one the entry's values (or one of its drift runs or reproductions) came
     from; None otherwise."""
-    got = numerics(record.facts)
-    if any(numerics(env) == got for env in entry.get("environments", [])):
+    got = decisive(record.facts)
+    if any(decisive(env) == got for env in entry.get("environments", [])):
         return "stored", None
     for kind in ("drifts", "reproductions"):
         for drift in entry.get(kind, []):
-            if numerics(drift["environment"]) == got:
+            if decisive(drift["environment"]) == got:
                 return kind.removesuffix("s"), drift
     return None
 
@@ -513,7 +508,7 @@ def false_alarms(doc: dict[str, Any], records: list[RunRecord]) -> list[FalseAla
         stored = doc["methods"][runs[0].label]["environments"][0]
         per_seed = [c for c in checks if c.seed is not None]
         paired = [c for c in checks if c.seed is None]
-        found.append(FalseAlarms("; ".join(differences(numerics(stored), numerics(runs[0].facts))),
+        found.append(FalseAlarms("; ".join(differences(decisive(stored), decisive(runs[0].facts))),
                                  sum(not c.passed for c in per_seed), len(per_seed),
                                  sum(not c.passed for c in paired), len(paired),
                                  tuple(sorted({c.label for c in checks if not c.passed}))))

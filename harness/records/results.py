@@ -14,7 +14,7 @@ from typing import Any
 
 import harness
 from harness.cache import atomic_write_bytes
-from harness.config import content_hash
+from harness.config import MAX_SEED, content_hash, is_number, is_whole
 from harness.errors import HarnessError
 from harness.paths import CODE_ROOT, check_name, path_under
 from harness.records.provenance import numeric_facts
@@ -95,18 +95,14 @@ class RunRecord:
         return path_under(out_dir, "records", check_name(self.benchmark, "benchmark name"), label_slug(self.label))
 
     def path(self, out_dir: Path) -> Path:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise HarnessError(f"seed {self.seed!r} of {self.label} must be an integer >= 0")
+        if not is_whole(self.seed, 0, MAX_SEED):
+            raise HarnessError(f"seed {self.seed!r} of {self.label} must be an integer from 0 to {MAX_SEED}")
         return self.directory(out_dir) / f"seed{self.seed}.json"
 
     def save(self, out_dir: Path) -> Path:
         path = self.path(out_dir)
         atomic_write_bytes(path, (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode())
         return path
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_record(path: Path) -> RunRecord:
@@ -126,14 +122,14 @@ def read_record(path: Path) -> RunRecord:
         if not isinstance(getattr(record, name), str):
             raise ValueError(f"{name} is {getattr(record, name)!r}, not a string")
     check_name(record.benchmark, "benchmark name")
-    if not isinstance(record.seed, int) or isinstance(record.seed, bool) or record.seed < 0:
-        raise ValueError(f"seed {record.seed!r} is not an integer >= 0")
+    if not is_whole(record.seed, 0, MAX_SEED):
+        raise ValueError(f"seed {record.seed!r} is not an integer from 0 to {MAX_SEED}")
     per_set = record.metrics if isinstance(record.metrics, dict) else None
-    if not per_set or not all(isinstance(m, dict) and all(_number(v) for v in m.values()) for m in per_set.values()):
+    if not per_set or not all(isinstance(m, dict) and all(is_number(v) for v in m.values()) for m in per_set.values()):
         raise ValueError("metrics must map each set to numbers")
-    if not isinstance(record.average, dict) or not all(_number(v) for v in record.average.values()):
+    if not isinstance(record.average, dict) or not all(is_number(v) for v in record.average.values()):
         raise ValueError("average must map each metric to a number")
-    if record.id_accuracy is not None and not _number(record.id_accuracy):
+    if record.id_accuracy is not None and not is_number(record.id_accuracy):
         raise ValueError(f"id_accuracy {record.id_accuracy!r} is not a number")
     return record
 
