@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from harness.components.cvpn import (
+from harness.errors import HarnessError
+from methods.ncis.cvpn import (
     CVPN,
     CayleyOrthogonal,
     CVPNConfig,
@@ -16,10 +17,9 @@ from harness.components.cvpn import (
     invariant_count,
     train_cvpn,
 )
-from harness.components.invariant_sampling import class_log_likelihoods, low_likelihood_samples, map_back
-from harness.errors import HarnessError
-from harness.figures.ncis import TOY_CVPN, toy_arcs
-from harness.figures.ncis import main as invariants_main
+from methods.ncis.figure import TOY_CVPN, toy_arcs
+from methods.ncis.figure import main as invariants_main
+from methods.ncis.invariant_sampling import class_log_likelihoods, low_likelihood_samples, map_back
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,8 +23,8 @@ from harness.components.flows import (
     train_flow,
 )
 from harness.errors import HarnessError
-from harness.figures.flow import main as flows_main
-from harness.figures.flow import toy_experiment
+from methods.flow.figure import main as flows_main
+from methods.flow.figure import toy_experiment
 
 
 def _perturb(flow: Flow, std: float) -> None:

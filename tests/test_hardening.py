@@ -139,7 +139,7 @@ def test_a_planted_flow_checkpoint_is_refused(tmp_path, monkeypatch):
     buffer = io.BytesIO()
     torch.save({"spec": Planted()}, buffer)
     (tmp_path / "flow.pt").write_bytes(buffer.getvalue())
-    run = subprocess.run([sys.executable, "-m", "harness.figures.flow", "lipschitz", str(tmp_path / "flow.pt"),
+    run = subprocess.run([sys.executable, "-m", "methods.flow.figure", "lipschitz", str(tmp_path / "flow.pt"),
                           "--images", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert run.returncode != 0 and not (tmp_path / "planted-ran").exists()
     assert "Traceback" not in run.stderr

@@ -253,7 +253,7 @@ def test_a_class_with_no_more_embeddings_than_dimensions_is_refused_in_one_line(
 def test_shrinkage_is_ledoit_wolf_and_samples_below_the_id_first_percentile():
     from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
-    from harness.components.invariant_sampling import class_covariance, ledoit_wolf
+    from methods.ncis.invariant_sampling import class_covariance, ledoit_wolf
 
     embeddings, labels = _class_embeddings([6, 5, 7])  # every class N_c < D = 8
     x = embeddings[labels == 1].double()
@@ -276,7 +276,7 @@ def test_shrinkage_is_ledoit_wolf_and_samples_below_the_id_first_percentile():
 def test_id_log_likelihoods_are_the_sampling_gaussians():
     from scipy.stats import multivariate_normal
 
-    from harness.components.invariant_sampling import class_log_likelihoods, ledoit_wolf
+    from methods.ncis.invariant_sampling import class_log_likelihoods, ledoit_wolf
 
     embeddings, labels = _class_embeddings([40, 30, 20])
     got = class_log_likelihoods(embeddings, labels, 3, 1e-5)

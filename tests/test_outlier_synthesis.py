@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.components.outlier_synthesis import (
+from methods.flow.outlier_synthesis import (
     SynthesisConfig,
     complexity_bits_per_dim,
     compressor_name,

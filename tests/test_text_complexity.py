@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from harness.components.text_complexity import dataset_bytes, text_complexity
+from methods.text_flow.complexity import dataset_bytes, text_complexity
 from tests.text_helpers import resource_root
 
 
@@ -41,7 +41,7 @@ def test_movie_reviews_reproduce_table_9(reviews):
 def test_synthesized_set_is_less_complex_than_its_source_at_equal_size(reviews):
     """Synonym replacement lowers gzip's bits per byte; the length filter shrinks the set, and a smaller set
     compresses worse per byte, so the comparison is made at the synthesized set's size (docs/text_flow.md)."""
-    from harness.components.text_outliers import TextSimplifier
+    from methods.text_flow.outliers import TextSimplifier
 
     source = list(reviews.texts[:100])
     synthesized = TextSimplifier.from_resources(root=resource_root()).synthesize(source)

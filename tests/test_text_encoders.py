@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness.components.text_encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
 from harness.errors import HarnessError
+from methods.text_flow.encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
 from tests.text_helpers import resource_root, save_random_albert
 
 

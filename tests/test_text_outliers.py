@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.components.text_outliers import TextOutlierConfig, TextSimplifier, first_synonym, match_case, wordnet_pos
+from methods.text_flow.outliers import TextOutlierConfig, TextSimplifier, first_synonym, match_case, wordnet_pos
 from tests.text_helpers import resource_root
 
 

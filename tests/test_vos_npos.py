@@ -232,7 +232,7 @@ def _cider_replica(prototypes, z, labels, momentum, t):
 
 
 def test_cider_losses_match_a_direct_computation_on_a_toy_batch():
-    from harness.components.cider import compactness_loss, dispersion_loss, update_prototypes
+    from methods.npos.cider import compactness_loss, dispersion_loss, update_prototypes
 
     generator = torch.Generator().manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(13, 6, generator=generator, dtype=torch.float64), dim=1)
@@ -247,7 +247,7 @@ def test_cider_losses_match_a_direct_computation_on_a_toy_batch():
 
 
 def test_cider_dispersion_gradient_reaches_the_batch_features():
-    from harness.components.cider import dispersion_loss, update_prototypes
+    from methods.npos.cider import dispersion_loss, update_prototypes
 
     z = torch.nn.functional.normalize(torch.randn(8, 5), dim=1).requires_grad_()
     protos = update_prototypes(torch.zeros(3, 5), z, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), 0.5)
@@ -258,8 +258,8 @@ def test_cider_dispersion_gradient_reaches_the_batch_features():
 def test_cider_hook_trains_on_two_views_with_fc_as_a_probe():
     from harness.classifier.models import build_classifier
     from harness.classifier.training import ClassifierConfig, train_classifier
-    from harness.components.cider import CIDERLoss
     from harness.data.sets import ImageSet
+    from methods.npos.cider import CIDERLoss
 
     gen = torch.Generator().manual_seed(0)
     train = ImageSet("toy", (torch.rand(48, 1, 8, 8, generator=gen) * 255).to(torch.uint8), torch.arange(48) % 3)

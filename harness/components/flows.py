@@ -5,7 +5,7 @@ uint8 pixels v in {0..255} become x = (v + u) / 256 in [0, 1]^D, with u ~ U(0, 1
 dequantization) and u = 0.5 at evaluation. log p(x) is the continuous density on [0, 1]^D in nats, so
 bits/dim of the discrete image = -log p(x) / (D ln 2) + 8, and the margin log p(x') = 0 sits exactly at 8 bits/dim.
 
-The Figure 2 toy and the Table 4 command line are in `harness.figures.flow`.
+The Figure 2 toy and the Table 4 command line are in `methods.flow.figure`.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ Diffusion from low-likelihood points of class-conditional manifolds in SD's own 
 1. Diffusion embeddings (Sec. 3.1, eq. 1, Alg. 1; `harness.diffusion.embeddings`): per ID training image, the class
    word's token embedding e is optimised on the noise-prediction loss of that image (3 Adam steps, lr 1e-2, 32
    noised copies on the 50-step DDIM grid), many images per UNet call; `max_per_class` embeds a fraction (Fig. 5d).
-2. Invariant map (Sec. 3.2, eq. 4-7; `harness.components.cvpn`): a conditional volume-preserving network f(e, y) whose K
+2. Invariant map (Sec. 3.2, eq. 4-7; `methods.ncis.cvpn`): a conditional volume-preserving network f(e, y) whose K
    invariant outputs are driven to 0 (K from per-class PCA with `p`), cached under a content hash of its inputs;
    or linear invariants (per-class PCA rotation, Table 3), or no map at all (`sampling=npos`: NPOS-style boundary
    sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.components.text_latent`).
-3. Sampling (Sec. 3.3-3.4, eq. 8-11; `harness.components.invariant_sampling`): v = f(e, y), per class
+3. Sampling (Sec. 3.3-3.4, eq. 8-11; `methods.ncis.invariant_sampling`): v = f(e, y), per class
    N(mu, Sigma + lambda I); rejection sampling from the class's low-likelihood region (Sec. 3.4), the region being
    below the `keep_below_id_percentile`-th percentile of the class's ID embeddings' log-likelihood: `rounds` x
    `candidates_per_round` draws (more rounds as needed), keeping the `kept_per_round` least likely accepted draws
@@ -35,21 +35,6 @@ import numpy as np
 import torch
 
 from harness.classifier.training import ClassifierConfig
-from harness.components.cvpn import (
-    CVPN,
-    CVPN_VERSION,
-    CVPNConfig,
-    LinearInvariants,
-    check_reconstruction,
-    invariant_count,
-    train_cvpn,
-)
-from harness.components.invariant_sampling import (
-    Covariance,
-    class_log_likelihoods,
-    low_likelihood_samples,
-    map_back,
-)
 from harness.components.outlier_images import (
     to_channels_tensor,
 )
@@ -68,6 +53,21 @@ from harness.data.sets import ImageSet
 from harness.diffusion.embeddings import EmbeddingConfig, check_vae_encoder, diffusion_embeddings, select_images
 from harness.diffusion.stage import check_template, generate_images, load_images
 from harness.errors import HarnessError
+from methods.ncis.cvpn import (
+    CVPN,
+    CVPN_VERSION,
+    CVPNConfig,
+    LinearInvariants,
+    check_reconstruction,
+    invariant_count,
+    train_cvpn,
+)
+from methods.ncis.invariant_sampling import (
+    Covariance,
+    class_log_likelihoods,
+    low_likelihood_samples,
+    map_back,
+)
 
 Sampling = Literal["cvpn", "linear", "npos"]
 

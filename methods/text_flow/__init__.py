@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from harness.components.flows import Flow, FlowSpec, FlowTrainConfig, log_prob_batched, train_flow
-from harness.components.text_complexity import text_complexity
-from harness.components.text_outliers import TextOutlierConfig
-from harness.components.text_stages import EncoderSpec, EncoderStage, outliers_cached
 from harness.config import content_hash
 from harness.contract import Method, MethodInfo, Outliers
 from harness.data.text import TextSet
 from harness.errors import HarnessError
+from methods.text_flow.complexity import text_complexity
+from methods.text_flow.outliers import TextOutlierConfig
+from methods.text_flow.stages import EncoderSpec, EncoderStage, outliers_cached
 
 TEXT_FLOW_VERSION = 1  # training of the text flow (cache stage `text-flow`)
 

@@ -9,7 +9,7 @@ In 2-D alone the sampler's extremes concentrate in one direction (the lowest-lik
     k-NN distance (`harness.components.boundary.sample_boundary_outliers`), then scaled by the class's mean norm
     (Dream-OOD multiplies by the class token's norm);
 (b) linear invariants: the NCIS pipeline with a per-class PCA rotation instead of the cVPN (`LinearInvariants`);
-(c) the cVPN (`harness.components.cvpn`), K = D - 1 = 2 for (b) and (c): the true codimension (the paper's p-rule counts
+(c) the cVPN (`methods.ncis.cvpn`), K = D - 1 = 2 for (b) and (c): the true codimension (the paper's p-rule counts
     variance, and no direction of a half circle holds under 2 % of it, so it would give K = 1 here).
 (b) and (c) use `low_likelihood_samples` with lambda = 1e-5, 10 rounds x 333 draws, keep 10 (the official ratio).
 
@@ -18,7 +18,7 @@ by the median ID nearest-neighbour spacing (near the support: small; 1 would be 
 other"), and `inside_fraction` = fraction of outliers whose distance to their `SUPPORT_K`-th nearest ID point is
 below the 95th percentile of the same distance among ID points (inside the support: a failed outlier).
 
-  python -m harness.figures.ncis toy [--out docs/ncis_toy_invariants.png]   (the JSON goes next to the PNG)
+  python -m methods.ncis.figure toy [--out docs/ncis_toy_invariants.png]   (the JSON goes next to the PNG)
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import torch
 from torch.nn import functional as F
 
 from harness.components.boundary import sample_boundary_outliers
-from harness.components.cvpn import CVPNConfig, LinearInvariants, train_cvpn
-from harness.components.invariant_sampling import low_likelihood_samples, map_back
 from harness.errors import HarnessError, run_command
+from methods.ncis.cvpn import CVPNConfig, LinearInvariants, train_cvpn
+from methods.ncis.invariant_sampling import low_likelihood_samples, map_back
 
 ARCS = ((-1.2, -0.45, 0.0), (-0.2, 0.05, np.pi), (1.2, 0.45, 0.0))  # centre x, centre y, start angle of a half circle
 SUPPORT_K = 5
@@ -131,7 +131,7 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.figures.ncis", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m methods.ncis.figure", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     toy = sub.add_parser("toy", help="Fig. 2 of seed 000: Dream-OOD vs linear invariants vs cVPN outliers")
     toy.add_argument("--out", type=Path, default=Path("docs/ncis_toy_invariants.png"))

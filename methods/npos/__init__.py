@@ -12,7 +12,7 @@ features into the backbone. Test score: -(distance to the `test_k`-th nearest L2
 (FAISS, exact).
 
 Representation objective (`objective`): `cider` (paper default, Sec. 4): CIDER's dispersion + compactness losses
-on a 128-d projection over two augmented views per image (`harness.components.cider`), `fc` trained as a linear probe on
+on a 128-d projection over two augmented views per image (`methods.npos.cider`), `fc` trained as a linear probe on
 detached features for the reported ID accuracy; `ce`: plain cross-entropy of the classifier (one view).
 
 Departures from the official code (deeplearning-wisc/npos, training_from_scratch/train_CIFAR100.py + losses.py,
@@ -39,13 +39,13 @@ from harness.classifier.hooks import StepBatch, TrainingHook, regulariser_start_
 from harness.classifier.models import Classifier
 from harness.classifier.training import ClassifierConfig
 from harness.components.boundary import Selection, sample_boundary_outliers
-from harness.components.cider import CIDERLoss
 from harness.components.feature_queues import ClassFeatureQueues
 from harness.components.scores import KNNScorer
 from harness.config import Protocol
 from harness.contract import Method, MethodInfo, Outliers
 from harness.data.sets import ImageSet
 from harness.errors import HarnessError
+from methods.npos.cider import CIDERLoss
 
 
 @dataclass(frozen=True)

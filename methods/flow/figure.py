@@ -1,8 +1,8 @@
 """Seed 004's Figure 2 / Appendix A toy (moons and circles, NLL-only vs the dual loss) and Table 4's Lipschitz
 estimate of a trained flow, with their command line:
 
-  python -m harness.figures.flow toy --out DIR          Figure 2 / Appendix A (PNG + numbers)
-  python -m harness.figures.flow lipschitz KEY|PATH     Table 4: max input-gradient norm of log p over 1,000 samples
+  python -m methods.flow.figure toy --out DIR          Figure 2 / Appendix A (PNG + numbers)
+  python -m methods.flow.figure lipschitz KEY|PATH     Table 4: max input-gradient norm of log p over 1,000 samples
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def _lipschitz_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.figures.flow", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m methods.flow.figure", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     toy = sub.add_parser("toy", help="Figure 2 / Appendix A: moons and circles, NLL-only vs dual loss")
     toy.add_argument("--out", type=Path, required=True)

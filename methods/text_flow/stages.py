@@ -20,12 +20,12 @@ from typing import Any, Literal
 import numpy as np
 
 from harness.cache import Cache, load_or_none, write_entry
-from harness.components.text_encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
-from harness.components.text_outliers import SynthesizedTexts, TextOutlierConfig, TextSimplifier
 from harness.config import content_hash
 from harness.data.text import ALBERT_WEIGHTS, TextSet
 from harness.data.text_resources import ARCHIVES
 from harness.errors import HarnessError
+from methods.text_flow.encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
+from methods.text_flow.outliers import SynthesizedTexts, TextOutlierConfig, TextSimplifier
 
 EncoderName = Literal["spacy-md", "albert"]
 # bump when the output of a stage changes for the same inputs

@@ -32,7 +32,14 @@ from harness.components.flows import (
     train_flow,
     unit_to_pixels,
 )
-from harness.components.outlier_synthesis import (
+from harness.config import Protocol, content_hash
+from harness.contract import Method, MethodInfo, Outliers
+from harness.data.sets import ImageSet
+from harness.data.sources import get_source
+from harness.errors import HarnessError
+from harness.metrics import ood_metrics
+from harness.records.plots import save_complexity_scatter
+from methods.flow.outlier_synthesis import (
     SYNTHETIC_VARIANTS,
     SynthesisConfig,
     Variant,
@@ -41,13 +48,6 @@ from harness.components.outlier_synthesis import (
     split_for_outliers,
     synthesize_outliers,
 )
-from harness.config import Protocol, content_hash
-from harness.contract import Method, MethodInfo, Outliers
-from harness.data.sets import ImageSet
-from harness.data.sources import get_source
-from harness.errors import HarnessError
-from harness.metrics import ood_metrics
-from harness.records.plots import save_complexity_scatter
 
 DATA_SCALING = "x = (v + u) / 256, u ~ U(0,1) in training and 0.5 at evaluation; log p in nats on [0,1]^D"
 SCORE_ONLY_FIELDS = ("score", "lipschitz_samples")  # do not change the trained flow
@@ -216,7 +216,7 @@ class NormalizingFlow(Method[FlowConfig]):
         facts: dict[str, Any] = {
             "data_scaling": DATA_SCALING,
             "compressor": compressor_name(),
-            # <cache dir>/flow/<key>.pt; `python -m harness.figures.flow lipschitz KEY`
+            # <cache dir>/flow/<key>.pt; `python -m methods.flow.figure lipschitz KEY`
             "flow_key": self.context.cache.entry_key(self.key),
             "final_train_loss": self.history[-1],
             "haar": self.flow.spec.haar,
