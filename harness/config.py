@@ -118,8 +118,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 def build_config(cls: type[C], overrides: Mapping[str, Any], prefix: str) -> C:
     """Instantiate config dataclass `cls` from defaults plus `overrides` (values coerced to field types).
 
-    `prefix` names the config in error messages (e.g. `knn` for `--set knn.k=...`).
+    `prefix` names the config in error messages (e.g. `knn` for `--set knn.k=...`). A renamed field keeps its old
+    spelling: `cls.renamed` (a ClassVar, old name -> field name) maps an old key to its field; both at once is refused.
     """
+    overrides = dict(overrides)
+    for old_name, name in getattr(cls, "renamed", {}).items():
+        if old_name in overrides:
+            if name in overrides:
+                raise HarnessError(f"{prefix}.{old_name} is the old name of {prefix}.{name} and both are set; "
+                                   f"set only {prefix}.{name}")
+            overrides[name] = overrides.pop(old_name)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in config_fields(cls)}
     unknown = sorted(set(overrides) - set(fields))

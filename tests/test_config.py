@@ -1,5 +1,5 @@
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -40,6 +40,23 @@ def test_bad_overrides_give_one_line_errors(overrides, message):
     with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         build_config(Example, overrides, "ex")
     assert "\n" not in str(err.value)
+
+
+@dataclass(frozen=True)
+class Renamed:
+    renamed: ClassVar[dict[str, str]] = {"lam": "covariance_ridge"}
+    covariance_ridge: float = 1e-5
+
+
+def test_a_renamed_field_keeps_its_old_spelling():
+    assert build_config(Renamed, {"lam": "0.5"}, "ex") == Renamed(0.5)
+    assert build_config(Renamed, {"covariance_ridge": "0.5"}, "ex") == Renamed(0.5)
+    with pytest.raises(HarnessError, match=r"ex.lam is the old name of ex.covariance_ridge and both are set; "
+                                           r"set only ex.covariance_ridge$") as err:
+        build_config(Renamed, {"lam": "0.5", "covariance_ridge": "0.5"}, "ex")
+    assert "\n" not in str(err.value)
+    with pytest.raises(HarnessError, match="valid settings are: ex.covariance_ridge$"):
+        build_config(Renamed, {"ridge": "1"}, "ex")
 
 
 def test_parse_set_options_groups_by_scope():
