@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,13 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        cached = self.__dict__.get("_fingerprint")
-        if cached is None:
-            digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
-            if self.labels is not None:
-                digest.update(self.labels.numpy().astype(np.int64).tobytes())
-            cached = digest.hexdigest()[:16]
-            object.__setattr__(self, "_fingerprint", cached)
-        return cached
+        """Content hash of the pixels and labels (not the name), computed once."""
+        digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        if self.labels is not None:
+            digest.update(self.labels.numpy().astype(np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), batch_size):
@@ -95,19 +93,16 @@ class FileImageSet:
     def __len__(self) -> int:
         return len(self.files)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        cached = self.__dict__.get("_fingerprint")
-        if cached is None:
-            digest = hashlib.sha256(f"{self.size} {self.channels} {self.preprocess} {self.resize}".encode())
-            for file in self.files:
-                stat = os.stat(file)
-                digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            if self.labels is not None:
-                digest.update(self.labels.numpy().astype(np.int64).tobytes())
-            cached = digest.hexdigest()[:16]
-            object.__setattr__(self, "_fingerprint", cached)
-        return cached
+        """Hash of the preprocessing and each file's path, size and modification time, computed once."""
+        digest = hashlib.sha256(f"{self.size} {self.channels} {self.preprocess} {self.resize}".encode())
+        for file in self.files:
+            stat = os.stat(file)
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        if self.labels is not None:
+            digest.update(self.labels.numpy().astype(np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def gather(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Decode the files at `indices` (threads: PIL releases the GIL while decoding) into a uint8 batch."""
