@@ -27,15 +27,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.classifier.hooks import StepBatch, hook_seed, regulariser_start_epoch
+from harness.classifier.hooks import StepBatch, hook_seed
 from harness.classifier.models import Classifier
-from harness.classifier.training import ClassifierConfig
 from harness.components.feature_queues import ClassFeatureQueues
 from harness.components.regularizers import (
     REGULARIZER_VERSION,
+    DelayedRegulariserMethod,
     EnergyRegularizedMethod,
     EnergyRegularizer,
     PhiKind,
+    check_start_settings,
 )
 from harness.config import Protocol
 from harness.contract import MethodInfo, Outliers
@@ -69,10 +70,7 @@ class VOSConfig:
                              f"{self.samples_per_class}")
         if self.covariance_eps <= 0:
             raise ValueError(f"covariance_eps={self.covariance_eps} must be > 0")
-        if self.start_epoch is not None and self.start_epoch < 0:
-            raise ValueError(f"start_epoch={self.start_epoch} must be >= 0")
-        if not 0.0 <= self.start_fraction < 1.0:
-            raise ValueError(f"start_fraction={self.start_fraction} must lie in [0, 1)")
+        check_start_settings(self.start_epoch, self.start_fraction)
 
 
 def shared_gaussian(queues: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +131,7 @@ class VOSSampler:
         return outliers.reshape(-1, outliers.shape[2])
 
 
-class VOS(EnergyRegularizedMethod[VOSConfig]):
+class VOS(DelayedRegulariserMethod[VOSConfig], EnergyRegularizedMethod[VOSConfig]):
     info = MethodInfo("vos", "Du et al., ICLR 2022", "feature-synthesis",
                       "Gaussian virtual outliers in penultimate space + energy regulariser")
     Config = VOSConfig
@@ -142,14 +140,6 @@ class VOS(EnergyRegularizedMethod[VOSConfig]):
         "mnist5k": {"queue_size": 200},
     }
     reference_settings = {"*": {"phi": "linear"}}  # official train_virtual.py: logistic_regression = Linear(1, 2)
-
-    @classmethod
-    def check_config(cls, config: VOSConfig, classifier: ClassifierConfig) -> None:
-        regulariser_start_epoch("vos", config.start_epoch, config.start_fraction, classifier.epochs)
-
-    def start_epoch(self) -> int:
-        c = self.config
-        return regulariser_start_epoch("vos", c.start_epoch, c.start_fraction, self.context.classifier_config.epochs)
 
     def train(self, outliers: Outliers | None) -> None:
         num_classes = self.context.benchmark.spec.num_classes

@@ -17,7 +17,9 @@ Outliers come from one of two sources, each a callable of the step's `StepBatch`
   logits are `model.fc(features)`, so the gradient reaches the classifier head through them.
 
 A source returns None while it has nothing to give (e.g. its feature queues are not full yet); the step then has no
-regularisation term. The term is active from epoch `start_epoch` on (0-based, as in the official scripts).
+regularisation term. The term is active from epoch `start_epoch` on (0-based, as in the official scripts); a
+method whose config sets it as `start_epoch` / `start_fraction` (VOS, NPOS) resolves it through
+`DelayedRegulariserMethod`.
 
 The regulariser leaves the classifier's own random stream alone: phi and the energy weights are initialised from a
 generator of their own (`seed`, the run seed, through `hook_seed`), never from torch's global generator. With
@@ -50,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.classifier.hooks import StepBatch, TrainingHook, hook_seed
+from harness.classifier.hooks import StepBatch, TrainingHook, hook_seed, regulariser_start_epoch
 from harness.classifier.models import Classifier
 from harness.classifier.training import ClassifierConfig
 from harness.components.outlier_images import OutlierImageSource
@@ -242,6 +244,31 @@ class EnergyRegularizer(TrainingHook):
         logits = logits.to(next(self.phi.parameters()).device)
         out = self.phi(self.energy(logits)[:, None])
         return out[:, 1] - out[:, 0]
+
+
+def check_start_settings(start_epoch: int | None, start_fraction: float) -> None:
+    """ValueError unless `start_epoch` is None or >= 0 and `start_fraction` lies in [0, 1): the start settings of a
+    `DelayedRegulariserMethod`'s config."""
+    if start_epoch is not None and start_epoch < 0:
+        raise ValueError(f"start_epoch={start_epoch} must be >= 0")
+    if not 0.0 <= start_fraction < 1.0:
+        raise ValueError(f"start_fraction={start_fraction} must lie in [0, 1)")
+
+
+class DelayedRegulariserMethod(Method[ConfigT]):
+    """A method whose regulariser starts at its config's `start_epoch`, or at `start_fraction` of the classifier's
+    epochs when that is None (VOS 40 of 100, NPOS 200 of 500); an explicit start at or after the last epoch is refused
+    when the run is planned (`regulariser_start_epoch`)."""
+
+    @classmethod
+    def check_config(cls, config: ConfigT, classifier: ClassifierConfig) -> None:
+        regulariser_start_epoch(cls.info.name, config.start_epoch, config.start_fraction, classifier.epochs)
+
+    def start_epoch(self) -> int:
+        """The regulariser's first (0-based) epoch under the run's classifier recipe."""
+        c = self.config
+        return regulariser_start_epoch(self.info.name, c.start_epoch, c.start_fraction,
+                                       self.context.classifier_config.epochs)
 
 
 class EnergyRegularizedMethod(Method[ConfigT]):

@@ -35,14 +35,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.classifier.hooks import StepBatch, TrainingHook, regulariser_start_epoch
+from harness.classifier.hooks import StepBatch, TrainingHook
 from harness.classifier.models import Classifier
-from harness.classifier.training import ClassifierConfig
 from harness.components.boundary import Selection, sample_boundary_outliers
 from harness.components.feature_queues import ClassFeatureQueues
+from harness.components.regularizers import DelayedRegulariserMethod, check_start_settings
 from harness.components.scores import KNNScorer
 from harness.config import Protocol
-from harness.contract import Method, MethodInfo, Outliers
+from harness.contract import MethodInfo, Outliers
 from harness.data.sets import ImageSet
 from harness.errors import HarnessError
 from methods.npos.cider import CIDERLoss
@@ -94,10 +94,7 @@ class NPOSConfig:
             raise ValueError(f"noise_std={self.noise_std} must be > 0")
         if self.head_weight < 0:
             raise ValueError(f"head_weight={self.head_weight} is negative; use >= 0")
-        if self.start_epoch is not None and self.start_epoch < 0:
-            raise ValueError(f"start_epoch={self.start_epoch} must be >= 0")
-        if not 0.0 <= self.start_fraction < 1.0:
-            raise ValueError(f"start_fraction={self.start_fraction} must lie in [0, 1)")
+        check_start_settings(self.start_epoch, self.start_fraction)
         if self.projection_dim < 1 or self.cider_temperature <= 0 or not 0.0 <= self.prototype_momentum < 1.0:
             raise ValueError("projection_dim must be >= 1, cider_temperature > 0, prototype_momentum in [0, 1)")
 
@@ -134,7 +131,7 @@ class OutlierHeadLoss(TrainingHook):
         return self.config.head_weight * term, {"outlier_bce": term.detach()}
 
 
-class NPOS(Method[NPOSConfig]):
+class NPOS(DelayedRegulariserMethod[NPOSConfig]):
     info = MethodInfo("npos", "Tao et al., ICLR 2023", "feature-synthesis",
                       "k-NN boundary outliers in penultimate space + outlier head; kNN test score")
     Config = NPOSConfig
@@ -145,14 +142,6 @@ class NPOS(Method[NPOSConfig]):
     }
     # official: KNN_dis_search_distance's mis-ordered reshape; CompLoss(temperature=0.1, base_temperature=0.07)
     reference_settings = {"*": {"selection": "reference", "compactness_weight": 0.1 / 0.07}}
-
-    @classmethod
-    def check_config(cls, config: NPOSConfig, classifier: ClassifierConfig) -> None:
-        regulariser_start_epoch("npos", config.start_epoch, config.start_fraction, classifier.epochs)
-
-    def start_epoch(self) -> int:
-        c = self.config
-        return regulariser_start_epoch("npos", c.start_epoch, c.start_fraction, self.context.classifier_config.epochs)
 
     def train(self, outliers: Outliers | None) -> None:
         spec, train_set = self.context.benchmark.spec, self.context.benchmark.train
