@@ -188,15 +188,15 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    """Print the comparison table; exit 1 on any violation (0 after --update or --add-drift)."""
+    """Print the comparison table; exit 1 on any violation (0 after --update, --add-drift or --add-reproduction)."""
     from harness.config import parse_set_options
     from harness.data.spec import load_spec
+    from harness.plan import RunRequest, plan
     from harness.records import regression
     from harness.records.results import load_record_tree
-    from harness.runner import RunRequest, execute, plan
+    from harness.runner import execute
+    from harness.testing import held_to, report
 
-    name = load_spec(args.benchmark).name
-    path = args.expectations or regression.expectations_path(name)
     overrides = regression.parse_tolerances(args.tolerance)
     pairs = regression.parse_factor_pairs(args.calibrate) if args.calibrate is not None else None
     if pairs is not None and args.records is None:
@@ -206,22 +206,22 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if overrides and writer:
         raise HarnessError(f"--tolerance sets the tolerance of a comparison, which {writer} does not make: drop one "
                            "of the two")
-    doc = None if args.update and not path.exists() else regression.load_expectations(path, name)
     if args.records is not None:
+        name = load_spec(args.benchmark).name
+        path = args.expectations or regression.expectations_path(name)
+        doc = None if args.update and not path.exists() else regression.load_expectations(path, name)
         records = load_record_tree(args.records, name)
     else:
-        request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds or [0],
-                             overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
-                             device=args.device, preset=args.preset, threads=args.threads)
-        labels = [m.label for m in plan(request).methods]
-        if doc is not None:
-            if not args.update:  # a label the expectations lack is an error before any work
-                regression.check_labels(doc, labels, path)
-            if request.threads is None:  # run as the expectations were recorded
-                request.threads = regression.recorded_threads(doc, labels)
-            if args.seeds is None:
-                request.seeds = regression.recorded_seeds(doc, labels)
-        records = execute(request)
+        planned = plan(RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds or [0],
+                                  overrides=parse_set_options(args.settings), out_dir=args.out,
+                                  cache_dir=args.cache_dir, device=args.device, preset=args.preset,
+                                  threads=args.threads))
+        name = planned.spec.name
+        path = args.expectations or regression.expectations_path(name)
+        doc = None if args.update and not path.exists() else regression.load_expectations(path, name)
+        planned = held_to(planned, doc, path, seeds_given=args.seeds is not None,
+                          threads_given=args.threads is not None, new_labels=args.update)
+        records = execute(planned)
     if pairs is not None:
         print(regression.calibration_table(doc, records, pairs))
         return 0
@@ -238,26 +238,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     checks = regression.compare(doc, records, overrides, path)
-    print(regression.table(checks))
-    unpinned = regression.unpinned_labels(records)
-    if unpinned:
-        print(f"\nnote: {', '.join(unpinned)} ran without portable kernels (--native-kernels, a GPU, or a CPU the "
-              "portable set cannot run on): exact reproduction is expected only in the very environment the "
-              "expectations hold, measured-drift tolerances apply elsewhere")
-    failed = [c for c in checks if not c.passed]
-    notes = regression.provenance_notes(doc, records)
-    if notes:
-        print("\nprovenance differs from the expectations' (a likely cause of any difference):")
-        print("\n".join(f"  {note}" for note in notes))
-    print("\nminimal detectable effect per label (pp; a shift of every seed beyond it fails):")
-    for label, effects in regression.detectable_effects(checks).items():
-        print(f"  {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in effects.items()))
-    if failed:
-        print(f"\n{len(failed)} of {len(checks)} checks beyond tolerance: " +
-              ", ".join(f"{c.label} {c.where} {c.set} {c.metric}" for c in failed[:10]))
-        return 1
-    print(f"\nall {len(checks)} checks within tolerance ({path})")
-    return 0
+    print(report(checks, doc, records, path))
+    return 0 if all(c.passed for c in checks) else 1
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -291,8 +273,9 @@ def cmd_list() -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from harness.config import parse_set_options
+    from harness.plan import RunRequest, plan
     from harness.records.leaderboard import leaderboard_path
-    from harness.runner import RunRequest, execute
+    from harness.runner import execute
 
     extra = dict(args.ood)
     if len(extra) != len(args.ood):
@@ -303,7 +286,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                          extra_ood=extra, data_root=args.data_root, preset=args.preset,
                          allow_incomplete=args.allow_incomplete, threads=args.threads,
                          deterministic=args.deterministic)
-    records = execute(request)
+    records = execute(plan(request))
     benchmark = records[0].benchmark
     print(leaderboard_path(args.out, benchmark).read_text())
     print(f"records under {args.out / 'records' / benchmark}, leaderboard {leaderboard_path(args.out, benchmark)}")

@@ -17,43 +17,58 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.config import parse_set_options
-from harness.data.spec import load_spec
+from harness.data.spec import BenchmarkSpec, load_spec
 from harness.errors import HarnessError
 from harness.paths import CODE_ROOT, PUBLISHED_FILE, path_under
+from harness.plan import Plan, RunRequest, plan
 from harness.records.leaderboard import write_leaderboards
 from harness.records.regression import build_expectations, changes, expectations_path, write_expectations
 from harness.records.results import RunRecord, load_records
-from harness.runner import RunRequest, execute, plan
+from harness.runner import execute
 
 CACHE_MARKER = ".oodbench-publish"
 SLOW_CHECKS = ["-m", "pytest", "-m", "slow", "-q", "-p", "no:cacheprovider"]
 
 
-def published_requests(benchmark: str, published_file: Path, out_dir: Path, cache_dir: Path,
-                       threads: int | None, device: str) -> list[RunRequest]:
-    """One run request per published label of `benchmark` (a name or spec path), each validated by `plan`."""
-    name = load_spec(benchmark).name
+@dataclass(frozen=True)
+class Published:
+    """A benchmark's entry of the published-labels file: its seeds, thread count, drift thread counts (unchecked),
+    preset, and labels as (method, `--set` items)."""
+
+    seeds: list[int]
+    threads: int | None
+    drift_threads: Any
+    preset: str
+    labels: list[tuple[str, list[str]]]
+
+
+def read_published(name: str, published_file: Path) -> Published:
+    """The entry of benchmark `name` in `published_file`, or one line naming what is wrong."""
     try:
         entries: dict[str, Any] = json.loads(Path(published_file).read_text())[name]
-        labels = [(e["method"], list(e.get("set", []))) for e in entries["labels"]]
-        seeds = [int(s) for s in entries["seeds"]]
+        return Published([int(s) for s in entries["seeds"]], entries.get("threads"),
+                         entries.get("drift_threads", []), entries.get("preset", "paper"),
+                         [(e["method"], list(e.get("set", []))) for e in entries["labels"]])
     except FileNotFoundError:
         raise HarnessError(f"published-labels file {published_file} does not exist; pass --labels FILE") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise HarnessError(f"{published_file} has no valid entry for {name!r} ({type(err).__name__}: {err}); give "
                            '{"seeds": [...], "labels": [{"method": ..., "set": [...]}]} for it') from None
-    threads = threads if threads is not None else entries.get("threads")
-    requests = [RunRequest(methods=[method], benchmark=benchmark, seeds=seeds, overrides=parse_set_options(sets),
-                           out_dir=out_dir, cache_dir=cache_dir, device=device, threads=threads,
-                           preset=entries.get("preset", "paper")) for method, sets in labels]
-    for request in requests:
-        plan(request)
-    return requests
+
+
+def published_plans(spec: BenchmarkSpec, benchmark: str, published: Published, out_dir: Path, cache_dir: Path,
+                    threads: int | None, device: str) -> list[Plan]:
+    """One plan per published label (`benchmark` as given: a name or spec path, planned from the loaded `spec`)."""
+    threads = threads if threads is not None else published.threads
+    return [plan(RunRequest(methods=[method], benchmark=benchmark, seeds=published.seeds,
+                            overrides=parse_set_options(sets), out_dir=out_dir, cache_dir=cache_dir, device=device,
+                            threads=threads, preset=published.preset), spec)
+            for method, sets in published.labels]
 
 
 def check_drift_threads(value: Any, where: str, threads: int | None) -> list[int]:
@@ -70,11 +85,6 @@ def check_drift_threads(value: Any, where: str, threads: int | None) -> list[int
     return counts
 
 
-def published_drift_threads(benchmark: str, published_file: Path) -> Any:
-    """The labels file's `drift_threads` for `benchmark` (unchecked; [] when it names none)."""
-    return json.loads(Path(published_file).read_text())[load_spec(benchmark).name].get("drift_threads", [])
-
-
 def clean_cache_dir(cache_dir: Path | None, benchmark: str) -> Path:
     """A new empty cache directory, or `cache_dir` if it is empty or an earlier publish's (then it resumes)."""
     if cache_dir is None:
@@ -86,33 +96,34 @@ def clean_cache_dir(cache_dir: Path | None, benchmark: str) -> Path:
     return cache_dir
 
 
-def seed_tasks(requests: list[RunRequest]) -> list[RunRequest]:
-    """One request per (label, seed), seeds innermost: parallel workers then start on different seeds (each trains
+def seed_tasks(plans: list[Plan]) -> list[Plan]:
+    """One plan per (label, seed), seeds innermost: parallel workers then start on different seeds (each trains
     its own seed's shared classifier) instead of waiting on one cache lock."""
-    return [replace(request, seeds=[seed]) for request in requests for seed in request.seeds]
+    return [p.with_request(seeds=[seed]) for p in plans for seed in p.request.seeds]
 
 
-def run_tasks(tasks: list[RunRequest], jobs: int) -> None:
+def run_tasks(tasks: list[Plan], jobs: int) -> None:
     if jobs == 1:
-        for request in tasks:
-            execute(request)
+        for task in tasks:
+            execute(task)
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(execute, tasks))
 
 
-def drift_records(requests: list[RunRequest], staging: Path, cache_dir: Path, threads: int, jobs: int
-                  ) -> list[RunRecord]:
+def describe(task: Plan) -> str:
+    return f"{task.methods[0].label} seed {task.request.seeds[0]}"
+
+
+def drift_records(plans: list[Plan], staging: Path, cache_dir: Path, threads: int, jobs: int) -> list[RunRecord]:
     """Every published (label, seed) again under `threads` torch threads, from its own clean cache (every stage
     recomputed): the records whose differences from the published ones are the measured drift of a change of
     environment (harness.records.regression)."""
-    tasks = [replace(task, threads=threads, out_dir=staging, cache_dir=cache_dir) for task in seed_tasks(requests)]
-    for request in tasks:
-        print(f"publish drift: {request.methods[0]} {request.overrides or ''} seed {request.seeds[0]} at {threads} "
-              "threads")
+    tasks = [task.with_request(threads=threads, out_dir=staging, cache_dir=cache_dir) for task in seed_tasks(plans)]
+    for task in tasks:
+        print(f"publish drift: {describe(task)} at {threads} threads")
     run_tasks(tasks, jobs)
-    name = load_spec(requests[0].benchmark).name
-    records = load_records(staging, name)
+    records = load_records(staging, plans[0].spec.name)
     shutil.rmtree(staging)
     return records
 
@@ -157,27 +168,27 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     `run_slow_checks` (unless `slow_checks` is false); the expectations record what it ran and its result."""
     if jobs < 1:
         raise HarnessError(f"--jobs {jobs} must be at least 1")
-    name = load_spec(benchmark).name
+    spec = load_spec(benchmark)
+    name = spec.name
+    published = read_published(name, published_file)
     cache_dir = clean_cache_dir(cache_dir, name)
     staging = Path(out_dir) / f".publish-{name}"
-    requests = published_requests(benchmark, published_file, staging, cache_dir, threads, device)
-    drift_counts = (check_drift_threads(published_drift_threads(benchmark, published_file),
-                                        f"{published_file}: drift_threads", requests[0].threads)
-                    if drift_threads is None else
-                    check_drift_threads(drift_threads, "--drift-threads", requests[0].threads))
+    plans = published_plans(spec, benchmark, published, staging, cache_dir, threads, device)
+    threads = plans[0].request.threads
+    drift_counts = (check_drift_threads(published.drift_threads, f"{published_file}: drift_threads", threads)
+                    if drift_threads is None else check_drift_threads(drift_threads, "--drift-threads", threads))
     checks = run_slow_checks() if slow_checks else {"command": "skipped (--skip-checks)"}
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / CACHE_MARKER).touch()
     shutil.rmtree(staging, ignore_errors=True)
-    tasks = seed_tasks(requests)
-    for request in tasks:
-        print(f"publish {name}: {request.methods[0]} {request.overrides or ''} seed {request.seeds[0]} "
-              f"(cache {cache_dir})")
+    tasks = seed_tasks(plans)
+    for task in tasks:
+        print(f"publish {name}: {describe(task)} (cache {cache_dir})")
     run_tasks(tasks, jobs)
     drift = []
     for count in drift_counts:
-        drift += drift_records(requests, Path(out_dir) / f".publish-{name}-drift", cache_dir / f"drift-{count}",
-                               count, max(1, jobs * (requests[0].threads or 1) // count))
+        drift += drift_records(plans, Path(out_dir) / f".publish-{name}-drift", cache_dir / f"drift-{count}",
+                               count, max(1, jobs * (threads or 1) // count))
     target = path_under(out_dir, "records", name)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)

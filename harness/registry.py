@@ -175,6 +175,12 @@ def protocol_settings(cls: type[Method], benchmark: str, protocol: str) -> dict[
     return {**cls.reference_settings.get("*", {}), **cls.reference_settings.get(benchmark, {})}
 
 
+def smoke_settings(cls: type[Method], benchmark: str) -> dict[str, Any]:
+    """The settings that shrink a run of `cls` on `benchmark` to seconds (`Method.smoke_settings`, "*" then the
+    benchmark's own entry), for smoke tests of whether it completes."""
+    return {**cls.smoke_settings.get("*", {}), **cls.smoke_settings.get(benchmark, {})}
+
+
 def configure(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> tuple[Any, Any]:
     """(config, defaults): the method's config — paper defaults, then its per-benchmark defaults, then the settings
     of the chosen `protocol` (for methods that have the field), then the user's overrides — and the defaults it is

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.components.scores import energy_score
+from harness.context import ClassifierOutputs
 from harness.contract import BaselineClassifierMethod, MethodInfo
 
 
@@ -21,5 +22,5 @@ class Energy(BaselineClassifierMethod[EnergyConfig]):
     info = MethodInfo("energy", "Liu et al., NeurIPS 2020", "post-hoc", "negative free energy of the logits")
     Config = EnergyConfig
 
-    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return energy_score(outputs["logits"], self.config.temperature)
+    def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
+        return energy_score(outputs.logits, self.config.temperature)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.components.scores import KNNScorer
+from harness.context import ClassifierOutputs
 from harness.contract import BaselineClassifierMethod, MethodInfo
 
 
@@ -18,9 +19,10 @@ class KNN(BaselineClassifierMethod[KNNConfig]):
                       "FAISS exact k-th-neighbour distance on L2-normalised penultimate features")
     Config = KNNConfig
     benchmark_defaults = {"cifar100": {"k": 200}, "imagenet100": {"k": 1000}}
+    smoke_settings = {"*": {"k": 5}}
 
-    def fit(self, train_outputs: dict[str, np.ndarray]) -> None:
-        self.scorer = KNNScorer(self.config.k).fit(train_outputs["features"])
+    def fit(self, train_outputs: ClassifierOutputs) -> None:
+        self.scorer = KNNScorer(self.config.k).fit(train_outputs.features)
 
-    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.scorer.score(outputs["features"])
+    def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
+        return self.scorer.score(outputs.features)

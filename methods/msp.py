@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.components.scores import msp_score
+from harness.context import ClassifierOutputs
 from harness.contract import BaselineClassifierMethod, MethodInfo
 
 
@@ -17,5 +18,5 @@ class MSP(BaselineClassifierMethod[MSPConfig]):
     info = MethodInfo("msp", "Hendrycks & Gimpel, ICLR 2017", "post-hoc", "maximum softmax probability")
     Config = MSPConfig
 
-    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return msp_score(outputs["logits"])
+    def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
+        return msp_score(outputs.logits)

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from harness.components.scores import ReActScorer
+from harness.context import ClassifierOutputs
 from harness.contract import BaselineClassifierMethod, MethodInfo
 
 
@@ -19,13 +20,13 @@ class ReAct(BaselineClassifierMethod[ReActConfig]):
                       "energy after clipping penultimate activations at an ID percentile")
     Config = ReActConfig
 
-    def fit(self, train_outputs: dict[str, np.ndarray]) -> None:
+    def fit(self, train_outputs: ClassifierOutputs) -> None:
         fc = self.classifier.model.fc
         self.scorer = ReActScorer(self.config.percentile).fit(
-            train_outputs["features"], fc.weight.detach().cpu().numpy(), fc.bias.detach().cpu().numpy())
+            train_outputs.features, fc.weight.detach().cpu().numpy(), fc.bias.detach().cpu().numpy())
 
-    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.scorer.score(outputs["features"])
+    def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
+        return self.scorer.score(outputs.features)
 
     def details(self) -> dict[str, Any]:
         return {"threshold": self.scorer.threshold, "threshold_source": "ID training features"}

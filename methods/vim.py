@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from harness.components.scores import ViMScorer
+from harness.context import ClassifierOutputs
 from harness.contract import BaselineClassifierMethod, MethodInfo
 
 
@@ -19,14 +20,14 @@ class ViM(BaselineClassifierMethod[ViMConfig]):
                       "energy minus the scaled feature residual outside the principal subspace")
     Config = ViMConfig
 
-    def fit(self, train_outputs: dict[str, np.ndarray]) -> None:
+    def fit(self, train_outputs: ClassifierOutputs) -> None:
         fc = self.classifier.model.fc
         self.scorer = ViMScorer(self.config.dim).fit(
-            train_outputs["features"], train_outputs["logits"], fc.weight.detach().cpu().numpy(),
+            train_outputs.features, train_outputs.logits, fc.weight.detach().cpu().numpy(),
             fc.bias.detach().cpu().numpy())
 
-    def score_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.scorer.score(outputs["features"], outputs["logits"])
+    def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
+        return self.scorer.score(outputs.features, outputs.logits)
 
     def details(self) -> dict[str, Any]:
         return {"dim": self.scorer.fitted_dim, "alpha": self.scorer.alpha}

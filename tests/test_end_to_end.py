@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from harness.classifier.training import ClassifierConfig
-from harness.contract import RunContext
+from harness.context import RunContext
 from harness.data.benchmarks import load_benchmark
 from harness.data.spec import load_spec
+from harness.plan import RunRequest, plan
 from harness.records.leaderboard import benchmark_markdown, write_leaderboards
 from harness.records.results import load_records
-from harness.runner import RunRequest, execute
+from harness.runner import execute
 
 pytestmark = pytest.mark.slow
 TINY = {"classifier": {"epochs": "1"}}
@@ -19,7 +20,7 @@ TINY = {"classifier": {"epochs": "1"}}
 def test_run_writes_records_and_leaderboard_then_reuses_the_cache(tmp_path, session_cache):
     request = RunRequest(methods=["msp", "energy", "knn", "vim", "react"], seeds=[0], overrides=TINY,
                          out_dir=tmp_path / "out")
-    records = execute(request, cache=session_cache)
+    records = execute(plan(request), cache=session_cache)
     assert [r.method for r in records] == ["msp", "energy", "knn", "vim", "react"]
     saved = load_records(tmp_path / "out", "mnist5k")
     assert len(saved) == 5
@@ -45,14 +46,14 @@ def test_run_writes_records_and_leaderboard_then_reuses_the_cache(tmp_path, sess
     # Second identical run: classifier, features and data all come from the cache.
     trained = session_cache.misses("classifier")
     extracted = session_cache.misses("outputs")
-    execute(request, cache=session_cache)
+    execute(plan(request), cache=session_cache)
     assert session_cache.misses("classifier") == trained and session_cache.misses("outputs") == extracted
     assert session_cache.hits("classifier") >= 5
 
 
 def test_leaderboard_regeneration_is_deterministic(tmp_path, session_cache):
     request = RunRequest(methods=["msp", "knn"], seeds=[0, 1], overrides=TINY, out_dir=tmp_path / "out")
-    execute(request, cache=session_cache)
+    execute(plan(request), cache=session_cache)
     board = (tmp_path / "out/leaderboards/mnist5k.md").read_bytes()
     write_leaderboards(tmp_path / "out")
     assert (tmp_path / "out/leaderboards/mnist5k.md").read_bytes() == board
@@ -65,23 +66,25 @@ def test_leaderboard_regeneration_is_deterministic(tmp_path, session_cache):
 
 def test_ood_positive_convention_is_recorded_separately(tmp_path, session_cache):
     request = RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "out", fpr_positive="ood")
-    (record,) = execute(request, cache=session_cache)
+    (record,) = execute(plan(request), cache=session_cache)
     assert record.fpr_positive == "ood" and "fpr_positive=ood" in record.label
     assert "OOD positive" in (tmp_path / "out/leaderboards/mnist5k.md").read_text()
 
 
 def test_hendrycks_fpr_rule_is_recorded_labelled_and_applied(tmp_path, session_cache):
     request = RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "out", fpr_rule="hendrycks")
-    (record,) = execute(request, cache=session_cache)
+    (record,) = execute(plan(request), cache=session_cache)
     assert record.fpr_rule == "hendrycks" and "fpr_rule=hendrycks" in record.label
-    (plain,) = execute(RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "plain"), cache=session_cache)
+    (plain,) = execute(plan(RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "plain")),
+                       cache=session_cache)
     assert plain.fpr_rule == "recall-at-least" and "fpr_rule" not in plain.label
     assert record.average["auroc"] == plain.average["auroc"]
     assert all(0.0 <= m["fpr95"] <= 1.0 for m in record.metrics.values())
 
 
 def test_leaderboard_shows_a_dash_for_methods_without_id_accuracy(tmp_path, session_cache):
-    (record,) = execute(RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "out"), cache=session_cache)
+    (record,) = execute(plan(RunRequest(methods=["msp"], overrides=TINY, out_dir=tmp_path / "out")),
+                        cache=session_cache)
     density = type(record)(**{**record.__dict__, "method": "density", "label": "density", "id_accuracy": None})
     board = benchmark_markdown([record, density], "mnist5k")
     row = next(line for line in board.splitlines() if line.startswith("| density"))

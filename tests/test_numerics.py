@@ -15,10 +15,11 @@ from harness.cache import Cache
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.numerics import MODE_ENV, PORTABLE, check_mode, cpu_identity, kernel_facts, unsupported
+from harness.plan import RunRequest, plan
 from harness.records.regression import build_expectations, compare, stored_environment
 from harness.records.results import RunRecord
 from harness.registry import discover
-from harness.runner import RunRequest, execute
+from harness.runner import execute
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,8 +113,8 @@ def test_a_rerun_under_another_thread_count_misses_every_numeric_stage(tmp_path)
     spec = write_tiny_spec(tmp_path, epochs=1)
     cache = Cache(tmp_path / "cache")
     for threads in (1, 2, 1):
-        execute(RunRequest(methods=["energy"], benchmark=str(spec), preset=TINY_PRESET, threads=threads,
-                           out_dir=tmp_path / "out"), cache=cache)
+        execute(plan(RunRequest(methods=["energy"], benchmark=str(spec), preset=TINY_PRESET, threads=threads,
+                           out_dir=tmp_path / "out")), cache=cache)
     assert cache.misses("classifier") == 2 and cache.hits("classifier") == 1
     assert cache.misses("benchmark-data") == 2
 
@@ -159,12 +160,12 @@ def test_a_plugin_source_change_without_a_version_change_misses_its_stages(tmp_p
     cache = Cache(tmp_path / "cache")
     request = RunRequest(methods=["shiftplug"], benchmark=str(spec), preset=TINY_PRESET, threads=1,
                          out_dir=tmp_path / "out")
-    [first] = execute(request, cache=cache)
+    [first] = execute(plan(request), cache=cache)
     assert first.plugin["distribution"] == "shiftplug_plugin" and first.plugin["version"] == "0.3"
-    execute(request, cache=cache)
+    execute(plan(request), cache=cache)
     assert (cache.misses("shift-stat"), cache.hits("shift-stat")) == (1, 1)
     module.write_text(textwrap.dedent(PLUGIN.format(factor=0.0)))  # the version stays 0.3
-    [changed] = execute(dataclasses.replace(request), cache=cache)
+    [changed] = execute(plan(dataclasses.replace(request)), cache=cache)
     assert (cache.misses("shift-stat"), cache.hits("classifier")) == (2, 2)  # the shared classifier is reused
     assert changed.plugin["source_sha256"] != first.plugin["source_sha256"]
     assert discover()["shiftplug"].cache_scope == (changed.plugin,)

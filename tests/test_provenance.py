@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
+from harness.plan import RunRequest, plan
 from harness.records.provenance import apply_run_settings, differences, environment, run_settings
-from harness.runner import RunRequest, execute
+from harness.runner import execute
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
 
 
@@ -17,7 +18,7 @@ def test_two_fresh_runs_with_the_same_threads_are_bit_identical_and_record_their
     for run in ("a", "b"):
         request = RunRequest(methods=["msp", "knn"], benchmark=str(spec), preset=TINY_PRESET, threads=1,
                              out_dir=tmp_path / run / "out", cache_dir=tmp_path / run / "cache")
-        records.append(execute(request))
+        records.append(execute(plan(request)))
     assert torch.get_num_threads() == threads  # restored after the run
     first, second = records
     for a, b in zip(first, second, strict=True):

@@ -148,15 +148,15 @@ def test_eval_subsets_and_the_quick_preset_are_drawn_by_seed(cifar_root, tmp_pat
     raw["presets"]["quick"]["max_train"] = 50
     (tmp_path / "s.json").write_text(json.dumps(raw))
     spec = load_spec(str(tmp_path / "s.json"))
-    one = load_benchmark(spec, Cache(tmp_path / "c1"), root, preset="quick")
-    two = load_benchmark(spec, Cache(tmp_path / "c2"), root, preset="quick")
+    one = load_benchmark(spec, Cache(tmp_path / "c1"), root, spec.preset("quick"))
+    two = load_benchmark(spec, Cache(tmp_path / "c2"), root, spec.preset("quick"))
     assert len(one.train) == 50 and len(one.ood["svhn"]) == 5 and len(one.test) == 100
     assert torch.equal(one.ood["svhn"].images, two.ood["svhn"].images)
     assert one.provenance["sets"]["svhn"] == {"source": "svhn_mat", "path": "svhn/test_32x32.mat", "used": 5,
                                               "available": 12, "subset_seed": 0}
     assert one.provenance["preset"] == "quick"
     with pytest.raises(HarnessError, match="no preset 'fast'"):
-        load_benchmark(spec, Cache(tmp_path / "c3"), root, preset="fast")
+        spec.preset("fast")
 
 
 def test_mixed_image_modes_are_converted_to_rgb(tmp_path):
@@ -359,14 +359,13 @@ def test_timm_resnet34_initialises_from_a_local_checkpoint(tmp_path):
 
 
 def test_paper_recipes_and_quick_preset_scale_only_epochs():
-    from harness.runner import preset_classifier
-
-    paper, quick = preset_classifier(CIFAR, "paper"), preset_classifier(CIFAR, "quick")
-    assert paper["epochs"] == 100 and quick["epochs"] == 2
-    assert {k: v for k, v in paper.items() if k != "epochs"} == {k: v for k, v in quick.items() if k != "epochs"}
+    paper, quick = CIFAR.preset("paper"), CIFAR.preset("quick")
+    assert paper.scale_epochs(CIFAR.classifier["epochs"]) == 100 and quick.scale_epochs(100) == 2
+    assert quick.scale_epochs(10) == 1  # never below one epoch
+    paper = CIFAR.classifier
     assert (paper["backbone"], paper["lr"], paper["batch_size"], paper["weight_decay"], paper["nesterov"]) == \
         ("resnet34_cifar", 0.1, 160, 0.0005, True)
-    inet = preset_classifier(IMAGENET, "paper")
+    inet = {**IMAGENET.classifier, "epochs": IMAGENET.preset("paper").scale_epochs(IMAGENET.classifier["epochs"])}
     assert (inet["backbone"], inet["lr"], inet["epochs"], inet["random_resized_crop"]) == \
         ("resnet34_timm", 0.001, 20, True)
     assert len(IMAGENET.class_names) == 100 and IMAGENET.class_names[0] == "n01498041"
@@ -410,7 +409,7 @@ def test_results_do_not_depend_on_global_random_state_or_on_the_methods_run_befo
 
 
 def test_the_data_root_comes_from_the_environment_and_only_matters_for_on_disk_benchmarks(monkeypatch, cifar_root):
-    from harness.runner import RunRequest, plan
+    from harness.plan import RunRequest, plan
 
     monkeypatch.setenv("OODBENCH_DATA", "/nonexistent/ood")
     assert plan(RunRequest(methods=["msp"])).data_root is None  # mnist5k is embedded

@@ -11,9 +11,10 @@ import pytest
 import harness.classifier.training
 from harness.cache import Cache
 from harness.config import parse_set_options
-from harness.runner import RunRequest, execute
+from harness.plan import RunRequest, plan
+from harness.registry import discover, smoke_settings
+from harness.runner import execute
 from tests.regress_helpers import TINY_PRESET, write_tiny_spec
-from tests.test_protocol_matrix import TINY
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,8 +24,8 @@ class Killed(BaseException):
 
 
 def settings(method: str, extra: dict[str, str]) -> list[str]:
-    values = {**TINY.get(method, {}), **extra}
-    return [f"{method}.{k}={v}" for k, v in values.items()]
+    values = {**smoke_settings(discover()[method].cls, "tiny5k"), **extra}
+    return [f"{method}.{k}={'none' if v is None else v}" for k, v in values.items()]
 
 
 # Tiny runs that still reach the part a checkpoint must carry: a regulariser active after the stop, full queues.
@@ -37,7 +38,7 @@ CASES = {
     "ncis": settings("ncis", {}),
     "text_flow": settings("text_flow", {"epochs": "3"}),
 }
-# run by publish's slow checks; vos, the case that failed before the generators were checkpointed, runs every time
+# run by publish's slow checks; vos runs every time: its training draws from generators that a resume must restore
 SLOW = {"npos", "flow", "dream_ood", "ncis", "text_flow"}
 TEXT = {"text_flow"}  # on the embedded text benchmark's quick preset
 
@@ -61,7 +62,7 @@ def run(method: str, spec: Path, cache: Cache, out: Path):
     benchmark, preset = ("movie_reviews", "quick") if method in TEXT else (str(spec), TINY_PRESET)
     request = RunRequest(methods=[method], benchmark=benchmark, preset=preset, threads=1, out_dir=out,
                          overrides=parse_set_options(CASES[method]))
-    return execute(request, cache=cache)
+    return execute(plan(request), cache=cache)
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow, pytest.mark.heavy]) if m in SLOW else m

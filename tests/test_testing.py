@@ -22,6 +22,6 @@ def test_plugin_authors_assert_passes_within_tolerance_and_fails_naming_the_metr
     doc = json.loads(expectations.read_text())
     doc["methods"]["knn(preset=tiny)"]["metrics"]["photos"]["auroc"]["per_seed"]["0"] += 5.0
     expectations.write_text(json.dumps(doc))
-    failure = r"1 of \d+ metrics beyond tolerance \(knn\(preset=tiny\) seed 0 photos auroc\)"
+    failure = r"1 of \d+ checks beyond tolerance against .*tiny5k.json: knn\(preset=tiny\) seed 0 photos auroc"
     with pytest.raises(AssertionError, match=failure):
         assert_within_tolerance("knn", cache=cache, **common)

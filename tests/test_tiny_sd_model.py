@@ -15,7 +15,7 @@ from harness.classifier.augment import to_unit
 from harness.classifier.training import ClassifierConfig
 from harness.components.outlier_images import to_channels_tensor
 from harness.config import build_config
-from harness.contract import RunContext
+from harness.context import RunContext
 from harness.data.benchmarks import load_benchmark
 from harness.data.spec import load_spec
 from harness.diffusion.backend import GenerationConfig, load_backend

@@ -7,7 +7,7 @@ import torch
 
 from harness.cache import Cache
 from harness.classifier.training import ClassifierConfig
-from harness.contract import RunContext
+from harness.context import RunContext
 from harness.data.benchmarks import load_benchmark
 from harness.data.spec import load_spec
 
@@ -15,7 +15,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     spec_path, cache_dir, out = sys.argv[1:4]
     cache = Cache(cache_dir)
-    benchmark = load_benchmark(load_spec(spec_path), cache, None, "tiny")
+    benchmark = load_benchmark(spec := load_spec(spec_path), cache, None, spec.preset("tiny"))
     config = ClassifierConfig(backbone="resnet_small", epochs=12, batch_size=128, lr=0.05, hflip=False, crop_padding=2)
     trained = RunContext(benchmark, 0, torch.device("cpu"), cache, config).baseline_classifier()
     torch.save(trained.model.state_dict(), out)

@@ -107,8 +107,8 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
         c = self.config
         if c.outliers_dir:
             images, labels, fingerprint = load_outlier_folder(c.outliers_dir, self.context.benchmark.spec.channels)
-            return Outliers("images", images, labels, meta={"directory": str(Path(c.outliers_dir).expanduser()),
-                                                           "fingerprint": fingerprint})
+            return Outliers("images", images, labels, fingerprint=fingerprint,
+                            directory=str(Path(c.outliers_dir).expanduser()))
         return self.synthesize_outliers()
 
     @abstractmethod
@@ -149,7 +149,7 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
     def folder_details(self) -> dict[str, Any]:
         """Record facts of a run on `outliers_dir`."""
         return {"outliers_dir": recorded_path(self.config.outliers_dir),
-                "outliers_fingerprint": self.outliers.meta["fingerprint"],
+                "outliers_fingerprint": self.outliers.fingerprint,
                 "outliers_labelled": self.outliers.labels is not None}
 
     def figures(self, directory: Path, stem: str) -> list[Path]:

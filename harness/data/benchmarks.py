@@ -14,7 +14,7 @@ from harness.config import content_hash
 from harness.data.check import DataCheck, check_data, data_problem_message
 from harness.data.sets import AnyImageSet, FileImageSet, ImageSet
 from harness.data.sources import get_source, source_is_cached
-from harness.data.spec import DESCRIPTIVE_KEYS, BenchmarkSpec
+from harness.data.spec import DESCRIPTIVE_KEYS, BenchmarkSpec, Preset
 from harness.errors import HarnessError
 
 # Part of the cache key of built benchmark data: bump it whenever a data source's output changes for the same spec.
@@ -77,12 +77,12 @@ def _cap(*limits: int | None) -> int | None:
     return min(given) if given else None
 
 
-def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = None, preset: str = "paper",
+def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = None, preset: Preset | None = None,
                    check: DataCheck | None = None) -> Benchmark:
     """Build every set of `spec`. Sets built from package data are cached; sets read from the user's disk (real
     benchmarks, `--ood` folders) are read fresh. Evaluation subsets and preset caps are drawn by each set's
-    `subset_seed` and recorded in `provenance`."""
-    limits = spec.preset(preset)
+    `subset_seed` and recorded in `provenance`; `preset` defaults to the spec's `paper`."""
+    preset = preset or spec.preset("paper")
     check = check or check_data(spec, data_root)
     chosen = {name: loc for name, loc in check.chosen.items() if loc is not None}
     if "id" not in chosen or len(chosen) != 1 + len(spec.ood):
@@ -102,7 +102,7 @@ def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = N
         if name not in built:
             built[name] = _build_set(location, spec, data_root)
 
-    provenance: dict[str, Any] = {"preset": preset, "data_root": str(data_root) if data_root else None, "sets": {}}
+    provenance: dict[str, Any] = {"preset": preset.name, "data_root": str(data_root) if data_root else None, "sets": {}}
 
     def finish(name: str, image_set: AnyImageSet, location: dict[str, Any], count: int | None) -> AnyImageSet:
         seed = int(location.get("subset_seed", 0))
@@ -111,10 +111,10 @@ def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = N
         return _store(image_set, spec.storage)
 
     id_location = chosen["id"]
-    train = finish("train", built["id"]["train"], id_location, limits.get("max_train"))
-    test = finish("test", built["id"]["test"], id_location, _cap(id_location.get("eval_count"), limits.get("max_test")))
+    train = finish("train", built["id"]["train"], id_location, preset.max_train)
+    test = finish("test", built["id"]["test"], id_location, _cap(id_location.get("eval_count"), preset.max_test))
     ood = {entry["name"]: finish(entry["name"], built[entry["name"]], chosen[entry["name"]],
-                                 _cap(chosen[entry["name"]].get("eval_count"), limits.get("max_ood")))
+                                 _cap(chosen[entry["name"]].get("eval_count"), preset.max_ood))
            for entry in spec.ood}
     if spec.text_encoder:  # the encoder directory a text method reads, resolved under the data root
         from harness.data.text import encoder_directory

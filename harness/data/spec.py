@@ -35,6 +35,23 @@ LEADERBOARD_METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A benchmark's protocol preset: `epoch_scale` scales the classifier epochs; `max_train`/`max_test`/`max_ood`
+    cap set sizes (drawn by each set's subset seed)."""
+
+    name: str
+    epoch_scale: float | None = None
+    max_train: int | None = None
+    max_test: int | None = None
+    max_ood: int | None = None
+    description: str = ""
+
+    def scale_epochs(self, epochs: int) -> int:
+        """`epochs` under this preset's `epoch_scale`, never below 1."""
+        return epochs if self.epoch_scale is None else max(1, round(epochs * float(self.epoch_scale)))
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     name: str
     image_size: int = 0  # image fields: 0 / () for text specs
@@ -68,13 +85,12 @@ class BenchmarkSpec:
         target = self.stability_targets.get(metric)
         return target.get(kind, target.get("*")) if isinstance(target, dict) else target
 
-    def preset(self, name: str) -> dict[str, Any]:
-        """Scalings of the preset `name`: `epoch_scale` (classifier epochs), `max_train`/`max_test`/`max_ood`
-        (caps on set sizes, drawn by each set's subset seed). `paper` is the papers' protocol, unscaled."""
+    def preset(self, name: str) -> Preset:
+        """The preset `name` (`paper` is the papers' protocol, unscaled)."""
         if name not in self.presets:
             raise HarnessError(f"benchmark {self.name} has no preset {name!r}; choose one of "
                                f"{', '.join(sorted(self.presets))}")
-        return self.presets[name]
+        return Preset(name, **self.presets[name])
 
     @property
     def ood_names(self) -> list[str]:

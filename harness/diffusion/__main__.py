@@ -115,7 +115,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()
     spec = load_spec(args.benchmark)
     backend = load_backend(args.model, device, args.dtype)
-    train = load_benchmark(spec, cache, args.data_root, args.preset).train
+    train = load_benchmark(spec, cache, args.data_root, spec.preset(args.preset)).train
     result = diffusion_embeddings(backend, cache, train, spec.prompt_names, config, args.seed)
     if dist_rank_world()[0] == 0:
         if args.out:

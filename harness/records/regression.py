@@ -293,7 +293,9 @@ def check_labels(doc: dict[str, Any], labels: list[str], path: Path | None = Non
     for label in labels:
         if label not in doc["methods"]:
             raise HarnessError(f"expectations {path or ''} have no entry for {label!r} (they cover "
-                               f"{', '.join(sorted(doc['methods'])) or 'nothing'}); add it with --update")
+                               f"{', '.join(sorted(doc['methods'])) or 'nothing'}); add it with `python -m harness "
+                               f"regress --methods ... --expectations {path or 'FILE'} --update` (a plugin keeps its "
+                               "own expectations file)")
 
 
 @dataclass(frozen=True)
