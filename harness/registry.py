@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
 
-from harness.config import Protocol, build_config, coerce, config_fields
+from harness.config import build_config, config_fields
 from harness.contract import Method, MethodInfo, MethodKind
 from harness.errors import HarnessError
 
@@ -187,12 +187,11 @@ def configure(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> t
     compared with for its run label: those of the same protocol, so a reference run is labelled
     `protocol=reference` plus only what the user changed on top."""
     base = dict(cls.benchmark_defaults.get(benchmark, {}))
-    if "protocol" in {f.name for f in config_fields(cls.Config)}:
-        protocol = coerce(overrides.get("protocol", base.get("protocol", "paper")), Protocol,
-                          f"{cls.info.name}.protocol")
+    if "protocol" in {f.name for f in config_fields(cls.Config)}:  # an unknown protocol fails in build_config
+        protocol = str(overrides.get("protocol", base.get("protocol", "paper")))
         base = {**base, **protocol_settings(cls, benchmark, protocol), "protocol": protocol}
-    return build_config(cls.Config, {**base, **overrides}, cls.info.name), build_config(cls.Config, base,
-                                                                                         cls.info.name)
+    return (build_config(cls.Config, {**base, **overrides}, cls.info.name),
+            build_config(cls.Config, base, cls.info.name))
 
 
 def method_config(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> Any:
