@@ -1,4 +1,4 @@
-"""NCIS cVPN (seed 000 eq. 4-7), K rules, low-likelihood sampling (eq. 8-11) and the Fig. 2 toy."""
+"""NCIS cVPN (the NCIS paper, eq. 4-7), K rules, low-likelihood sampling (eq. 8-11) and the Fig. 2 toy."""
 
 import json
 
@@ -156,13 +156,15 @@ def test_invariant_count_matches_numpy_replicas_of_both_rules():
 def test_invariant_count_errors():
     rng = np.random.default_rng(1)
     iso, labels = rng.standard_normal((200, 6)), np.repeat([0, 1], 100)
-    with pytest.raises(HarnessError, match=r"p=2 % with the paper rule gives K=0 .* raise p"):
+    with pytest.raises(HarnessError, match=r"invariant_variance_percent=2 % with the paper rule gives K=0 .* "
+                                           r"raise invariant_variance_percent"):
         invariant_count(iso, labels, 2, "paper")
     line = np.outer(rng.standard_normal(200), np.ones(6)) + 1e-4 * iso
-    with pytest.raises(HarnessError, match=r"gives K=6 invariants, outside \[1, D-1\] = \[1, 5\]; lower p"):
+    with pytest.raises(HarnessError, match=r"gives K=6 invariants, outside \[1, D-1\] = \[1, 5\]; "
+                                           r"lower invariant_variance_percent"):
         invariant_count(line, labels, 5, "reference")
     for p in (0, 100):
-        with pytest.raises(HarnessError, match=rf"p={p} % gives no invariants"):
+        with pytest.raises(HarnessError, match=rf"invariant_variance_percent={p} % gives no invariants"):
             invariant_count(iso, labels, p)
     with pytest.raises(HarnessError, match="class 2 has 1 embedded samples but a PCA needs at least 2"):
         invariant_count(iso[:101], np.r_[labels[:100], 2], 2)
@@ -187,7 +189,7 @@ def mapped_gaussians():
 def test_kept_samples_are_less_likely_than_plain_draws():
     v, y = mapped_gaussians()
     generator = torch.Generator().manual_seed(0)
-    samples, labels, log_probs = low_likelihood_samples(v, y, 2, lam=1e-5, rounds=3, candidates_per_round=500,
+    samples, labels, log_probs = low_likelihood_samples(v, y, 2, ridge=1e-5, rounds=3, candidates_per_round=500,
                                                         kept_per_round=4, generator=generator)
     assert samples.shape == (2 * 3 * 4, 4) and samples.dtype == torch.float32
     assert torch.equal(labels, torch.repeat_interleave(torch.arange(2), 12))
@@ -243,9 +245,9 @@ def test_map_back_inverts_the_cvpn_finitely():
 def test_sampling_and_map_back_errors():
     v, y = mapped_gaussians()
     g = torch.Generator().manual_seed(0)
-    for lam in (0.0, -1e-5):
-        with pytest.raises(HarnessError, match=rf"lambda={lam} must be positive"):
-            low_likelihood_samples(v, y, 2, lam, 1, 10, 1, g)
+    for ridge in (0.0, -1e-5):
+        with pytest.raises(HarnessError, match=rf"covariance ridge lambda={ridge} must be positive"):
+            low_likelihood_samples(v, y, 2, ridge, 1, 10, 1, g)
     with pytest.raises(HarnessError, match="class 2 has 1 mapped embeddings but its Gaussian needs at least 2"):
         low_likelihood_samples(v[:161], torch.cat([y, torch.tensor([2])])[:161], 3, 1e-5, 1, 10, 1, g)
     with pytest.raises(HarnessError, match="class 1 has 0 mapped embeddings"):

@@ -72,7 +72,8 @@ def test_bad_outlier_folders_name_the_problem(tmp_path):
 
 def test_paper_defaults_and_reference_protocol_change_exactly_the_documented_fields():
     paper = NCISConfig()
-    assert (paper.scheduler, paper.steps, paper.guidance_scale, paper.beta, paper.lam, paper.p) == \
+    assert (paper.scheduler, paper.steps, paper.guidance_scale, paper.beta, paper.covariance_ridge,
+            paper.invariant_variance_percent) == \
         ("ddim", 50, 7.5, 1.0, 1e-5, 2.0)
     assert paper.prompt_template == "A high-quality image of a {}" and paper.invariants == "first"
     assert (paper.phi, paper.test_score, paper.outlier_resize, paper.sampling) == ("mlp", "phi", "random", "cvpn")
@@ -85,8 +86,11 @@ def test_paper_defaults_and_reference_protocol_change_exactly_the_documented_fie
         assert changed.pop("protocol") == "reference"
         assert changed == documented, benchmark
     reference = method_config(NCIS, "cifar100", {"protocol": "reference", "scheduler": "ddim"})
-    assert reference.scheduler == "ddim" and reference.p == 5.0  # a --set field still overrides the protocol
+    # a --set field still overrides the protocol
+    assert reference.scheduler == "ddim" and reference.invariant_variance_percent == 5.0
     assert method_config(NCIS, "cifar100", {}).epochs == 250
+    old = method_config(NCIS, "cifar100", {"p": "3", "lam": "1e-3"})  # the fields' old names, still accepted
+    assert (old.invariant_variance_percent, old.covariance_ridge) == (3.0, 1e-3)
 
 
 def _recipe(benchmark_epochs: int, run_epochs: int, **fields) -> ClassifierConfig:
@@ -137,8 +141,10 @@ def _strip_vae_encoder(source: Path, target: Path) -> Path:
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, model_dir):
     (tmp_path / "empty").mkdir()
     decoder_only = _strip_vae_encoder(model_dir, tmp_path / "decoder-only")
-    for setting, message in [("ncis.lam=0", "lam=0.0 must be > 0"),
-                             ("ncis.p=0", "must be a percentage"),
+    for setting, message in [("ncis.covariance_ridge=0", "covariance_ridge=0.0 must be > 0"),
+                             ("ncis.lam=0", "covariance_ridge=0.0 must be > 0"),  # the old spelling still works
+                             ("ncis.invariant_variance_percent=0", "must be a percentage"),
+                             ("ncis.p=0", "invariant_variance_percent=0.0 must be a percentage"),
                              ("ncis.max_per_class=1", "max_per_class=1 embeds fewer images"),
                              ("ncis.model=/nonexistent/sd", "does not exist"),
                              (f"ncis.model={decoder_only}", "has no encoder weights"),
@@ -224,7 +230,8 @@ def _sampling_method(covariance="sample", max_per_class=None, num_classes=3):
     """An NCIS instance whose stages 2-3 run on given embeddings (linear invariants: no cVPN to train)."""
     method = NCIS.__new__(NCIS)
     method.config = NCISConfig(sampling="linear", covariance=covariance, max_per_class=max_per_class, rounds=2,
-                               candidates_per_round=200, kept_per_round=5, outliers_per_class=8, p=20.0)
+                               candidates_per_round=200, kept_per_round=5, outliers_per_class=8,
+                               invariant_variance_percent=20.0)
     spec = SimpleNamespace(class_names=[f"class{c}" for c in range(num_classes)], num_classes=num_classes)
     method.context = SimpleNamespace(seed=0, benchmark=SimpleNamespace(spec=spec), device=torch.device("cpu"))
     return method

@@ -1,19 +1,20 @@
-"""NCIS, "Non-linear outlier synthesis for out-of-distribution detection" (seed 000): outliers decoded by Stable
-Diffusion from low-likelihood points of class-conditional manifolds in SD's own conditioning space.
+"""NCIS, "Non-Linear Outlier Synthesis for Out-of-Distribution Detection" (anonymous, under review): outliers
+decoded by Stable Diffusion from low-likelihood points of class-conditional manifolds in SD's own conditioning space.
 
 1. Diffusion embeddings (Sec. 3.1, eq. 1, Alg. 1; `harness.diffusion.embeddings`): per ID training image, the class
    word's token embedding e is optimised on the noise-prediction loss of that image (3 Adam steps, lr 1e-2, 32
    noised copies on the 50-step DDIM grid), many images per UNet call; `max_per_class` embeds a fraction (Fig. 5d).
 2. Invariant map (Sec. 3.2, eq. 4-7; `methods.ncis.cvpn`): a conditional volume-preserving network f(e, y) whose K
-   invariant outputs are driven to 0 (K from per-class PCA with `p`), cached under a content hash of its inputs;
-   or linear invariants (per-class PCA rotation, Table 3), or no map at all (`sampling=npos`: NPOS-style boundary
-   sampling of the normalised embeddings, rescaled to the class's mean norm, `harness.components.text_latent`).
+   invariant outputs are driven to 0 (K from per-class PCA with `invariant_variance_percent`, the paper's p),
+   cached under a content hash of its inputs; or linear invariants (per-class PCA rotation, Table 3), or no map at
+   all (`sampling=npos`: NPOS-style boundary sampling of the normalised embeddings, rescaled to the class's mean
+   norm, `harness.components.text_latent`).
 3. Sampling (Sec. 3.3-3.4, eq. 8-11; `methods.ncis.invariant_sampling`): v = f(e, y), per class
-   N(mu, Sigma + lambda I); rejection sampling from the class's low-likelihood region (Sec. 3.4), the region being
-   below the `keep_below_id_percentile`-th percentile of the class's ID embeddings' log-likelihood: `rounds` x
-   `candidates_per_round` draws (more rounds as needed), keeping the `kept_per_round` least likely accepted draws
-   of each round (the official code keeps the least likely of each round with no bound, `protocol=reference`);
-   e' = f^-1(v', y).
+   N(mu, Sigma + lambda I) with lambda = `covariance_ridge`; rejection sampling from the class's low-likelihood
+   region (Sec. 3.4), the region being below the `keep_below_id_percentile`-th percentile of the class's ID
+   embeddings' log-likelihood: `rounds` x `candidates_per_round` draws (more rounds as needed), keeping the
+   `kept_per_round` least likely accepted draws of each round (the official code keeps the least likely of each
+   round with no bound, `protocol=reference`); e' = f^-1(v', y).
 4. Decoding (`harness.diffusion.stage`): "A high-quality image of a <e'>", DDIM 50 steps, guidance 7.5, 512 -> 256,
    `images_per_embedding` seeds per e'.
 5. Training (Sec. 3.5, eq. 12-13; `harness.components.regularizers`): the classifier on ID + outliers in one
@@ -29,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -74,8 +75,11 @@ Sampling = Literal["cvpn", "linear", "npos"]
 
 @dataclass(frozen=True)
 class NCISConfig(PixelSynthesisConfig):
-    """Paper defaults (seed 000 Sec. 3-4); `protocol=reference` applies the official code's values. Model,
-    decoding (DDIM 50 steps, guidance 7.5, 512 -> 256), outlier folder and gallery fields: `PixelSynthesisConfig`."""
+    """Paper defaults (the NCIS paper, Sec. 3-4); `protocol=reference` applies the official code's values. Model,
+    decoding (DDIM 50 steps, guidance 7.5, 512 -> 256), outlier folder and gallery fields: `PixelSynthesisConfig`.
+    `renamed` keeps the paper-symbol spellings `--set ncis.p=...` / `ncis.lam=...` working."""
+
+    renamed: ClassVar[dict[str, str]] = {"p": "invariant_variance_percent", "lam": "covariance_ridge"}
 
     protocol: Protocol = "paper"
     class_names: Literal["natural", "official"] = "natural"  # spec.prompt_names, or spec.official_prompt_names
@@ -96,7 +100,7 @@ class NCISConfig(PixelSynthesisConfig):
     latent_batch_size: int = 256
     # 2. invariant map (Sec. 3.2)
     sampling: Sampling = "cvpn"
-    p: float = 2.0                        # % of per-class variance left to the K invariants
+    invariant_variance_percent: float = 2.0  # the paper's p: % of per-class variance left to the K invariants
     invariant_rule: Literal["paper", "reference"] = "paper"
     invariants: Literal["first", "last"] = "first"
     cvpn_blocks: int = 4
@@ -107,8 +111,8 @@ class NCISConfig(PixelSynthesisConfig):
     best_checkpoint: bool = False         # official: keep the epoch with the lowest invariant MSE
     reconstruction_tolerance: float = 1e-4  # max |f^-1(f(e)) - e| accepted before sampling
     # 3. low-likelihood sampling (Sec. 3.3-3.4, eq. 8-11)
-    lam: float = 1e-5
-    covariance: Covariance = "sample"     # eq. 8's Sigma + lam I; "shrinkage": Ledoit-Wolf (allows N_c <= D)
+    covariance_ridge: float = 1e-5        # eq. 8's lambda: the class Gaussian's covariance is Sigma + lambda I
+    covariance: Covariance = "sample"     # eq. 8's Sigma; "shrinkage": Ledoit-Wolf (allows N_c <= D)
     gaussian_dims: Literal["all", "invariants"] = "all"
     rounds: int = 10
     candidates_per_round: int = 3330
@@ -136,10 +140,11 @@ class NCISConfig(PixelSynthesisConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.lam > 0:
-            raise ValueError(f"lam={self.lam} must be > 0 (the covariance ridge lambda of eq. 8)")
-        if not 0 < self.p < 100:
-            raise ValueError(f"p={self.p} must be a percentage in (0, 100)")
+        if not self.covariance_ridge > 0:
+            raise ValueError(f"covariance_ridge={self.covariance_ridge} must be > 0 (the ridge lambda of eq. 8)")
+        if not 0 < self.invariant_variance_percent < 100:
+            raise ValueError(f"invariant_variance_percent={self.invariant_variance_percent} must be a percentage in "
+                             "(0, 100)")
         if self.keep_below_id_percentile is not None and not 0 < self.keep_below_id_percentile < 100:
             raise ValueError(f"keep_below_id_percentile={self.keep_below_id_percentile} must be a percentage in "
                              "(0, 100), or none for the official code's rule (the least likely of each round)")
@@ -216,7 +221,8 @@ def log_likelihood_facts(id_log_lik: torch.Tensor, id_labels: torch.Tensor, kept
 
 
 class NCIS(PixelSynthesisMethod[NCISConfig]):
-    info = MethodInfo("ncis", "Non-linear outlier synthesis (anonymous, under review; seed 000)", "pixel-synthesis",
+    info = MethodInfo("ncis", "Non-Linear Outlier Synthesis for Out-of-Distribution Detection (NCIS; anonymous, "
+                      "under review)", "pixel-synthesis",
                       "SD-decoded outliers from low-likelihood samples of cVPN class manifolds in SD's "
                       "conditioning space + energy reg.")
     Config = NCISConfig
@@ -237,8 +243,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
     }
     reference_settings = {
         # LarsDoorenbos/NCIS at 42fb174 (methods.md "NCIS official code")
-        "*": {"p": 5.0, "invariant_rule": "reference", "invariants": "last", "reconstruction_step": True,
-              "best_checkpoint": True, "embedding_prompt": "An image of a {}",
+        "*": {"invariant_variance_percent": 5.0, "invariant_rule": "reference", "invariants": "last",
+              "reconstruction_step": True, "best_checkpoint": True, "embedding_prompt": "An image of a {}",
               "prompt_template": "A high-quality image of the {}", "scheduler": "pndm", "images_per_embedding": 8,
               "test_score": "energy", "class_names": "official", "phi_orientation": "free",
               "keep_below_id_percentile": None},
@@ -293,7 +299,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         """The fitted map f: linear invariants, or the cVPN cached under a hash of its inputs and config; its
         inverse must reconstruct the embeddings to `reconstruction_tolerance`."""
         c, ctx = self.config, self.context
-        k = invariant_count(embeddings, labels, c.p, rule=c.invariant_rule)  # K outside [1, D-1] is refused
+        # K outside [1, D-1] is refused
+        k = invariant_count(embeddings, labels, c.invariant_variance_percent, rule=c.invariant_rule)
         self.invariant_k = k
         if c.sampling == "linear":
             model: CVPN | LinearInvariants = LinearInvariants.fit(embeddings, labels, num_classes, k, c.invariants)
@@ -338,11 +345,11 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         with torch.no_grad():
             v = model(embeddings, labels)
         dims = None if c.gaussian_dims == "all" else model.invariant_dims
-        id_log_lik = class_log_likelihoods(v, labels, num_classes, c.lam, dims, c.covariance)
+        id_log_lik = class_log_likelihoods(v, labels, num_classes, c.covariance_ridge, dims, c.covariance)
         thresholds = None if c.keep_below_id_percentile is None else torch.stack(
             [torch.quantile(id_log_lik[labels == y], c.keep_below_id_percentile / 100) for y in range(num_classes)])
         samples, sample_labels, log_probs = low_likelihood_samples(
-            v, labels, num_classes, c.lam, c.rounds, c.candidates_per_round, c.kept_per_round, generator,
+            v, labels, num_classes, c.covariance_ridge, c.rounds, c.candidates_per_round, c.kept_per_round, generator,
             dims=dims, covariance=c.covariance, thresholds=thresholds)
         self.sample_log_prob_mean = float(log_probs.mean())
         used = torch.cat([torch.nonzero(sample_labels == y).flatten()[:per_class] for y in range(num_classes)])
@@ -353,7 +360,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
 
     def check_class_counts(self, labels: torch.Tensor, num_classes: int, dim: int) -> None:
         """Refuse, right after embedding and before the invariant map, a class with N_c <= D embeddings under the
-        sample covariance: its covariance has rank <= N_c - 1 < D, so eq. 8's Gaussian is lam I in the missing
+        sample covariance: its covariance has rank <= N_c - 1 < D, so eq. 8's Gaussian is lambda I in the missing
         directions and "low likelihood" means "off the class's affine span", not the tail of the class."""
         if self.config.covariance != "sample":
             return
@@ -443,7 +450,8 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
                     "outlier_embedding_norm_mean": round(float(self.outlier_embedding_norms.mean()), 5)})
         if c.sampling != "npos":
             out.update({"invariant_k": self.invariant_k, "invariants": c.invariants,
-                        "invariant_rule": c.invariant_rule, "p": c.p, "lam": c.lam, "gaussian_dims": c.gaussian_dims,
+                        "invariant_rule": c.invariant_rule, "invariant_variance_percent": c.invariant_variance_percent,
+                        "covariance_ridge": c.covariance_ridge, "gaussian_dims": c.gaussian_dims,
                         "reconstruction_error": self.reconstruction_error,
                         "covariance": c.covariance, "keep_below_id_percentile": c.keep_below_id_percentile,
                         "kept_log_prob_mean": round(self.sample_log_prob_mean, 4),

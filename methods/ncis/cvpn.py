@@ -1,4 +1,4 @@
-"""NCIS conditional volume-preserving network (seed 000, Sec. 3.2, eq. 4-7) on FrEIA, and its linear ablation.
+"""NCIS conditional volume-preserving network (the NCIS paper, Sec. 3.2, eq. 4-7) on FrEIA, and its linear ablation.
 
 f(e, y): R^D x Y -> R^D is a FrEIA `SequenceINN` of `blocks` x [CayleyOrthogonal, ConditionalAdditiveCoupling]
 followed by one more CayleyOrthogonal (the official layout). Every layer has log|det J| = 0 exactly, so
@@ -156,7 +156,8 @@ def _invariant_slice(dim: int, k: int, invariants: Invariants) -> slice:
 
 def _check_k(dim: int, k: int) -> None:
     if not 1 <= k <= dim - 1:
-        raise HarnessError(f"K={k} invariants is outside [1, D-1] = [1, {dim - 1}]; change p or K")
+        raise HarnessError(f"K={k} invariants is outside [1, D-1] = [1, {dim - 1}]; change K or "
+                           "invariant_variance_percent")
 
 
 class CVPN(nn.Module):
@@ -244,18 +245,20 @@ def _check_class_size(c: int, count: int, needed: int, what: str) -> None:
                            "images of that class (raise max_per_class)")
 
 
-def invariant_count(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, p: float,
-                    rule: KRule = "paper") -> int:
-    """K from per-class PCA (Sec. 4; NL-Invs). With cumulative explained-variance ratios c_j (descending order) and
-    j* the first index with c_j* > 1 - p/100:
+def invariant_count(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                    variance_percent: float, rule: KRule = "paper") -> int:
+    """K from per-class PCA (Sec. 4; NL-Invs). With p = `variance_percent` (NCIS's `invariant_variance_percent`),
+    cumulative explained-variance ratios c_j (descending order) and j* the first index with c_j* > 1 - p/100:
     paper: K_c = D - (j* + 1), the largest number of components that jointly explain less than p % of the variance;
     reference: K_c = D - j* (the official code's off-by-one, with its p = 5).
     K is the integer part of the mean of K_c over classes. Classes with N_c < D count the D - N_c + 1 zero-variance
     directions as invariants."""
     x = np.asarray(embeddings.detach().cpu() if torch.is_tensor(embeddings) else embeddings, dtype=np.float64)
     y = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels)
+    p = variance_percent
     if not 0 < p < 100:
-        raise HarnessError(f"p={p} % gives no invariants; choose 0 < p < 100 (paper 2, official code 5)")
+        raise HarnessError(f"invariant_variance_percent={p} % gives no invariants; choose 0 < p < 100 (paper 2, "
+                           "official code 5)")
     dim = x.shape[1]
     counts = []
     for c in np.unique(y):
@@ -272,8 +275,8 @@ def invariant_count(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | 
         counts.append(dim - first - (1 if rule == "paper" else 0))
     k = int(np.mean(counts))
     if not 1 <= k <= dim - 1:
-        raise HarnessError(f"p={p} % with the {rule} rule gives K={k} invariants, outside [1, D-1] = [1, {dim - 1}]; "
-                           f"{'raise' if k < 1 else 'lower'} p")
+        raise HarnessError(f"invariant_variance_percent={p} % with the {rule} rule gives K={k} invariants, outside "
+                           f"[1, D-1] = [1, {dim - 1}]; {'raise' if k < 1 else 'lower'} invariant_variance_percent")
     return k
 
 

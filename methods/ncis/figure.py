@@ -1,4 +1,4 @@
-"""Fig. 2 of seed 000 (NCIS) as a CPU toy: where three outlier samplers put their outliers around curved classes.
+"""Fig. 2 of the NCIS paper as a CPU toy: where three outlier samplers put their outliers around curved classes.
 
 ID data: three classes of noisy half circles with different centres in the (x1, x2) plane of a 3-D space, with
 Gaussian noise (std 0.05) along the radius and along x3: a curved 1-D manifold per class with K = 2 invariants.
@@ -11,7 +11,7 @@ In 2-D alone the sampler's extremes concentrate in one direction (the lowest-lik
 (b) linear invariants: the NCIS pipeline with a per-class PCA rotation instead of the cVPN (`LinearInvariants`);
 (c) the cVPN (`methods.ncis.cvpn`), K = D - 1 = 2 for (b) and (c): the true codimension (the paper's p-rule counts
     variance, and no direction of a half circle holds under 2 % of it, so it would give K = 1 here).
-(b) and (c) use `low_likelihood_samples` with lambda = 1e-5, 10 rounds x 333 draws, keep 10 (the official ratio).
+(b) and (c) use `low_likelihood_samples` with ridge lambda = 1e-5, 10 rounds x 333 draws, keep 10 (the official ratio).
 
 Numbers per sampler: `median_nn_over_spacing` = median distance from an outlier to its nearest ID point divided
 by the median ID nearest-neighbour spacing (near the support: small; 1 would be "as close as ID points are to each
@@ -92,7 +92,7 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
     x, y = toy_arcs(per_class, seed)
     classes, k = len(ARCS), x.shape[1] - 1
     generator = torch.Generator().manual_seed(seed)
-    sampling = dict(lam=1e-5, rounds=10, candidates_per_round=333, kept_per_round=10)
+    sampling = dict(ridge=1e-5, rounds=10, candidates_per_round=333, kept_per_round=10)
     linear = LinearInvariants.fit(x, y, classes, k=k)
     cvpn, history = train_cvpn(x, y, classes, k, config, seed)
     outliers = {"(a) Dream-OOD: normalised spherical sampling": (
@@ -120,7 +120,7 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
         ax.set_aspect("equal")
     axes[0].set_xlim(-3.2, 3.2)
     axes[0].set_ylim(-2.2, 2.4)
-    fig.suptitle("Seed 000 Fig. 2 toy: ID half circles (dots) and synthesised outliers (x) per class colour, "
+    fig.suptitle("NCIS Fig. 2 toy: ID half circles (dots) and synthesised outliers (x) per class colour, "
                  "(x1, x2) of 3-D")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def toy_experiment(out: Path, seed: int = 0, per_class: int = 300, config: CVPNC
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m methods.ncis.figure", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    toy = sub.add_parser("toy", help="Fig. 2 of seed 000: Dream-OOD vs linear invariants vs cVPN outliers")
+    toy = sub.add_parser("toy", help="Fig. 2 of the NCIS paper: Dream-OOD vs linear invariants vs cVPN outliers")
     toy.add_argument("--out", type=Path, default=Path("docs/ncis_toy_invariants.png"))
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--epochs", type=int, default=TOY_CVPN.epochs, help="cVPN training epochs")

@@ -1,6 +1,6 @@
-"""Low-likelihood sampling in the invariant space (seed 000, Sec. 3.3-3.4, eq. 8-11).
+"""Low-likelihood sampling in the invariant space (the NCIS paper, Sec. 3.3-3.4, eq. 8-11).
 
-Per class y, a Gaussian N(mu_y, Sigma_y + lam I) on the mapped embeddings v = f(e, y) (eq. 8-10, Sigma_y the
+Per class y, a Gaussian N(mu_y, Sigma_y + lambda I) on the mapped embeddings v = f(e, y) (eq. 8-10, Sigma_y the
 biased covariance); `rounds` x `candidates_per_round` draws, of which the `kept_per_round` with the lowest
 log-likelihood of each round are kept (official: 10 x 3,330, keep 10). Because f is volume-preserving these are
 also the lowest p_e(e | y) (eq. 11). `map_back` returns them to the embedding space, e' = f^-1(v', y).
@@ -11,11 +11,11 @@ fewer), and rounds continue until `rounds * kept_per_round` are kept, at most `M
 The official code's rule has no threshold; the 0.3 % tail of a Gaussian need not lie below the ID embeddings' 1st
 percentile when their log-likelihoods are heavier-tailed than the Gaussian's.
 
-The class covariance (`covariance`): "sample" is eq. 10's biased sample covariance plus the ridge lam I (eq. 8). It
+The class covariance (`covariance`): "sample" is eq. 10's biased sample covariance plus the ridge lambda I (eq. 8). It
 has rank <= N_y - 1, so with N_y <= D embeddings of a class the Gaussian is degenerate but for the ridge (the NCIS
 plugin refuses that configuration); "shrinkage" is the Ledoit-Wolf estimate (1 - a) S + a (tr S / D) I with the
 closed-form a of Ledoit & Wolf (2004), as `sklearn.covariance.ledoit_wolf` computes it, full rank for any N_y >= 2
-(plus the same ridge lam I, which keeps a class of near-identical rows, tr S ~ 0, invertible).
+(plus the same ridge lambda I, which keeps a class of near-identical rows, tr S ~ 0, invertible).
 
 `class_log_likelihoods` gives every input row's log-likelihood under its own class Gaussian (the same fit and dims
 that rank the candidates), for comparing the kept samples with the ID embeddings.
@@ -59,15 +59,15 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (1 - shrinkage) * sample + shrinkage * mu * eye, shrinkage
 
 
-def class_covariance(xc: torch.Tensor, lam: float, covariance: Covariance = "sample") -> torch.Tensor:
-    """The class covariance of eq. 8: sample covariance + lam I, or the Ledoit-Wolf estimate (module docstring)."""
+def class_covariance(xc: torch.Tensor, ridge: float, covariance: Covariance = "sample") -> torch.Tensor:
+    """The class covariance of eq. 8: sample covariance + lambda I, or the Ledoit-Wolf estimate (module docstring)."""
     if covariance not in ("sample", "shrinkage"):
         raise HarnessError(f"unknown covariance {covariance!r}; choose sample or shrinkage")
     eye = torch.eye(xc.shape[1], dtype=xc.dtype, device=xc.device)
-    if covariance == "shrinkage":  # + lam I as eq. 8: a class of (near-)identical rows has tr S = 0
-        return ledoit_wolf(xc)[0] + lam * eye
+    if covariance == "shrinkage":  # + lambda I as eq. 8: a class of (near-)identical rows has tr S = 0
+        return ledoit_wolf(xc)[0] + ridge * eye
     mean = xc.mean(0)
-    return (xc - mean).T @ (xc - mean) / len(xc) + lam * eye  # eq. 10 + lam I
+    return (xc - mean).T @ (xc - mean) / len(xc) + ridge * eye  # eq. 10 + lambda I
 
 
 def _dims_index(dims: slice | Sequence[int] | None, dim: int) -> torch.Tensor:
@@ -78,7 +78,7 @@ def _dims_index(dims: slice | Sequence[int] | None, dim: int) -> torch.Tensor:
     return index
 
 
-def class_log_likelihoods(v: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float,
+def class_log_likelihoods(v: torch.Tensor, labels: torch.Tensor, num_classes: int, ridge: float,
                           dims: slice | Sequence[int] | None = None, covariance: Covariance = "sample"
                           ) -> torch.Tensor:
     """Each row's log-likelihood (float64) under its class Gaussian of eq. 8, fitted on all rows of that class
@@ -93,7 +93,7 @@ def class_log_likelihoods(v: torch.Tensor, labels: torch.Tensor, num_classes: in
             continue
         xc = x[rows]
         mean = xc.mean(0)
-        cov = class_covariance(xc, lam, covariance)
+        cov = class_covariance(xc, ridge, covariance)
         chol = torch.linalg.cholesky(cov[index][:, index])
         out[rows] = _gaussian_log_prob(xc[:, index], mean[index], chol)
     return out
@@ -110,7 +110,7 @@ def _non_finite(c: int) -> None:
                        "covariance are not finite); check the cVPN outputs of that class")
 
 
-def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float, rounds: int,
+def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: int, ridge: float, rounds: int,
                            candidates_per_round: int, kept_per_round: int, generator: torch.Generator,
                            dims: slice | Sequence[int] | None = None, covariance: Covariance = "sample",
                            thresholds: torch.Tensor | None = None
@@ -119,8 +119,8 @@ def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: i
     log-likelihood) and their class log-likelihoods (float64, on `dims`). Computed in float64 on the CPU;
     `generator` is a CPU torch.Generator; `thresholds` (C,) optional per-class log-likelihood bounds (module
     docstring)."""
-    if not lam > 0:
-        raise HarnessError(f"lambda={lam} must be positive (the ridge of eq. 8; paper 1e-5)")
+    if not ridge > 0:
+        raise HarnessError(f"covariance ridge lambda={ridge} must be positive (eq. 8; paper 1e-5)")
     if min(rounds, candidates_per_round, kept_per_round) < 1 or kept_per_round > candidates_per_round:
         raise HarnessError(f"cannot keep {kept_per_round} of {candidates_per_round} candidates in {rounds} rounds; "
                            "use 1 <= kept <= candidates and rounds >= 1")
@@ -137,7 +137,7 @@ def low_likelihood_samples(v: torch.Tensor, labels: torch.Tensor, num_classes: i
     for c in range(num_classes):
         xc = x[y == c]
         mean = xc.mean(0)
-        cov = class_covariance(xc, lam, covariance)
+        cov = class_covariance(xc, ridge, covariance)
         chol, info = torch.linalg.cholesky_ex(cov)
         if info != 0 or not torch.isfinite(chol).all() or not torch.isfinite(mean).all():
             _non_finite(c)
@@ -179,6 +179,6 @@ def map_back(model: nn.Module, samples: torch.Tensor, labels: torch.Tensor, batc
     if bad.any():
         classes = sorted({int(c) for c in labels[bad.to(labels.device)]})
         raise HarnessError(f"mapping sampled outliers back through f^-1 gave non-finite embeddings for class "
-                           f"{classes[0]} ({int(bad.sum())} samples, classes {classes}); lower lambda or retrain "
-                           "the cVPN")
+                           f"{classes[0]} ({int(bad.sum())} samples, classes {classes}); lower the covariance ridge "
+                           "lambda or retrain the cVPN")
     return out
