@@ -1,5 +1,5 @@
-"""NCIS diffusion embeddings (seed 000, Sec. 3.1): batched == one image at a time, eq. 1 recomputed by hand, Adam's
-first step, the loss goes down, the stage caches/resumes/shards, and bad input is one clear line. The subprocess
+"""NCIS diffusion embeddings (the NCIS paper, Sec. 3.1): batched == one image at a time, eq. 1 recomputed by hand,
+Adam's first step, the loss goes down, the stage caches/resumes/shards, and bad input is one clear line. The subprocess
 tests (kill -9 then resume, torchrun with 2 CPU ranks) run the `embed` CLI on the shipped tiny model and mnist5k."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Seed 004 flow: invertibility, log-det, dual loss direction, toy command, bad input, end-to-end run."""
+"""The flow paper's flow: invertibility, log-det, dual loss direction, toy command, bad input, end-to-end run."""
 
 from __future__ import annotations
 

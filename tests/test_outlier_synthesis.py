@@ -1,4 +1,4 @@
-"""Seed 004 outlier synthesis: determinism, CutMix/MixUp consistency, blur lowers measured complexity."""
+"""The flow paper's outlier synthesis (Sec. 2.2): determinism, CutMix/MixUp consistency, blur lowers complexity."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text complexity C(X) = L(X)/d (seed 004, Sec. 2.1, Table 9)."""
+"""Text complexity C(X) = L(X)/d (the flow paper, Sec. 2.1, Table 9)."""
 
 import gzip
 

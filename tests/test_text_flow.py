@@ -1,5 +1,5 @@
-"""The text flow end to end (seed 004, Sec. 3.3, Table 6): the paper preset on fixtures in each download format with
-a random-weight ALBERT, the embedded benchmark on its quick preset, and bad input (one line, exit 2, nothing
+"""The text flow end to end (the flow paper, Sec. 3.3, Table 6): the paper preset on fixtures in each download format
+with a random-weight ALBERT, the embedded benchmark on its quick preset, and bad input (one line, exit 2, nothing
 written)."""
 
 import json

@@ -1,4 +1,4 @@
-"""Synthetic text outliers (seed 004, Sec. 2.2.2) on hand-built spaCy docs and the real pipeline."""
+"""Synthetic text outliers (the flow paper, Sec. 2.2.2) on hand-built spaCy docs and the real pipeline."""
 
 import pytest
 

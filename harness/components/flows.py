@@ -1,4 +1,5 @@
-"""Normalizing-flow building blocks (seed 004): FrEIA `AllInOneBlock` flows, log-likelihoods, the dual loss.
+"""Normalizing-flow building blocks (the flow paper, "Correcting the Bias of Normalizing Flows by Synthetic
+Outliers"): FrEIA `AllInOneBlock` flows, log-likelihoods, the dual loss.
 
 Data scaling (fixed; it matters because the softplus margin of eq. 3 sits at log p = 0 nats):
 uint8 pixels v in {0..255} become x = (v + u) / 256 in [0, 1]^D, with u ~ U(0, 1) during training (uniform

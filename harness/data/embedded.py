@@ -191,7 +191,7 @@ def noise(*, size: int, channels: int, count: int, seed: int, **_: Any) -> Image
 @register_source("shapes")
 def shapes(*, size: int, channels: int, count: int, seed: int, name: str = "shapes", **_: Any) -> ImageSet:
     """Random filled rectangles, circles, triangles and ellipses (scikit-image `random_shapes`) on black: not a
-    test set of mnist5k, so usable as real training outliers (seed 004's RO baseline) or a validation OOD set."""
+    test set of mnist5k, so usable as real training outliers (the flow paper's RO baseline) or a validation OOD set."""
     from skimage.draw import random_shapes
 
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Text sets of the flow paper's text experiment (seed 004, Sec. 3.3, Table 6) and readers for its files.
+"""Text sets of the flow paper's text experiment (Sec. 3.3, Table 6) and readers for its files.
 
 Embedded benchmark (offline, from `harness.data.text_resources`): ID = Pang & Lee polarity v2.0 full reviews (1,500;
 1,000 train / 500 test by seed); OOD, named for what they are: `rt_snippets` (Pang & Lee sentence polarity v1.0,

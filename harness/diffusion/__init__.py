@@ -3,7 +3,7 @@
 - `backend`: load a local diffusers SD v1.x directory, class tokens, per-sample token-embedding substitution,
   batched seeded generation, PNG with metadata;
 - `stage`: generation as a sharded, resumable cache stage (torchrun ranks, one atomic PNG per image);
-- `embeddings`: NCIS diffusion embeddings of training images (seed 000, eq. 1), a sharded, resumable stage;
+- `embeddings`: NCIS diffusion embeddings of training images (the NCIS paper, eq. 1), a sharded, resumable stage;
 - `tokenizer`, `tiny`: the tiny SD-architecture model of the embedded benchmark and its training command.
 """
 

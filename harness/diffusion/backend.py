@@ -1,7 +1,7 @@
 """Stable Diffusion backend: load a local diffusers SD v1.x directory, encode prompts with a different substituted
 token embedding per sample, and generate images in batches with per-sample seeds.
 
-Dream-OOD (seed 001, Sec. 3.2) and NCIS (seed 000, Sec. 3.1/3.4) decode a vector `e` placed where the class word's
+Dream-OOD (Sec. 3.2) and NCIS (Sec. 3.1/3.4) decode a vector `e` placed where the class word's
 token embedding would be: prompt "A high-quality image of the <class>", the class word's (first BPE) token row
 replaced by `e`, the CLIP text encoder run, the result fed to the UNet as cross-attention context. The official
 code overwrites the shared embedding table row (one `e` per batch) and restores it; here the substitution happens

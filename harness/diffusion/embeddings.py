@@ -1,4 +1,4 @@
-"""NCIS diffusion embeddings (seed 000, Sec. 3.1, eq. 1, Alg. 1) as a cached, sharded, resumable stage.
+"""NCIS diffusion embeddings (the NCIS paper, Sec. 3.1, eq. 1, Alg. 1) as a cached, sharded, resumable stage.
 
 For a training image x of class y, the embedding e is found by minimising the noise-prediction loss of eq. 1,
 

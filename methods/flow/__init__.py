@@ -1,4 +1,5 @@
-"""Normalizing flow trained with synthetic outliers (seed 004): dual likelihood loss, NLL / complexity scores.
+"""Normalizing flow trained with synthetic outliers ("Correcting the Bias of Normalizing Flows by Synthetic
+Outliers for Improving OOD Detection", anonymous, under review): dual likelihood loss, NLL / complexity scores.
 
 A density detector: no classifier. `synthesize` loads real outliers for the `real` variant (the paper's RO
 baseline) and nothing otherwise, because synthetic outliers are drawn afresh at load time in every batch (each
@@ -95,8 +96,8 @@ class FlowConfig:
 
 
 class NormalizingFlow(Method[FlowConfig]):
-    info = MethodInfo("flow", "Correcting the bias of normalizing flows by synthetic outliers (under review; seed 004)",
-                      "density",
+    info = MethodInfo("flow", "Correcting the Bias of Normalizing Flows by Synthetic Outliers for Improving OOD "
+                      "Detection (anonymous, under review)", "density",
                       "FrEIA AllInOneBlock flow, dual loss NLL(ID) + softplus(log p) on CCM+blur outliers")
     Config = FlowConfig
     benchmark_defaults = {"mnist5k": {"hidden": 32, "epochs": 12}}

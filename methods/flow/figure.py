@@ -1,4 +1,4 @@
-"""Seed 004's Figure 2 / Appendix A toy (moons and circles, NLL-only vs the dual loss) and Table 4's Lipschitz
+"""The flow paper's Figure 2 / Appendix A toy (moons and circles, NLL-only vs the dual loss) and Table 4's Lipschitz
 estimate of a trained flow, with their command line:
 
   python -m methods.flow.figure toy --out DIR          Figure 2 / Appendix A (PNG + numbers)

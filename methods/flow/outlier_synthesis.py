@@ -1,4 +1,4 @@
-"""Pixel-space synthetic outliers of seed 004 (Sec. 2.2): CutPaste, CutMix, MixUp, then Gaussian blur.
+"""Pixel-space synthetic outliers of the flow paper (Sec. 2.2): CutPaste, CutMix, MixUp, then Gaussian blur.
 
 All transforms are batched tensor operations on float images in [0, 1] shaped (N, C, H, W), driven by an explicit
 `torch.Generator` (CPU) so a seed reproduces every draw. `split_for_outliers` draws at load time which samples

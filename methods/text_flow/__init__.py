@@ -1,4 +1,5 @@
-"""Normalizing flow on text embeddings, with or without synthetic text outliers (seed 004, Sec. 2.2.2, 3.3, Table 6).
+"""Normalizing flow on text embeddings, with or without synthetic text outliers (the flow paper, Sec. 2.2.2, 3.3,
+Table 6).
 
 A density detector on a text benchmark (`modality: text`): the texts are embedded by the benchmark's encoder (spaCy
 md vectors for `movie_reviews`, ALBERT Base v2 from a local directory for `imdb`; cached, shared by both variants),
@@ -73,8 +74,8 @@ class TextFlowConfig:
 
 
 class TextFlow(Method[TextFlowConfig]):
-    info = MethodInfo("text_flow", "Correcting the bias of normalizing flows by synthetic outliers (under review; "
-                      "seed 004), text modality", "density",
+    info = MethodInfo("text_flow", "Correcting the Bias of Normalizing Flows by Synthetic Outliers for Improving OOD "
+                      "Detection (anonymous, under review), text modality", "density",
                       "FrEIA flow with FC subnets on text embeddings, dual softplus loss on synthetic text outliers")
     Config = TextFlowConfig
     modalities = ("text",)

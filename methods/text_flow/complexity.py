@@ -1,4 +1,4 @@
-"""Text complexity of a whole dataset (seed 004, Sec. 2.1 and Table 9): C(X) = L(X) / d.
+"""Text complexity of a whole dataset (the flow paper, Sec. 2.1 and Table 9): C(X) = L(X) / d.
 
 L(X) is the length in bits of the gzip compression of the dataset: its texts in order, UTF-8, joined by "\\n",
 compressed by Python's `gzip.compress` at level 9 with mtime 0 (so the bytes, and C, are reproducible).

@@ -1,4 +1,4 @@
-"""Synthetic text outliers (seed 004, Sec. 2.2.2; settings of Sec. 3.3): shorter sentences, simpler words.
+"""Synthetic text outliers (the flow paper, Sec. 2.2.2; settings of Sec. 3.3): shorter sentences, simpler words.
 
 For each text: split it into sentences, drop every sentence longer than `max_length` (20, Sec. 3.3) tokens, tag the
 words of the rest, replace each word by the first WordNet synonym for its part of speech that differs from it (keep

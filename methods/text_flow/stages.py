@@ -1,4 +1,4 @@
-"""Cached stages of the text flow (seed 004, Sec. 2.2.2 and 3.3): text embeddings and synthetic text outliers.
+"""Cached stages of the text flow (the flow paper, Sec. 2.2.2 and 3.3): text embeddings and synthetic text outliers.
 
 - `encode_cached`: one content-cache entry (`text-embeddings/<key>`) per (encoder identity, set fingerprint); the
   encoder is loaded only on a miss, so both variants and every seed share the embeddings of a set.
