@@ -96,7 +96,8 @@ def test_trained_cvpn_leaves_far_less_invariant_variance_than_linear_pca():
     model, history = train_cvpn(x, y, 3, 1, config, seed=0, progress=False)
     with torch.no_grad():
         cvpn_var = model.invariant_part(model(x, y)).pow(2).mean().item()
-    # measured: PCA leaves 0.094 (half circles), the cVPN 0.0042 -> ratio 22; radial noise floor 0.05^2 = 0.0025
+    # a linear invariant cannot follow the half circles (about 0.09 of variance left), the cVPN gets near the radial
+    # noise floor 0.05^2 = 0.0025 (about 0.004): a ratio near 20; the bound of 10 leaves a margin for other platforms
     assert pca_var / cvpn_var > 10
     assert history["loss"][-1] < history["loss"][0] / 10
     check_reconstruction(model, x, y, tol=1e-4)
