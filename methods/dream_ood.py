@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness.components.boundary import Selection
+from harness.components.boundary import BoundarySampling, Selection
 from harness.components.outlier_images import (
     ResizePolicy,
     to_channels_tensor,
@@ -35,7 +35,6 @@ from harness.components.outlier_images import (
 from harness.components.pixel_synthesis import PixelSynthesisConfig, PixelSynthesisMethod
 from harness.components.regularizers import PhiKind
 from harness.components.text_latent import (
-    BoundarySampling,
     Similarity,
     TextLatentConfig,
     class_anchors,
@@ -86,17 +85,10 @@ class DreamOODConfig(PixelSynthesisConfig):
         super().__post_init__()
         if self.temperature <= 0 or self.sigma < 0 or self.beta < 0:
             raise ValueError("temperature must be > 0, sigma and beta >= 0")
-        for name in ("latent_epochs", "latent_batch_size", "features_per_class", "k", "boundary_count",
-                     "candidates_per_point", "kept_per_point", "rounds", "outliers_per_class",
-                     "generation_batch_size"):
+        for name in ("latent_epochs", "latent_batch_size", "outliers_per_class", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.kept_per_point > self.candidates_per_point:
-            raise ValueError(f"kept_per_point={self.kept_per_point} exceeds candidates_per_point="
-                             f"{self.candidates_per_point}")
-        if self.boundary_count > self.features_per_class:
-            raise ValueError(f"boundary_count={self.boundary_count} exceeds features_per_class="
-                             f"{self.features_per_class}")
+        self.sampling.check("features_per_class")
         if self.outliers_per_class > self.boundary_count * self.kept_per_point * self.rounds:
             raise ValueError(f"outliers_per_class={self.outliers_per_class} exceeds the sampled embeddings per class "
                              "(boundary_count x kept_per_point x rounds)")
@@ -107,6 +99,8 @@ class DreamOODConfig(PixelSynthesisConfig):
 
     @property
     def sampling(self) -> BoundarySampling:
+        """Sec. 3.2 per class: every boundary point in every round; noise std sqrt(sigma^2) for the paper's
+        variance."""
         noise_std = self.sigma ** 0.5 if self.sigma_meaning == "variance" else self.sigma
         return BoundarySampling(self.features_per_class, self.k, self.boundary_count, self.candidates_per_point,
                                 self.kept_per_point, self.rounds, noise_std, self.selection)

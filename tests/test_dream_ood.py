@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from harness.cli import main
+from harness.components.boundary import BoundarySampling
 from harness.components.outlier_images import random_windows, resize_outliers, to_channels_tensor
-from harness.components.text_latent import BoundarySampling, TokenAnchorHead, class_boundary_embeddings
+from harness.components.text_latent import TokenAnchorHead, class_boundary_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,17 @@ def test_paper_selection_keeps_farther_candidates_than_reference():
                                             norms, seed=0)
         mean_dist[selection] = _kth(bank, sampled[0].double().numpy(), 10).mean()
     assert mean_dist["paper"] > mean_dist["reference"]
+
+
+def test_sampling_settings_are_checked_with_the_config_names():
+    from methods.dream_ood import DreamOODConfig
+
+    with pytest.raises(ValueError, match="k=600 .* features_per_class=500; raise features_per_class or lower k"):
+        DreamOODConfig(k=600)
+    with pytest.raises(ValueError, match="kept_per_point=20 exceeds candidates_per_point=10"):
+        DreamOODConfig(candidates_per_point=10, kept_per_point=20)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        DreamOODConfig(rounds=0)
 
 
 def test_outlier_resize_policies():

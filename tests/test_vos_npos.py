@@ -167,8 +167,10 @@ def test_sampled_outliers_are_farther_from_the_class_than_id_points():
 def test_queue_too_small_for_k():
     with pytest.raises(HarnessError, match="queue"):
         kth_neighbor_distance_by_class(torch.zeros(2, 5, 3), torch.zeros(2, 4, 3), 6)
-    with pytest.raises(ValueError, match="queue_size"):
+    with pytest.raises(ValueError, match="queue_size=100; raise queue_size or lower k"):
         NPOSConfig(queue_size=100, k=300)
+    with pytest.raises(ValueError, match="points_per_class=60 exceeds boundary_count=50"):
+        NPOSConfig(boundary_count=50, points_per_class=60)
 
 
 # ---------------------------------------------------------------- CLI: bad input and end-to-end

@@ -16,10 +16,14 @@ For every class c with ID features X_c (N, D):
 
 All classes are processed together: one batched matrix product per chunk of classes and a top-k on the training
 device (exact, the same distances FAISS IndexFlatL2 returns), instead of one FAISS index per class per step.
+
+`BoundarySampling` holds these settings for every method that samples this way (NPOS, Dream-OOD, NCIS's npos
+sampler) and checks them against each other (`check`, called by each config's `__post_init__`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -97,3 +101,55 @@ def sample_boundary_outliers(bank: torch.Tensor, k: int, boundary_count: int, po
                                selection)
     kept = candidates.gather(2, chosen[..., None].expand(-1, -1, -1, dim))
     return kept.reshape(classes, points_per_class * kept_per_point, dim)
+
+
+
+@dataclass(frozen=True)
+class BoundarySampling:
+    """Boundary sampling per class (module doc; NPOS Sec. 3.2, Dream-OOD Sec. 3.2): in each of `rounds` rounds,
+    `points_per_class` of the `boundary_count` boundary points (None: all of them, as Dream-OOD) get
+    `candidates_per_point` candidates x + noise_std * N(0, I), of which `kept_per_point` are kept; the boundary is
+    searched among at most `features_per_class` ID features per class. Defaults: Dream-OOD's CIFAR-100 values with
+    the official code's noise std 0.07."""
+
+    features_per_class: int = 500
+    k: int = 300
+    boundary_count: int = 50
+    candidates_per_point: int = 1500
+    kept_per_point: int = 2
+    rounds: int = 100
+    noise_std: float = 0.07
+    selection: Selection = "paper"
+    points_per_class: int | None = None
+
+    @property
+    def points(self) -> int:
+        """Boundary points picked per class and round."""
+        return self.boundary_count if self.points_per_class is None else self.points_per_class
+
+    def check(self, features_setting: str) -> None:
+        """ValueError naming the first setting that is out of range or exceeds another; `features_setting` is the
+        config field that sets `features_per_class` (NPOS: queue_size). Not run on construction: NCIS builds one
+        from its data, whose shortfalls `class_boundary_embeddings` reports."""
+        counts = {features_setting: self.features_per_class, "k": self.k, "boundary_count": self.boundary_count,
+                  "points_per_class": self.points, "candidates_per_point": self.candidates_per_point,
+                  "kept_per_point": self.kept_per_point, "rounds": self.rounds}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1 (got {value})")
+        if self.k > self.features_per_class:
+            raise ValueError(f"k={self.k} neighbours need at least {self.k} features per class but {features_setting}="
+                             f"{self.features_per_class}; raise {features_setting} or lower k")
+        if self.boundary_count > self.features_per_class:
+            raise ValueError(f"boundary_count={self.boundary_count} exceeds {features_setting}="
+                             f"{self.features_per_class}")
+        if self.points > self.boundary_count:
+            raise ValueError(f"points_per_class={self.points} exceeds boundary_count={self.boundary_count}")
+        if self.kept_per_point > self.candidates_per_point:
+            raise ValueError(f"kept_per_point={self.kept_per_point} exceeds candidates_per_point="
+                             f"{self.candidates_per_point}")
+
+    def sample(self, bank: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One round of `sample_boundary_outliers` on `bank` (C, N, D): (C, points * kept_per_point, D)."""
+        return sample_boundary_outliers(bank, self.k, self.boundary_count, self.points, self.candidates_per_point,
+                                        self.kept_per_point, self.noise_std, self.selection, generator)

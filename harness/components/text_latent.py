@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from harness.classifier.augment import to_unit
 from harness.classifier.models import Classifier
 from harness.classifier.training import train_classifier
-from harness.components.boundary import Selection, sample_boundary_outliers
+from harness.components.boundary import BoundarySampling
 from harness.config import content_hash
 from harness.contract import RunContext
 from harness.diffusion.backend import ClassToken, DiffusionBackend
@@ -118,24 +118,11 @@ def text_latent_embeddings(context: RunContext, backend: DiffusionBackend, ancho
     return LatentEmbeddings(embeddings, accuracy)
 
 
-@dataclass(frozen=True)
-class BoundarySampling:
-    """Sec. 3.2 sampling per class; `noise_std` multiplies N(0, I) (sqrt of the paper's variance sigma^2)."""
-
-    features_per_class: int = 500
-    k: int = 300
-    boundary_count: int = 50
-    candidates_per_point: int = 1500
-    kept_per_point: int = 2
-    rounds: int = 100
-    noise_std: float = 0.07
-    selection: Selection = "paper"
-
-
 def class_boundary_embeddings(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                               sampling: BoundarySampling, token_norms: torch.Tensor, seed: int) -> torch.Tensor:
-    """(C, rounds * boundary_count * kept_per_point, D) outlier embeddings: boundary sampling on the normalised
-    per-class features, normalised, times the class token norm."""
+    """(C, rounds * points * kept_per_point, D) outlier embeddings: boundary sampling (Sec. 3.2) on the first
+    `features_per_class` normalised features of each class, normalised, times the class token norm (footnote 2).
+    `noise_std` multiplies N(0, I): the square root of the paper's variance sigma^2."""
     s = sampling
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -144,8 +131,6 @@ def class_boundary_embeddings(features: torch.Tensor, labels: torch.Tensor, num_
         if len(bank) < max(s.k, s.boundary_count):
             raise HarnessError(f"class {c} has {len(bank)} training embeddings, fewer than k={s.k} or "
                                f"boundary_count={s.boundary_count}; lower the sampling k")
-        rounds = [sample_boundary_outliers(bank[None], s.k, s.boundary_count, s.boundary_count,
-                                           s.candidates_per_point, s.kept_per_point, s.noise_std, s.selection,
-                                           generator)[0] for _ in range(s.rounds)]
+        rounds = [s.sample(bank[None], generator)[0] for _ in range(s.rounds)]
         out.append(F.normalize(torch.cat(rounds), dim=1) * token_norms[c])
     return torch.stack(out)

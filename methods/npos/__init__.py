@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from harness.classifier.hooks import StepBatch, TrainingHook
 from harness.classifier.models import Classifier
-from harness.components.boundary import Selection, sample_boundary_outliers
+from harness.components.boundary import BoundarySampling, Selection
 from harness.components.feature_queues import ClassFeatureQueues
 from harness.components.regularizers import DelayedRegulariserMethod, check_start_settings
 from harness.components.scores import KNNScorer
@@ -76,20 +76,9 @@ class NPOSConfig:
     protocol: Protocol = "paper"
 
     def __post_init__(self) -> None:
-        if min(self.queue_size, self.k, self.boundary_count, self.points_per_class, self.candidates_per_point,
-               self.kept_per_point, self.head_hidden, self.test_k) < 1:
-            raise ValueError("queue_size, k, counts, head_hidden and test_k must be >= 1")
-        if self.k > self.queue_size:
-            raise ValueError(f"k={self.k} neighbours need queues of at least {self.k} features but queue_size="
-                             f"{self.queue_size}; raise npos.queue_size or lower npos.k")
-        if self.boundary_count > self.queue_size:
-            raise ValueError(f"boundary_count={self.boundary_count} exceeds queue_size={self.queue_size}")
-        if self.points_per_class > self.boundary_count:
-            raise ValueError(f"points_per_class={self.points_per_class} exceeds boundary_count="
-                             f"{self.boundary_count}")
-        if self.kept_per_point > self.candidates_per_point:
-            raise ValueError(f"kept_per_point={self.kept_per_point} exceeds candidates_per_point="
-                             f"{self.candidates_per_point}")
+        self.sampling.check("queue_size")
+        if min(self.head_hidden, self.test_k) < 1:
+            raise ValueError("head_hidden and test_k must be >= 1")
         if self.noise_std <= 0:
             raise ValueError(f"noise_std={self.noise_std} must be > 0")
         if self.head_weight < 0:
@@ -97,6 +86,14 @@ class NPOSConfig:
         check_start_settings(self.start_epoch, self.start_fraction)
         if self.projection_dim < 1 or self.cider_temperature <= 0 or not 0.0 <= self.prototype_momentum < 1.0:
             raise ValueError("projection_dim must be >= 1, cider_temperature > 0, prototype_momentum in [0, 1)")
+
+    @property
+    def sampling(self) -> BoundarySampling:
+        """One training step's synthesis: one round on the full class queues."""
+        return BoundarySampling(features_per_class=self.queue_size, k=self.k, boundary_count=self.boundary_count,
+                                candidates_per_point=self.candidates_per_point, kept_per_point=self.kept_per_point,
+                                rounds=1, noise_std=self.noise_std, selection=self.selection,
+                                points_per_class=self.points_per_class)
 
 
 class OutlierHeadLoss(TrainingHook):
@@ -115,10 +112,7 @@ class OutlierHeadLoss(TrainingHook):
         return [self.head]
 
     def synthesize(self) -> torch.Tensor:
-        c = self.config
-        outliers = sample_boundary_outliers(self.queues.data, c.k, c.boundary_count, c.points_per_class,
-                                            c.candidates_per_point, c.kept_per_point, c.noise_std, c.selection,
-                                            self.generator)
+        outliers = self.config.sampling.sample(self.queues.data, self.generator)
         return outliers.reshape(-1, outliers.shape[2])
 
     def loss(self, batch: StepBatch, model: Classifier) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
