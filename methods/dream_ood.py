@@ -166,7 +166,7 @@ class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
                                 c.prompt_template, chosen, desc="dream-ood outliers")
         images = to_channels_tensor(load_images(paths), spec.channels)
         self.embedding_norms = chosen.norm(dim=1)
-        return Outliers("images", images, labels, meta={"directory": str(paths[0].parent)})
+        return Outliers("images", images, labels, directory=str(paths[0].parent))
 
     # --- stage 4: training with the energy regulariser -------------------------------------------------------------
     def train(self, outliers: Outliers | None) -> None:

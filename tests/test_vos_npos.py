@@ -301,7 +301,7 @@ def test_cider_hook_trains_on_two_views_with_fc_as_a_probe():
 def _tiny_context(cache, seed=0):
     """A RunContext on the mnist5k spec with tiny random ID/OOD sets and a 2-epoch, 4-steps-per-epoch recipe."""
     from harness.classifier.training import ClassifierConfig
-    from harness.contract import RunContext
+    from harness.context import RunContext
     from harness.data.benchmarks import Benchmark
     from harness.data.sets import ImageSet
     from harness.data.spec import load_spec

@@ -57,7 +57,8 @@ from harness.classifier.models import Classifier
 from harness.classifier.training import ClassifierConfig
 from harness.components.outlier_images import OutlierImageSource
 from harness.components.scores import energy_score
-from harness.contract import ConfigT, Method, Outliers, TrainedClassifier
+from harness.context import TrainedClassifier
+from harness.contract import ConfigT, Method, Outliers
 from harness.data.sets import AnyImageSet
 from harness.errors import HarnessError
 from harness.records.plots import save_regulariser_curves

@@ -31,7 +31,7 @@ from harness.classifier.models import Classifier
 from harness.classifier.training import train_classifier
 from harness.components.boundary import BoundarySampling
 from harness.config import content_hash
-from harness.contract import RunContext
+from harness.context import RunContext
 from harness.diffusion.backend import ClassToken, DiffusionBackend
 from harness.errors import HarnessError
 
