@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.data.text import ALBERT_WEIGHTS
 from harness.errors import HarnessError
 
 _SPACY_COMPONENTS = ("tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer", "ner")
@@ -75,9 +76,6 @@ class AlbertConfig:
             raise ValueError("max_length must be >= 2 and batch_size >= 1")
 
 
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
 class AlbertEncoder:
     """ALBERT (transformers `AlbertModel`) from a local directory, in eval mode on `device`."""
 
@@ -86,7 +84,7 @@ class AlbertEncoder:
         from transformers import AlbertModel, AutoTokenizer
 
         directory = Path(directory).expanduser()
-        if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in _WEIGHTS):
+        if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in ALBERT_WEIGHTS):
             raise HarnessError(f"no ALBERT model in {directory} (needs config.json and model.safetensors or "
                                "pytorch_model.bin); save one there with save_pretrained, e.g. albert/albert-base-v2")
         try:
