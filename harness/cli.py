@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="paper",
                      help="protocol preset of the benchmark: paper (default) or quick (fewer epochs, smaller sets)")
     _add_run_environment(run)
+    run.add_argument("--smoke", action="store_true",
+                     help="apply every method's smoke settings (Method.smoke_settings; `list` shows them) under the "
+                          "--set overrides: a run that completes in seconds, to check that a method works, whose "
+                          "numbers mean nothing (labelled smoke=True)")
     run.add_argument("--allow-incomplete", action="store_true",
                      help="run even when a set has fewer images than the spec expects (recorded in each record)")
 
@@ -263,6 +267,9 @@ def cmd_list() -> None:
             print(f"    {name}.{field}: {type_name} = {default!r}")
         for bench, values in sorted(entry.cls.benchmark_defaults.items()):
             print(f"    on {bench}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+        for bench, values in sorted(entry.cls.smoke_settings.items()):
+            where = "every benchmark" if bench == "*" else bench
+            print(f"    --smoke on {where}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
     from harness.classifier.training import ClassifierConfig
 
     print("classifier  the shared classifier recipe of every method that trains one (defaults; a benchmark's spec "
@@ -284,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                          overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
                          device=args.device, fpr_positive=args.fpr_positive, fpr_rule=args.fpr_rule,
                          extra_ood=extra, data_root=args.data_root, preset=args.preset,
-                         allow_incomplete=args.allow_incomplete, threads=args.threads,
+                         allow_incomplete=args.allow_incomplete, threads=args.threads, smoke=args.smoke,
                          deterministic=args.deterministic)
     records = execute(plan(request))
     benchmark = records[0].benchmark

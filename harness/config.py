@@ -115,12 +115,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     raise HarnessError(f"{key}: cannot set a field of type {_type_name(tp)} from the command line")
 
 
-def build_config(cls: type[C], overrides: Mapping[str, Any], prefix: str) -> C:
-    """Instantiate config dataclass `cls` from defaults plus `overrides` (values coerced to field types).
-
-    `prefix` names the config in error messages (e.g. `knn` for `--set knn.k=...`). A renamed field keeps its old
-    spelling: `cls.renamed` (a ClassVar, old name -> field name) maps an old key to its field; both at once is refused.
-    """
+def current_names(cls: type, overrides: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """`overrides` with every old name of a renamed field (`cls.renamed`, a ClassVar: old name -> field name)
+    replaced by the field's name; both names at once is refused in one line."""
     overrides = dict(overrides)
     for old_name, name in getattr(cls, "renamed", {}).items():
         if old_name in overrides:
@@ -128,6 +125,16 @@ def build_config(cls: type[C], overrides: Mapping[str, Any], prefix: str) -> C:
                 raise HarnessError(f"{prefix}.{old_name} is the old name of {prefix}.{name} and both are set; "
                                    f"set only {prefix}.{name}")
             overrides[name] = overrides.pop(old_name)
+    return overrides
+
+
+def build_config(cls: type[C], overrides: Mapping[str, Any], prefix: str) -> C:
+    """Instantiate config dataclass `cls` from defaults plus `overrides` (values coerced to field types).
+
+    `prefix` names the config in error messages (e.g. `knn` for `--set knn.k=...`). A renamed field keeps its old
+    spelling (`current_names`).
+    """
+    overrides = current_names(cls, overrides, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in config_fields(cls)}
     unknown = sorted(set(overrides) - set(fields))

@@ -123,7 +123,10 @@ class RunContext:
         for hook, record in zip(hooks, stored.get("records", [None] * len(hooks)), strict=True):
             if record is not None:
                 hook.load_training_record(record)
-        return TrainedClassifier(model.to(self.device).eval(), key)
+        # a plugin's hooked classifier is its code's: its outputs are keyed by that code too (built-ins have no scope)
+        method_scope = self.cache.scope[len(self.stage_cache.scope):] if hooks else ()
+        return TrainedClassifier(model.to(self.device).eval(),
+                                 content_hash(key, *method_scope) if method_scope else key)
 
     def baseline_classifier(self) -> TrainedClassifier:
         """The benchmark's plain cross-entropy classifier, shared by every post-hoc method (cached)."""

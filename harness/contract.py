@@ -1,7 +1,7 @@
 """The method contract: `synthesize -> train -> score`, and method metadata.
 
 A method is a subclass of `Method` with class attributes (`info`, `Config`, optionally `benchmark_defaults`,
-`reference_settings`, `quick_settings`, `modalities`) and three stages:
+`reference_settings`, `smoke_settings`, `modalities`) and three stages:
 
 - `synthesize()` returns outliers (`Outliers` of pixel images or feature vectors) or None for post-hoc methods;
 - `train(outliers)` produces the detector: a regularised classifier, or fitted statistics on the shared baseline
@@ -47,7 +47,7 @@ class Outliers:
     """Synthesised outliers: `images` (N, C, H, W) in [0, 1] or uint8, or `features` (N, D); `labels` are the ID
     class each outlier was synthesised from, when there is one. `fingerprint` is a content hash of the outliers
     (what a classifier trained on them is keyed by), `directory` where they were read from or written to, and
-    `facts` what the synthesis stage reports for the record."""
+    `facts` what the synthesis stage reports: the runner writes them into the record's `details`."""
 
     kind: Literal["images", "features"]
     data: torch.Tensor

@@ -17,7 +17,7 @@ from harness.data.spec import BenchmarkSpec, Preset, load_spec
 from harness.errors import HarnessError
 from harness.metrics import FprRule, Positive
 from harness.records.results import run_label
-from harness.registry import Registered, configure, discover, resolve_methods
+from harness.registry import Registered, configure, discover, resolve_methods, smoke_settings
 
 CLASSIFIER_SCOPE = "classifier"
 
@@ -41,6 +41,7 @@ class RunRequest:
     allow_incomplete: bool = False
     threads: int | None = None  # torch intra-op threads (None: torch's current value); recorded, changes numerics
     deterministic: bool = False  # deterministic algorithms on GPU (recorded)
+    smoke: bool = False  # every method's smoke settings under the overrides (`Method.smoke_settings`)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Plan:
         """The same plan with request fields that do not enter planning changed: seeds, threads, out_dir,
         cache_dir, device, deterministic."""
         planned = {"methods", "benchmark", "overrides", "fpr_positive", "fpr_rule", "extra_ood", "data_root",
-                   "preset", "allow_incomplete"}
+                   "preset", "allow_incomplete", "smoke"}
         if planned & set(changes):
             raise ValueError(f"{sorted(planned & set(changes))} change the plan itself: plan the new request")
         return replace(self, request=replace(self.request, **changes))
@@ -109,9 +110,13 @@ def plan(request: RunRequest, spec: BenchmarkSpec | None = None) -> Plan:
         common["fpr_rule"] = request.fpr_rule
     if request.extra_ood:  # its averages cover more sets than the benchmark's own: never the same row
         common["extra_ood"] = "+".join(sorted(request.extra_ood))
+    if request.smoke:
+        common["smoke"] = True
     planned = []
     for cls in classes:
-        config, default = configure(cls, spec.family, request.overrides.get(cls.info.name, {}))
+        overrides = {**(smoke_settings(cls, spec.family) if request.smoke else {}),
+                     **request.overrides.get(cls.info.name, {})}
+        config, default = configure(cls, spec.family, overrides)
         cls.check_config(config, classifier)
         changes = {**changed_fields(config, default), **common}
         if getattr(config, "protocol", "paper") != "paper":

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
 
-from harness.config import build_config, config_fields
+from harness.config import build_config, config_fields, current_names
 from harness.contract import Method, MethodInfo, MethodKind
 from harness.errors import HarnessError
 
@@ -187,6 +187,7 @@ def configure(cls: type[Method], benchmark: str, overrides: dict[str, Any]) -> t
     compared with for its run label: those of the same protocol, so a reference run is labelled
     `protocol=reference` plus only what the user changed on top."""
     base = dict(cls.benchmark_defaults.get(benchmark, {}))
+    overrides = current_names(cls.Config, overrides, cls.info.name)  # before the protocol's settings merge in
     if "protocol" in {f.name for f in config_fields(cls.Config)}:  # an unknown protocol fails in build_config
         protocol = str(overrides.get("protocol", base.get("protocol", "paper")))
         base = {**base, **protocol_settings(cls, benchmark, protocol), "protocol": protocol}

@@ -129,7 +129,8 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
                 id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
-                details=method.details(), data=data_facts, environment=environment(device),
+                details={**(outliers.facts if outliers is not None else {}), **method.details()},
+                data=data_facts, environment=environment(device),
                 plugin=item.registered.identity)
             figure = record.directory(out_dir) / f"seed{seed}_scores.png"
             save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")

@@ -68,16 +68,17 @@ def report(checks: list[regression.Check], doc: dict[str, Any], records: list[Ru
 def assert_within_tolerance(methods: str | Sequence[str], benchmark: str = "mnist5k", seeds: Sequence[int] = (0,),
                             out_dir: Path | None = None, settings: Sequence[str] = (),
                             expectations: Path | None = None, tolerance: dict[str, float] | None = None,
-                            cache: Cache | None = None, preset: str = "paper", device: str = "auto"
-                            ) -> list[RunRecord]:
+                            cache: Cache | None = None, preset: str = "paper", device: str = "auto",
+                            cache_dir: Path | None = None) -> list[RunRecord]:
     """Run `methods` (names, with `settings` as `SCOPE.FIELD=VALUE` like `--set`) for `seeds` on the torch thread
     count the expectations were recorded with, and raise AssertionError with `report` when any metric leaves its
     tolerance (percentage points; `tolerance` {metric or "*": pp} overrides the file's). `expectations` is a
     plugin's own file (written by `python -m harness regress --expectations FILE --update`); the default is the
-    harness's committed file for `benchmark`. Returns the records."""
+    harness's committed file for `benchmark`. `cache` (or a `cache_dir`) defaults to $OODBENCH_CACHE's. Returns the
+    records."""
     names = [methods] if isinstance(methods, str) else list(methods)
     request = RunRequest(methods=names, benchmark=benchmark, seeds=list(seeds), overrides=parse_set_options(
-        list(settings)), out_dir=out_dir or Path("runs"), preset=preset, device=device)
+        list(settings)), out_dir=out_dir or Path("runs"), preset=preset, device=device, cache_dir=cache_dir)
     planned = plan(request)
     path = expectations or regression.expectations_path(planned.spec.name)
     doc = regression.load_expectations(path, planned.spec.name)

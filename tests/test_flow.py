@@ -234,7 +234,7 @@ def test_real_outliers_come_from_the_named_source():
     context = SimpleNamespace(benchmark=SimpleNamespace(spec=spec, train=[None] * 40), seed=0)
     outliers = NormalizingFlow(FlowConfig(variant="real", real_set="shapes", real_fraction=0.1), context).synthesize()
     assert outliers.data.shape == (4, 1, 32, 32) and outliers.data.dtype == torch.uint8
-    assert outliers.meta["source"] == "shapes" and outliers.data.float().mean() > 0
+    assert outliers.facts["source"] == "shapes" and outliers.data.float().mean() > 0
 
 
 def test_wrong_channel_count_is_rejected():

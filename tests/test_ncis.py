@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,9 +18,11 @@ from harness.classifier.training import ClassifierConfig
 from harness.cli import main
 from harness.components.outlier_images import load_outlier_folder
 from harness.config import changed_fields
+from harness.context import RunContext
 from harness.errors import HarnessError
+from harness.plan import RunRequest, plan
 from harness.registry import method_config
-from harness.runner import RunRequest, execute
+from harness.runner import execute
 from methods.ncis import NCIS, NCISConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,15 +94,17 @@ def test_paper_defaults_and_reference_protocol_change_exactly_the_documented_fie
     assert method_config(NCIS, "cifar100", {}).epochs == 250
     old = method_config(NCIS, "cifar100", {"p": "3", "lam": "1e-3"})  # the fields' old names, still accepted
     assert (old.invariant_variance_percent, old.covariance_ridge) == (3.0, 1e-3)
+    old = method_config(NCIS, "cifar100", {"protocol": "reference", "p": "3"})  # over the protocol's own value
+    assert old.invariant_variance_percent == 3.0
 
 
 def _recipe(benchmark_epochs: int, run_epochs: int, **fields) -> ClassifierConfig:
-    method = NCIS.__new__(NCIS)
-    method.config = NCISConfig(**fields)
-    spec = SimpleNamespace(classifier={"epochs": benchmark_epochs})
-    method.context = SimpleNamespace(classifier_config=ClassifierConfig(epochs=run_epochs, batch_size=160),
-                                     benchmark=SimpleNamespace(spec=spec))
-    return method.recipe()
+    """The recipe NCIS trains with (`RunContext.recipe` of its epochs and batch size) in a run whose recipe has
+    `run_epochs` where the spec's has `benchmark_epochs`."""
+    config = NCISConfig(**fields)
+    context = RunContext(None, 0, None, None, ClassifierConfig(epochs=run_epochs, batch_size=160),
+                         epoch_ratio=Fraction(run_epochs, benchmark_epochs))
+    return context.recipe(config.epochs, config.batch_size)
 
 
 def test_classifier_recipe_override_follows_the_run_scaling():
@@ -116,17 +121,17 @@ def test_outliers_dir_fingerprint_enters_the_classifier_key(tmp_path):
     method.config = NCISConfig(outliers_dir=str(tmp_path / "own"), baseline_msp=False)
     spec = SimpleNamespace(channels=1, image_size=32, num_classes=10, classifier={"epochs": 12})
     method.context = SimpleNamespace(
-        benchmark=SimpleNamespace(spec=spec), seed=0, classifier_config=ClassifierConfig(epochs=1, batch_size=8),
+        benchmark=SimpleNamespace(spec=spec), seed=0, recipe=lambda epochs, batch_size: ClassifierConfig(epochs=1),
         train_classifier=lambda purpose, config, hooks, key_parts: calls.append(key_parts))
     first = method.synthesize()
     method.train(first)
     _write_images(tmp_path / "own", 1, size=32, seed=5)  # same names, new pixels
     second = method.synthesize()
     method.train(second)
-    assert first.meta["fingerprint"] != second.meta["fingerprint"]
-    assert calls[0][1] == first.meta["fingerprint"] and calls[1][1] == second.meta["fingerprint"]
+    assert first.fingerprint != second.fingerprint
+    assert calls[0][1] == first.fingerprint and calls[1][1] == second.fingerprint
     details = method.details()
-    assert details["outliers_fingerprint"] == second.meta["fingerprint"] and details["outliers"] == 4
+    assert details["outliers_fingerprint"] == second.fingerprint and details["outliers"] == 4
 
 
 def _strip_vae_encoder(source: Path, target: Path) -> Path:
@@ -188,7 +193,7 @@ TINY_NCIS = {"max_per_class": "3", "images_per_call": "15", "timesteps_per_image
 def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
     overrides = {"classifier": {"epochs": "1"}, "ncis": TINY_NCIS,
                  "dream_ood": {"latent_epochs": "1", "outliers_per_class": "2", "steps": "2", "rounds": "1"}}
-    records = execute(RunRequest(methods=["ncis", "dream_ood"], overrides=overrides, out_dir=tmp_path / "out"),
+    records = execute(plan(RunRequest(methods=["ncis", "dream_ood"], overrides=overrides, out_dir=tmp_path / "out")),
                       cache=session_cache)
     assert [r.method for r in records] == ["ncis", "dream_ood"]
     ncis = json.loads(records[0].path(tmp_path / "out").read_text())
@@ -216,10 +221,11 @@ def test_end_to_end_ncis_and_dream_ood_on_mnist5k(tmp_path, session_cache):
     before = {stage: session_cache.misses(stage) for stage in ("ncis-embeddings", "ncis-cvpn", "generation",
                                                                "classifier")}
     again = {"classifier": overrides["classifier"], "ncis": TINY_NCIS}
-    execute(RunRequest(methods=["ncis"], overrides=again, out_dir=tmp_path / "again"), cache=session_cache)
+    execute(plan(RunRequest(methods=["ncis"], overrides=again, out_dir=tmp_path / "again")), cache=session_cache)
     assert {stage: session_cache.misses(stage) for stage in before} == before
     # another run seed shares the embeddings (embedding_seed is fixed) and redraws every later stage
-    execute(RunRequest(methods=["ncis"], overrides=again, seeds=[1], out_dir=tmp_path / "again"), cache=session_cache)
+    execute(plan(RunRequest(methods=["ncis"], overrides=again, seeds=[1], out_dir=tmp_path / "again")),
+            cache=session_cache)
     assert session_cache.misses("ncis-embeddings") == before["ncis-embeddings"]
     assert session_cache.misses("ncis-cvpn") == before["ncis-cvpn"] + 1
 

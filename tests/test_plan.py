@@ -100,3 +100,11 @@ def test_execute_takes_a_plan_and_runs_it_without_planning_again(tmp_path, monke
     monkeypatch.setattr(harness.plan, "discover", lambda: pytest.fail("execute planned again"))
     [record] = execute(planned, cache=session_cache)
     assert record.label == "msp(preset=tiny)" and record.data["preset"] == TINY_PRESET
+
+
+def test_smoke_applies_each_method_s_smoke_settings_under_the_user_s_and_labels_the_run(tmp_path):
+    spec = write_tiny_spec(tmp_path)
+    smoke = plan(RunRequest(methods=["knn", "msp"], benchmark=str(spec), smoke=True))
+    assert smoke.methods[0].config.k == 5 and smoke.labels == ["knn(k=5,smoke=True)", "msp(smoke=True)"]
+    mine = plan(RunRequest(methods=["knn"], benchmark=str(spec), smoke=True, overrides={"knn": {"k": "7"}}))
+    assert mine.methods[0].config.k == 7 and mine.labels == ["knn(k=7,smoke=True)"]

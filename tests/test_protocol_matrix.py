@@ -11,13 +11,12 @@ import pytest
 
 from harness.cli import main
 from harness.plan import RunRequest, plan
-from harness.registry import discover, smoke_settings
+from harness.registry import discover
 from tests.test_real_data import small_spec, write_cifar_benchmark, write_imagenet, write_images
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("mnist5k", "cifar100", "imagenet100")
-# The fixture benchmarks' own small backbone (mnist5k's spec already has one); each method's smoke settings come
-# from its class (`Method.smoke_settings`)
+# The fixture benchmarks' own small backbone (mnist5k's spec already has one)
 FIXTURE_CLASSIFIER = ["classifier.backbone=resnet_small"]
 
 
@@ -57,9 +56,8 @@ def test_every_method_plans_with_its_defaults_on_every_benchmark_and_preset(data
 @pytest.mark.parametrize("name", [pytest.param(b, marks=pytest.mark.heavy) if b == "imagenet100" else b
                                   for b in BENCHMARKS])
 def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp_path):
-    methods, registry = image_methods(), discover()
-    settings = [f"{method}.{k}={'none' if v is None else v}" for method in methods
-                for k, v in smoke_settings(registry[method].cls, name).items()]
+    methods = image_methods()
+    settings = []  # each method's smoke settings come from its class (`--smoke`)
     benchmark = name
     if name != "mnist5k":  # the fixture benchmarks' small backbone (mnist5k's spec has its own)
         settings += FIXTURE_CLASSIFIER
@@ -68,7 +66,7 @@ def test_every_method_completes_a_quick_run_on_fixture_data(name, data_root, tmp
         benchmark = str(small_spec(tmp_path, name, image_size=64))
     args = ["run", "--methods", ",".join(methods), "--benchmark", benchmark, "--preset", "quick",
             "--allow-incomplete", "--data-root", str(data_root), "--out", str(tmp_path / "out"),
-            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--smoke"]
     assert main([*args, *[a for s in settings for a in ("--set", s)]]) == 0
     records = [json.loads(p.read_text()) for p in (tmp_path / "out/records" / name).rglob("seed0.json")]
     assert sorted(r["method"] for r in records) == methods

@@ -114,8 +114,8 @@ class NormalizingFlow(Method[FlowConfig]):
         count = max(1, round(self.config.real_fraction * len(self.context.benchmark.train)))
         images = get_source(self.config.real_set)(name=self.config.real_set, size=spec.image_size,
                                                   channels=spec.channels, count=count, seed=10_000 + self.context.seed)
-        meta = {"source": self.config.real_set, "fingerprint": images.fingerprint}
-        return Outliers("images", images.images, meta=meta)
+        return Outliers("images", images.images, fingerprint=images.fingerprint,
+                        facts={"source": self.config.real_set})
 
     # --- training ------------------------------------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class NormalizingFlow(Method[FlowConfig]):
         flow_spec = self._flow_spec()
         train_fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in SCORE_ONLY_FIELDS}
         self.key = content_hash("flow", self.context.benchmark.train.fingerprint, self.context.seed, train_fields,
-                                DATA_SCALING, outliers.meta["fingerprint"] if outliers else None, FLOW_VERSION)
+                                DATA_SCALING, outliers.fingerprint if outliers else None, FLOW_VERSION)
 
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.context.seed)

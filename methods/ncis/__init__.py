@@ -28,14 +28,13 @@ docs/ncis.md has the table); `outliers_dir` trains on a folder of pre-generated 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from harness.classifier.training import ClassifierConfig
 from harness.components.outlier_images import (
     to_channels_tensor,
 )
@@ -406,25 +405,13 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
                                 c.prompt_template, chosen, desc="ncis outliers", token_names=token_names)
         images = to_channels_tensor(load_images(paths), spec.channels)
         self.outlier_embedding_norms = chosen.norm(dim=1)
-        return Outliers("images", images, labels_out, meta={"directory": str(paths[0].parent)})
+        return Outliers("images", images, labels_out, directory=str(paths[0].parent))
 
     # --- stage 5: training with the energy regulariser ------------------------------------------------------------
-    def recipe(self) -> ClassifierConfig:
-        """The classifier recipe NCIS trains with: the run's, with NCIS's epochs (scaled by the same factor as the
-        run's recipe relative to the spec's, e.g. preset quick) and batch size where set."""
-        ctx, c = self.context, self.config
-        recipe = ctx.classifier_config
-        if c.epochs is not None:
-            spec_epochs = int(ctx.benchmark.spec.classifier.get("epochs", ClassifierConfig.epochs))
-            recipe = replace(recipe, epochs=max(1, round(c.epochs * recipe.epochs / spec_epochs)))
-        if c.batch_size is not None:
-            recipe = replace(recipe, batch_size=c.batch_size)
-        return recipe
-
     def train(self, outliers: Outliers | None) -> None:
-        self.trained_recipe = self.recipe()
+        self.trained_recipe = self.context.recipe(self.config.epochs, self.config.batch_size)
         fingerprint = None if outliers is None else (
-            outliers.meta.get("fingerprint") or ImageSet("outliers", outliers.data, outliers.labels).fingerprint)
+            outliers.fingerprint or ImageSet("outliers", outliers.data, outliers.labels).fingerprint)
         self.train_with_outlier_images("ncis", outliers, self.trained_recipe, key_parts=[self.config, fingerprint])
         self.baseline_msp = self.baseline_msp_facts(outliers) if self.config.baseline_msp else None
 

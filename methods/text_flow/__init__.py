@@ -120,7 +120,7 @@ class TextFlow(Method[TextFlowConfig]):
                                "text_flow.max_length")
         features = torch.from_numpy(self._stage().encode(texts))
         return Outliers("features", features, torch.tensor(made.sources),
-                        meta={"fingerprint": texts.fingerprint, "dropped": made.dropped})
+                        fingerprint=texts.fingerprint)
 
     # --- training ------------------------------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class TextFlow(Method[TextFlowConfig]):
         train_fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in SCORE_ONLY_FIELDS}
         self.key = content_hash("text-flow", stage.key, train.fingerprint, self.context.seed, train_fields,
                                 FEATURE_SCALING[self.config.feature_scaling],
-                                outliers.meta["fingerprint"] if outliers is not None else None, TEXT_FLOW_VERSION)
+                                outliers.fingerprint if outliers is not None else None, TEXT_FLOW_VERSION)
 
         def compute() -> dict[str, Any]:
             torch.manual_seed(self.context.seed)

@@ -91,7 +91,7 @@ class OutlierExposure(Method[OEConfig]):
         msp = {"oe": mean_max_softmax(self._logits(outlier_set))}
         if self.config.baseline_diagnostic:
             msp["baseline"] = mean_max_softmax(self._logits(outlier_set, self.context.baseline_classifier()))
-        return {**self.outliers.facts, "outliers": len(self.outliers), "outlier_mean_max_softmax": msp,
+        return {"outliers": len(self.outliers), "outlier_mean_max_softmax": msp,
                 "uniform_ce_per_epoch": self.loss.history}
 
     def figures(self, directory: Path, stem: str) -> list[Path]:
