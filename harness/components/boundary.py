@@ -109,16 +109,16 @@ class BoundarySampling:
     """Boundary sampling per class (module doc; NPOS Sec. 3.2, Dream-OOD Sec. 3.2): in each of `rounds` rounds,
     `points_per_class` of the `boundary_count` boundary points (None: all of them, as Dream-OOD) get
     `candidates_per_point` candidates x + noise_std * N(0, I), of which `kept_per_point` are kept; the boundary is
-    searched among at most `features_per_class` ID features per class. Defaults: Dream-OOD's CIFAR-100 values with
-    the official code's noise std 0.07."""
+    searched among at most `features_per_class` ID features per class. The paper values live in each method's
+    config."""
 
-    features_per_class: int = 500
-    k: int = 300
-    boundary_count: int = 50
-    candidates_per_point: int = 1500
-    kept_per_point: int = 2
-    rounds: int = 100
-    noise_std: float = 0.07
+    features_per_class: int
+    k: int
+    boundary_count: int
+    candidates_per_point: int
+    kept_per_point: int
+    rounds: int
+    noise_std: float
     selection: Selection = "paper"
     points_per_class: int | None = None
 

@@ -12,7 +12,9 @@ Typical use (a method plugin):
 
     tokens, anchors = class_anchors(backend, spec.prompt_names)
     latent = text_latent_embeddings(context, backend, anchors, TextLatentConfig(epochs=200, batch_size=256))
-    outliers = class_boundary_embeddings(latent.embeddings, labels, C, BoundarySampling(), anchors.norm(dim=1), seed)
+    sampling = BoundarySampling(features_per_class=500, k=300, boundary_count=50, candidates_per_point=1500,
+                                kept_per_point=2, rounds=100, noise_std=0.03 ** 0.5)
+    outliers = class_boundary_embeddings(latent.embeddings, labels, C, sampling, anchors.norm(dim=1), seed)
 """
 
 from __future__ import annotations
