@@ -118,12 +118,18 @@ class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
                     "boundary_count": 20, "candidates_per_point": 200, "rounds": 5, "outliers_per_class": 40,
                     "steps": 20, "guidance_scale": 3.0, "generation_size": None, "output_size": None,
                     "generation_batch_size": 50, "outlier_resize": "bilinear",
-                    # the paper's three-layer phi collapses to a constant here under the shared SGD recipe (measured:
-                    # AUROC 50.00 on every set, ID acc. 60.4 %; Linear(1, 2): 94.95 avg AUROC): docs/dream_ood.md
+                    # a linear phi: the paper's three-layer phi collapses to a constant at this scale under the
+                    # shared SGD recipe (docs/dream_ood.md, "mnist5k keeps phi=linear")
                     "phi": "linear"},
         # paper Sec. 4: beta 1.0 for ImageNet-100; official ImageNet-100 script: 200 boundary points; the 256x256
         # outliers are resized to the 224 ID resolution (then the ID augmentation) rather than cropped
         "imagenet100": {"beta": 1.0, "boundary_count": 200, "outlier_resize": "bilinear"},
+    }
+    smoke_settings = {
+        "*": {"model": "models/tiny-sd-mnist5k", "latent_epochs": 1, "features_per_class": 2, "k": 2,
+              "boundary_count": 2, "candidates_per_point": 4, "kept_per_point": 1, "rounds": 1, "outliers_per_class": 1,
+              "steps": 2, "generation_size": None, "output_size": None, "generation_batch_size": 100},
+        "mnist5k": {"outliers_per_class": 2},
     }
     reference_settings = {
         # official scripts: cosine latent (resnet_anchor.py), N(0, I) * 0.07, KNN_dis_search_distance's reshape,
@@ -151,11 +157,10 @@ class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
         spec = ctx.benchmark.spec
         backend = self.diffusion_backend()
         words = self.class_words()
-        self.token_report = token_report(backend, words, c.prompt_template)
-        self.token_report.require_present("choose other dream_ood.class_words or fix the spec's prompt_names")
+        tokens = token_report(backend, words, c.prompt_template)
+        tokens.require_present("choose other dream_ood.class_words or fix the spec's prompt_names")
         _, anchors = class_anchors(backend, words)
         latent = text_latent_embeddings(ctx, backend, anchors, c.latent)
-        self.latent_accuracy = latent.train_accuracy
         embeddings = class_boundary_embeddings(latent.embeddings, ctx.benchmark.train.labels, spec.num_classes,
                                                c.sampling, anchors.norm(dim=1), ctx.seed)
         pick = torch.randperm(embeddings.shape[1], generator=torch.Generator().manual_seed(ctx.seed))
@@ -165,8 +170,10 @@ class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
         paths = generate_images(backend, ctx.cache, list(words), labels, seeds, c.generation,
                                 c.prompt_template, chosen, desc="dream-ood outliers")
         images = to_channels_tensor(load_images(paths), spec.channels)
-        self.embedding_norms = chosen.norm(dim=1)
-        return Outliers("images", images, labels, directory=str(paths[0].parent))
+        facts = {"selection": c.selection, "class_words": c.class_words, **tokens.as_record(),
+                 "latent_train_accuracy": round(latent.train_accuracy, 4),
+                 "outlier_embedding_norm_mean": round(float(chosen.norm(dim=1).mean()), 5)}
+        return Outliers("images", images, labels, directory=str(paths[0].parent), facts=facts)
 
     # --- stage 4: training with the energy regulariser -------------------------------------------------------------
     def train(self, outliers: Outliers | None) -> None:
@@ -175,16 +182,9 @@ class DreamOOD(PixelSynthesisMethod[DreamOODConfig]):
                                        key_parts=[self.config, fingerprint])
 
     def details(self) -> dict[str, Any]:
-        if self.config.outliers_dir:
-            return {**self.folder_details(), "outliers": len(self.outliers),
-                    "outlier_resize": self.config.outlier_resize, "test_score": self.config.test_score,
-                    **self.regulariser_details()}
-        return {"selection": self.config.selection, "outlier_resize": self.config.outlier_resize,
-                "test_score": self.config.test_score, **self.model_details(), "outliers": len(self.outliers),
-                "class_words": self.config.class_words, **self.token_report.as_record(),
-                "latent_train_accuracy": round(self.latent_accuracy, 4),
-                "outlier_embedding_norm_mean": round(float(self.embedding_norms.mean()), 5),
-                **self.regulariser_details()}
+        """The training's facts (the synthesis' are the outliers' `facts`)."""
+        return {"outliers": len(self.outliers), "outlier_resize": self.config.outlier_resize,
+                "test_score": self.config.test_score, **self.regulariser_details()}
 
     def gallery_row_names(self, classes: list[int]) -> list[str]:
         return [self.context.benchmark.spec.class_names[k] for k in classes]

@@ -253,13 +253,15 @@ def _class_embeddings(per_class, dim=8, num_classes=3, seed=0):
 def test_a_class_with_no_more_embeddings_than_dimensions_is_refused_in_one_line():
     embeddings, labels = _class_embeddings([30, 8, 12])  # class 1: N_c = 8 = D
     method = _sampling_method(max_per_class=8)
+    fit = method.invariant_map
+    method.invariant_map = lambda *args: pytest.fail("the invariant map was fitted before the refusal")
     with pytest.raises(HarnessError) as raised:
         method.sample_embeddings(embeddings, labels, 3)
+    method.invariant_map = fit
     message = str(raised.value)
     assert "\n" not in message
     assert "class 1 (class1) has 8 embeddings" in message and "D=8" in message and "(1 of 3 classes" in message
     assert "raise ncis.max_per_class, now 8" in message and "ncis.covariance=shrinkage" in message
-    assert not hasattr(method, "invariant_k")  # refused before the invariant map is fitted
     method.sample_embeddings(*_class_embeddings([30, 9, 12]), 3)  # N_c = D + 1 everywhere passes
 
 
@@ -277,8 +279,8 @@ def test_shrinkage_is_ledoit_wolf_and_samples_below_the_id_first_percentile():
     assert torch.linalg.matrix_rank(class_covariance(x, 1e-5, "shrinkage")) == 8  # full rank from 5 points
     method = _sampling_method(covariance="shrinkage")
     sampled = method.sample_embeddings(embeddings, labels, 3)
-    assert sampled.shape == (3, 8, 8) and torch.isfinite(sampled).all()
-    facts = method.log_likelihood_facts
+    assert sampled.embeddings.shape == (3, 8, 8) and torch.isfinite(sampled.embeddings).all()
+    facts = sampled.facts["log_likelihood"]
     assert set(facts["per_class"]) == {"class0", "class1", "class2"}
     for row in facts["per_class"].values():
         assert row["kept_min"] <= row["kept_p50"] <= row["kept_max"] and row["id_p1"] <= row["id_p5"] <= row["id_p50"]

@@ -108,8 +108,13 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
         if c.outliers_dir:
             images, labels, fingerprint = load_outlier_folder(c.outliers_dir, self.context.benchmark.spec.channels)
             return Outliers("images", images, labels, fingerprint=fingerprint,
-                            directory=str(Path(c.outliers_dir).expanduser()))
-        return self.synthesize_outliers()
+                            directory=str(Path(c.outliers_dir).expanduser()),
+                            facts={"outliers_dir": recorded_path(c.outliers_dir), "outliers_fingerprint": fingerprint,
+                                   "outliers_labelled": labels is not None})
+        outliers = self.synthesize_outliers()
+        outliers.facts = {"model_directory": recorded_path(self.backend.directory),
+                          "model_fingerprint": self.backend.fingerprint, **outliers.facts}
+        return outliers
 
     @abstractmethod
     def synthesize_outliers(self) -> Outliers:
@@ -141,16 +146,6 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
                     "above_0.95": round(float((msp > 0.95).mean()), 4), "count": len(msp)}
 
         return {"outliers": facts(outlier_set), "id_test": facts(ctx.benchmark.test), "classifier": baseline.key}
-
-    def model_details(self) -> dict[str, Any]:
-        """Record facts of the diffusion model that synthesised the outliers."""
-        return {"model_directory": recorded_path(self.backend.directory), "model_fingerprint": self.backend.fingerprint}
-
-    def folder_details(self) -> dict[str, Any]:
-        """Record facts of a run on `outliers_dir`."""
-        return {"outliers_dir": recorded_path(self.config.outliers_dir),
-                "outliers_fingerprint": self.outliers.fingerprint,
-                "outliers_labelled": self.outliers.labels is not None}
 
     def figures(self, directory: Path, stem: str) -> list[Path]:
         """A gallery: up to `gallery_classes` rows x `gallery_per_class` outliers (Dream-OOD Fig. 1/4, NCIS Fig. 4),

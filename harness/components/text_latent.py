@@ -1,4 +1,4 @@
-"""Dream-OOD's text-conditioned latent space (seed 001, Sec. 3.1-3.2), usable by any method.
+"""Dream-OOD's text-conditioned latent space (the Dream-OOD paper, Sec. 3.1-3.2), usable by any method.
 
 1. Anchors: the (frozen) token embeddings T(y_c) of the class names in the SD text encoder (`class_anchors`).
 2. Latent training (eq. 2): the benchmark's backbone h + Linear to the token dimension, z = h(x) / ||h(x)||, trained

@@ -45,7 +45,8 @@ def resolve_data_root(given: str | Path | None) -> Path | None:
     return root.resolve()
 
 
-def _at(data_root: Path | None, path: str) -> Path:
+def path_in_data_root(data_root: Path | None, path: str) -> Path:
+    """`path` under the data root, or one line saying how to give a data root."""
     if data_root is None:
         raise HarnessError(f"no data root for {path}: pass --data-root DIR or set {DATA_ROOT_ENV}")
     return Path(data_root) / path
@@ -115,7 +116,7 @@ def _cifar_class_names(folder: Path, expected: list[str]) -> list[str]:
 
 def probe_cifar100_python(*, data_root: Path | None, path: str, expected: dict[str, int], class_names: list[str],
                           **_: Any) -> dict[str, SetProbe]:
-    folder = _at(data_root, path)
+    folder = path_in_data_root(data_root, path)
     missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
     if missing:
         return {s: SetProbe("missing", str(folder / s), expected=expected.get(s),
@@ -139,7 +140,7 @@ def probe_cifar100_python(*, data_root: Path | None, path: str, expected: dict[s
 @register_source("cifar100_python", cached=False, probe=probe_cifar100_python)
 def cifar100_python(*, data_root: Path | None, path: str, class_names: list[str], **_: Any) -> dict[str, ImageSet]:
     """CIFAR-100 from the python pickles: `data` uint8 (N, 3072) row-major RGB planes, `fine_labels`."""
-    folder = _at(data_root, path)
+    folder = path_in_data_root(data_root, path)
     for file in CIFAR_FILES:
         if not (folder / file).is_file():
             raise HarnessError(f"CIFAR-100 file {folder / file} is missing; extract cifar-100-python.tar.gz under "
@@ -166,7 +167,7 @@ def _load_svhn(file: Path) -> np.ndarray:
 
 
 def probe_svhn_mat(*, data_root: Path | None, path: str, expected: int | None = None, **_: Any) -> SetProbe:
-    file = _at(data_root, path)
+    file = path_in_data_root(data_root, path)
     if not file.is_file():
         return SetProbe("missing", str(file), expected=expected)
     try:
@@ -179,7 +180,7 @@ def probe_svhn_mat(*, data_root: Path | None, path: str, expected: int | None = 
 @register_source("svhn_mat", cached=False, probe=probe_svhn_mat)
 def svhn_mat(*, name: str, data_root: Path | None, path: str, **_: Any) -> ImageSet:
     """SVHN's `test_32x32.mat` (X: 32x32x3xN uint8), used unresized."""
-    file = _at(data_root, path)
+    file = path_in_data_root(data_root, path)
     if not file.is_file():
         raise HarnessError(f"SVHN file {file} is missing; download test_32x32.mat from "
                            "http://ufldl.stanford.edu/housenumbers/")
@@ -189,7 +190,7 @@ def svhn_mat(*, name: str, data_root: Path | None, path: str, **_: Any) -> Image
 # --- image-folder trees ------------------------------------------------------------------------------------------
 
 def probe_image_tree(*, data_root: Path | None, path: str, expected: int | None = None, **_: Any) -> SetProbe:
-    folder = _at(data_root, path)
+    folder = path_in_data_root(data_root, path)
     if not folder.is_dir():
         return SetProbe("missing", str(folder), expected=expected)
     files = list_images(folder)
@@ -200,7 +201,7 @@ def probe_image_tree(*, data_root: Path | None, path: str, expected: int | None 
 def image_tree(*, name: str, data_root: Path | None, path: str, size: int, channels: int,
                preprocess: str = "resize_center_crop", resize: int | None = None, **_: Any) -> FileImageSet:
     """Every image under a folder, recursively (class subfolders or flat), decoded with `preprocess`."""
-    folder = _at(data_root, path)
+    folder = path_in_data_root(data_root, path)
     if not folder.is_dir():
         raise HarnessError(f"image folder {folder} for set {name!r} does not exist; see `python -m harness data "
                            "check` for the expected layout")
@@ -279,7 +280,7 @@ def _imagenet_split(root: Path, split: str, wnids: list[str],
 
 def probe_imagenet_wnids(*, data_root: Path | None, path: str, classes_file: str, expected: dict[str, int],
                          val_label_files: list[str] = (), min_per_class: int = 1, **_: Any) -> dict[str, SetProbe]:
-    root = _at(data_root, path)
+    root = path_in_data_root(data_root, path)
     wnids = read_wnids(DATASETS_DIR / classes_file)
     probes = {}
     for split, folder in (("train", "train"), ("test", "val")):
@@ -308,7 +309,7 @@ def imagenet_wnids(*, data_root: Path | None, path: str, classes_file: str, size
                    val_label_files: list[str] = (), preprocess: str = "resize_center_crop", resize: int | None = None,
                    **_: Any) -> dict[str, FileImageSet]:
     """The classes of `classes_file` (wnids, in order = label index) from an ImageNet-1K root with train/ and val/."""
-    root = _at(data_root, path)
+    root = path_in_data_root(data_root, path)
     wnids = read_wnids(DATASETS_DIR / classes_file)
     sets = {}
     for split, folder in (("train", "train"), ("test", "val")):
@@ -339,7 +340,7 @@ def _read_imglist(file: Path, images: Path) -> tuple[list[Path], list[int]]:
 def probe_openood_imglist(*, data_root: Path | None, path: str = "", imglist: str | None = None,
                           imglists: dict[str, str] | None = None, images: str = "images_classic",
                           **_: Any) -> SetProbe | dict[str, SetProbe]:
-    base = _at(data_root, path)
+    base = path_in_data_root(data_root, path)
     lists = imglists or {"": imglist}
     probes = {}
     for split, relative in lists.items():
@@ -366,7 +367,7 @@ def openood_imglist(*, data_root: Path | None, size: int, channels: int, path: s
                     name: str = "ood", **_: Any) -> FileImageSet | dict[str, FileImageSet]:
     """OpenOOD's `<root>/benchmark_imglist/<bench>/<split>_<set>.txt` (`<path> <label>` lines, -1 = OOD) with images
     under `<root>/images_classic/`. `imglist` gives one OOD set; `imglists` ({"train": ..., "test": ...}) ID data."""
-    base = _at(data_root, path)
+    base = path_in_data_root(data_root, path)
     sets = {}
     for split, relative in (imglists or {name: imglist}).items():
         file = base / relative

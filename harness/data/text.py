@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import copyreg
 import csv
+import functools
 import hashlib
 import html
 import io
@@ -49,18 +50,14 @@ class TextSet:
     def __len__(self) -> int:
         return len(self.texts)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Content hash of the texts and labels (not the name), as `ImageSet.fingerprint`."""
-        cached = self.__dict__.get("_fingerprint")
-        if cached is None:
-            digest = hashlib.sha256()
-            for text, label in zip(self.texts, self.labels, strict=True):
-                digest.update(f"{label}\t{len(text)}\t".encode())
-                digest.update(text.encode("utf-8"))
-            cached = digest.hexdigest()[:16]
-            object.__setattr__(self, "_fingerprint", cached)
-        return cached
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels, strict=True):
+            digest.update(f"{label}\t{len(text)}\t".encode())
+            digest.update(text.encode("utf-8"))
+        return digest.hexdigest()[:16]
 
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> TextSet:
         idx = [int(i) for i in np.asarray(indices).ravel()]
@@ -369,9 +366,9 @@ for set_name, build_set, resource in (("rt_snippets", rt_snippets, "pang_lee"),
 
 def under_data_root(data_root: Path | None, path: str) -> Path:
     """A spec's `path`: as given when absolute, else under the data root (none given: one HarnessError line)."""
-    from harness.data.readers import _at
+    from harness.data.readers import path_in_data_root
 
-    return _at(data_root, path) if not Path(path).is_absolute() else Path(path)
+    return path_in_data_root(data_root, path) if not Path(path).is_absolute() else Path(path)
 
 
 def text_file_probe(read: object) -> object:
@@ -451,6 +448,11 @@ ALBERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.i
                   "pytorch_model.bin.index.json")
 
 
+def holds_albert(directory: Path) -> bool:
+    """Whether `directory` holds an ALBERT save_pretrained model: config.json plus weights."""
+    return (directory / "config.json").is_file() and any((directory / w).is_file() for w in ALBERT_WEIGHTS)
+
+
 def encoder_directory(spec_encoder: dict[str, object], data_root: Path | None) -> Path | None:
     """The local directory of a spec's text encoder (`path` under the data root, or absolute), or None."""
     path = spec_encoder.get("path")
@@ -464,7 +466,7 @@ def probe_encoder_directory(directory: Path) -> SetProbe:
     """An ALBERT save_pretrained directory: config.json plus weights (tokenizer files are checked at load)."""
     if not directory.is_dir():
         return SetProbe("missing", str(directory), detail="not a directory")
-    if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in ALBERT_WEIGHTS):
+    if not holds_albert(directory):
         return SetProbe("missing", str(directory), detail="needs config.json and model.safetensors or "
                         "pytorch_model.bin (save_pretrained of albert/albert-base-v2)")
     return SetProbe("found", str(directory))

@@ -100,6 +100,7 @@ class NormalizingFlow(Method[FlowConfig]):
                       "Detection (anonymous, under review)", "density",
                       "FrEIA AllInOneBlock flow, dual loss NLL(ID) + softplus(log p) on CCM+blur outliers")
     Config = FlowConfig
+    smoke_settings = {"*": {"epochs": 1, "blocks": 2, "hidden": 4, "lipschitz_samples": 2}}
     benchmark_defaults = {"mnist5k": {"hidden": 32, "epochs": 12}}
 
     def synthesize(self) -> Outliers | None:

@@ -35,13 +35,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from harness.components.outlier_images import (
-    to_channels_tensor,
-)
+from harness.components.boundary import BoundarySampling
+from harness.components.outlier_images import to_channels_tensor
 from harness.components.pixel_synthesis import PixelSynthesisConfig, PixelSynthesisMethod
 from harness.components.regularizers import PhiKind, PhiOrientation, TestScore
 from harness.components.text_latent import (
-    BoundarySampling,
     TextLatentConfig,
     class_anchors,
     class_boundary_embeddings,
@@ -219,6 +217,31 @@ def log_likelihood_facts(id_log_lik: torch.Tensor, id_labels: torch.Tensor, kept
     return {"per_class": per_class, "kept_below_id_p1": round(fraction, 4), "all_kept_below_id_p1": fraction == 1.0}
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """Stage 1's result: (N, D) ID embeddings, their labels, and the stage's facts for the record."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+    facts: dict[str, float]
+
+
+@dataclass(frozen=True)
+class InvariantMap:
+    """Stage 2's result: the fitted map f (cVPN or linear invariants) and its facts (K, fit, reconstruction)."""
+
+    model: CVPN | LinearInvariants
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Stage 3's result: (C, embeddings_per_class, D) outlier embeddings e' and the sampler's facts."""
+
+    embeddings: torch.Tensor
+    facts: dict[str, Any]
+
+
 class NCIS(PixelSynthesisMethod[NCISConfig]):
     info = MethodInfo("ncis", "Non-Linear Outlier Synthesis for Out-of-Distribution Detection (NCIS; anonymous, "
                       "under review)", "pixel-synthesis",
@@ -239,6 +262,13 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         "cifar100": {"epochs": 250},
         # Sec. 4: 20 epochs of fine-tuning at lr 1e-3 (the spec's recipe), phi 512 wide
         "imagenet100": {},
+    }
+    smoke_settings = {
+        "*": {"model": "models/tiny-sd-mnist5k", "max_per_class": 2, "timesteps_per_image": 2,
+              "embedding_iterations": 1, "cvpn_epochs": 1, "rounds": 1, "candidates_per_round": 8, "kept_per_round": 1,
+              "outliers_per_class": 1, "steps": 2, "generation_size": None, "output_size": None,
+              "generation_batch_size": 100, "epochs": None, "covariance": "shrinkage"},
+        "mnist5k": {"candidates_per_round": 500},
     }
     reference_settings = {
         # LarsDoorenbos/NCIS at 42fb174 (methods.md "NCIS official code")
@@ -268,7 +298,7 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         return list(spec.prompt_names)
 
     # --- stages 1-3: embeddings, invariant map, sampling ----------------------------------------------------------
-    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self) -> Embedded:
         """(N, D) ID embeddings and labels: Sec. 3.1 diffusion embeddings, or (`embedding=dream_ood`, Table 3)
         Dream-OOD's normalised latent z times the class token's norm (its footnote 2), so both sources live at the
         token-embedding scale; `max_per_class` selects the same images for either, by `embedding_seed`."""
@@ -279,28 +309,26 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         if c.embedding == "diffusion":
             embedded = diffusion_embeddings(backend, ctx.cache, ctx.benchmark.train, names, c.embedding_config,
                                             seed, desc="ncis embeddings")
-            self.embedding_facts = {
+            lowered = (embedded.final_loss < embedded.initial_loss).float().mean()
+            return Embedded(embedded.embeddings.float(), embedded.labels.long(), {
                 "embedding_loss_initial_mean": round(float(embedded.initial_loss.mean()), 6),
                 "embedding_loss_final_mean": round(float(embedded.final_loss.mean()), 6),
-                "embedding_loss_lowered_fraction": round(float((embedded.final_loss < embedded.initial_loss)
-                                                               .float().mean()), 4)}
-            return embedded.embeddings.float(), embedded.labels.long()
+                "embedding_loss_lowered_fraction": round(float(lowered), 4)})
         _, anchors = class_anchors(backend, names)
         latent = text_latent_embeddings(ctx, backend, anchors,
                                         TextLatentConfig(c.latent_epochs, c.latent_batch_size, similarity="cosine"))
         labels = torch.as_tensor(ctx.benchmark.train.labels, dtype=torch.long)
         chosen = select_images(labels, c.max_per_class, seed)
-        self.embedding_facts = {"latent_train_accuracy": round(latent.train_accuracy, 4)}
-        return latent.embeddings[chosen] * anchors.norm(dim=1)[labels[chosen], None], labels[chosen]
+        return Embedded(latent.embeddings[chosen] * anchors.norm(dim=1)[labels[chosen], None], labels[chosen],
+                        {"latent_train_accuracy": round(latent.train_accuracy, 4)})
 
-    def invariant_map(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
-                      ) -> CVPN | LinearInvariants:
+    def invariant_map(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> InvariantMap:
         """The fitted map f: linear invariants, or the cVPN cached under a hash of its inputs and config; its
         inverse must reconstruct the embeddings to `reconstruction_tolerance`."""
         c, ctx = self.config, self.context
         # K outside [1, D-1] is refused
         k = invariant_count(embeddings, labels, c.invariant_variance_percent, rule=c.invariant_rule)
-        self.invariant_k = k
+        facts: dict[str, Any] = {"invariant_k": k}
         if c.sampling == "linear":
             model: CVPN | LinearInvariants = LinearInvariants.fit(embeddings, labels, num_classes, k, c.invariants)
         else:
@@ -316,20 +344,17 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
             model = CVPN(embeddings.shape[1], num_classes, k, c.cvpn)
             model.load_state_dict(stored["state_dict"])
             history = stored["history"]
-            self.cvpn_facts = {"cvpn_invariant_mse": float(history["subset_invariant_mse"][history["best_epoch"]]),
-                               "cvpn_best_epoch": int(history["best_epoch"]),
-                               "cvpn_final_loss": float(history["loss"][-1])}
+            facts.update({"cvpn_invariant_mse": float(history["subset_invariant_mse"][history["best_epoch"]]),
+                          "cvpn_best_epoch": int(history["best_epoch"]), "cvpn_final_loss": float(history["loss"][-1])})
         model.eval()
-        self.reconstruction_error = check_reconstruction(model, embeddings, labels, c.reconstruction_tolerance)
-        return model
+        facts["reconstruction_error"] = check_reconstruction(model, embeddings, labels, c.reconstruction_tolerance)
+        return InvariantMap(model, facts)
 
-    def sample_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """(C, embeddings_per_class, D) outlier embeddings e' by the configured sampler."""
+    def sample_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Sampled:
+        """(C, embeddings_per_class, D) outlier embeddings e' by the configured sampler, with its facts."""
         c, ctx = self.config, self.context
         generator = torch.Generator().manual_seed(ctx.seed)
         per_class = c.embeddings_per_class
-        if c.sampling != "npos":
-            self.check_class_counts(labels, num_classes, embeddings.shape[1])
         if c.sampling == "npos":  # Table 3 "NPOS": Dream-OOD's boundary sampling on the normalised embeddings
             counts = torch.bincount(labels, minlength=num_classes)
             norms = torch.stack([embeddings[labels == y].norm(dim=1).mean() for y in range(num_classes)])
@@ -339,23 +364,28 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
                                         kept_per_point=1, rounds=c.rounds, noise_std=c.npos_sigma)
             sampled = class_boundary_embeddings(embeddings, labels, num_classes, sampling, norms, ctx.seed)
             pick = torch.randperm(sampled.shape[1], generator=generator)[:per_class]
-            return sampled[:, pick]
-        model = self.invariant_map(embeddings, labels, num_classes)
+            return Sampled(sampled[:, pick], {})
+        self.check_class_counts(labels, num_classes, embeddings.shape[1])
+        fitted = self.invariant_map(embeddings, labels, num_classes)
         with torch.no_grad():
-            v = model(embeddings, labels)
-        dims = None if c.gaussian_dims == "all" else model.invariant_dims
+            v = fitted.model(embeddings, labels)
+        dims = None if c.gaussian_dims == "all" else fitted.model.invariant_dims
         id_log_lik = class_log_likelihoods(v, labels, num_classes, c.covariance_ridge, dims, c.covariance)
         thresholds = None if c.keep_below_id_percentile is None else torch.stack(
             [torch.quantile(id_log_lik[labels == y], c.keep_below_id_percentile / 100) for y in range(num_classes)])
         samples, sample_labels, log_probs = low_likelihood_samples(
             v, labels, num_classes, c.covariance_ridge, c.rounds, c.candidates_per_round, c.kept_per_round, generator,
             dims=dims, covariance=c.covariance, thresholds=thresholds)
-        self.sample_log_prob_mean = float(log_probs.mean())
         used = torch.cat([torch.nonzero(sample_labels == y).flatten()[:per_class] for y in range(num_classes)])
-        self.log_likelihood_facts = log_likelihood_facts(id_log_lik, labels, log_probs[used], sample_labels[used],
-                                                         self.context.benchmark.spec.class_names)
-        back = map_back(model, samples, sample_labels)
-        return torch.stack([back[sample_labels == y][:per_class] for y in range(num_classes)])
+        back = map_back(fitted.model, samples, sample_labels)
+        return Sampled(torch.stack([back[sample_labels == y][:per_class] for y in range(num_classes)]), {
+            **fitted.facts, "invariants": c.invariants, "invariant_rule": c.invariant_rule,
+            "invariant_variance_percent": c.invariant_variance_percent, "covariance_ridge": c.covariance_ridge,
+            "gaussian_dims": c.gaussian_dims, "covariance": c.covariance,
+            "keep_below_id_percentile": c.keep_below_id_percentile,
+            "kept_log_prob_mean": round(float(log_probs.mean()), 4),
+            "log_likelihood": log_likelihood_facts(id_log_lik, labels, log_probs[used], sample_labels[used],
+                                                   ctx.benchmark.spec.class_names)})
 
     def check_class_counts(self, labels: torch.Tensor, num_classes: int, dim: int) -> None:
         """Refuse, right after embedding and before the invariant map, a class with N_c <= D embeddings under the
@@ -386,65 +416,49 @@ class NCIS(PixelSynthesisMethod[NCISConfig]):
         # where the generation prompt contains it; else the generation name's first token (official: no
         # substitution at all, so that class's "outliers" are plain ID images, e.g. CIFAR 'chimp' / 'chimpanzee')
         present = [e.token_id in g.token_ids for g, e in zip(generation_tokens, embedding_tokens, strict=True)]
-        self.missing_token_classes = sorted(g.name for g, ok in zip(generation_tokens, present, strict=True) if not ok)
-        token_names = [e.name if ok else g.name
-                       for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
-        self.tokens = [e if ok else g for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
-        self.generation_tokens = generation_tokens
-        embeddings, labels = self.embed()
-        self.embedded_labels = labels
-        chosen = self.sample_embeddings(embeddings, labels, spec.num_classes)
-        per_class = chosen.shape[1]
-        chosen = chosen.reshape(-1, chosen.shape[2]).repeat_interleave(c.images_per_embedding, dim=0)
+        tokens = [e if ok else g for g, e, ok in zip(generation_tokens, embedding_tokens, present, strict=True)]
+        embedded = self.embed()
+        sampled = self.sample_embeddings(embedded.embeddings, embedded.labels, spec.num_classes)
+        per_class = sampled.embeddings.shape[1]
+        chosen = sampled.embeddings.reshape(-1, sampled.embeddings.shape[2])
+        chosen = chosen.repeat_interleave(c.images_per_embedding, dim=0)
         keep = torch.arange(per_class * c.images_per_embedding) < c.outliers_per_class
-        keep = keep.repeat(spec.num_classes)
-        chosen = chosen[keep]
-        labels_out = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)
-        seeds = ctx.seed * 10_000_000 + torch.arange(len(labels_out))
-        paths = generate_images(backend, ctx.cache, generation_names, labels_out, seeds, c.generation,
-                                c.prompt_template, chosen, desc="ncis outliers", token_names=token_names)
+        chosen = chosen[keep.repeat(spec.num_classes)]
+        labels = torch.arange(spec.num_classes).repeat_interleave(c.outliers_per_class)
+        seeds = ctx.seed * 10_000_000 + torch.arange(len(labels))
+        paths = generate_images(backend, ctx.cache, generation_names, labels, seeds, c.generation,
+                                c.prompt_template, chosen, desc="ncis outliers",
+                                token_names=[t.name for t in tokens])
         images = to_channels_tensor(load_images(paths), spec.channels)
-        self.outlier_embedding_norms = chosen.norm(dim=1)
-        return Outliers("images", images, labels_out, directory=str(paths[0].parent))
+        facts = {"embedding": c.embedding, "sampling": c.sampling, "embedded_images": len(embedded.labels),
+                 "embedded_per_class_min": int(torch.bincount(embedded.labels).min()), **embedded.facts,
+                 "substituted_tokens": {name: t.token for name, t in zip(generation_names, tokens, strict=True)},
+                 "multi_token_classes": sorted(t.name for t in generation_tokens if len(t.token_ids) > 1),
+                 "missing_token_classes": sorted(g.name for g, ok in zip(generation_tokens, present, strict=True)
+                                                 if not ok),
+                 "outlier_embedding_norm_mean": round(float(chosen.norm(dim=1).mean()), 5), **sampled.facts}
+        return Outliers("images", images, labels, directory=str(paths[0].parent), facts=facts)
 
     # --- stage 5: training with the energy regulariser ------------------------------------------------------------
     def train(self, outliers: Outliers | None) -> None:
-        self.trained_recipe = self.context.recipe(self.config.epochs, self.config.batch_size)
         fingerprint = None if outliers is None else (
             outliers.fingerprint or ImageSet("outliers", outliers.data, outliers.labels).fingerprint)
-        self.train_with_outlier_images("ncis", outliers, self.trained_recipe, key_parts=[self.config, fingerprint])
-        self.baseline_msp = self.baseline_msp_facts(outliers) if self.config.baseline_msp else None
+        self.train_with_outlier_images("ncis", outliers, self.context.recipe(self.config.epochs,
+                                                                             self.config.batch_size),
+                                       key_parts=[self.config, fingerprint])
 
     # --- record ---------------------------------------------------------------------------------------------------
     def details(self) -> dict[str, Any]:
+        """The training's facts (the synthesis' are the outliers' `facts`) and, with `baseline_msp`, the shared
+        baseline classifier's confidence on the outliers."""
         c = self.config
+        recipe = self.context.recipe(c.epochs, c.batch_size)
         out: dict[str, Any] = {"protocol": c.protocol, "outliers": len(self.outliers),
                                "outlier_resize": c.outlier_resize, "test_score": c.test_score, "phi": c.phi,
-                               "classifier_epochs": self.trained_recipe.epochs,
-                               "classifier_batch_size": self.trained_recipe.batch_size, **self.regulariser_details()}
-        if getattr(self, "baseline_msp", None) is not None:
-            out["baseline_msp"] = self.baseline_msp
-        if c.outliers_dir:
-            return {**out, **self.folder_details()}
-        out.update({**self.model_details(), "embedding": c.embedding, "sampling": c.sampling,
-                    "embedded_images": len(self.embedded_labels),
-                    "embedded_per_class_min": int(torch.bincount(self.embedded_labels).min()),
-                    **self.embedding_facts,
-                    "substituted_tokens": {name: t.token for name, t in zip(
-                        self.prompt_names("ncis_generation"), self.tokens, strict=True)},
-                    "multi_token_classes": sorted(t.name for t in self.generation_tokens if len(t.token_ids) > 1),
-                    "missing_token_classes": self.missing_token_classes,
-                    "outlier_embedding_norm_mean": round(float(self.outlier_embedding_norms.mean()), 5)})
-        if c.sampling != "npos":
-            out.update({"invariant_k": self.invariant_k, "invariants": c.invariants,
-                        "invariant_rule": c.invariant_rule, "invariant_variance_percent": c.invariant_variance_percent,
-                        "covariance_ridge": c.covariance_ridge, "gaussian_dims": c.gaussian_dims,
-                        "reconstruction_error": self.reconstruction_error,
-                        "covariance": c.covariance, "keep_below_id_percentile": c.keep_below_id_percentile,
-                        "kept_log_prob_mean": round(self.sample_log_prob_mean, 4),
-                        "log_likelihood": self.log_likelihood_facts})
-        if c.sampling == "cvpn":
-            out.update(self.cvpn_facts)
+                               "classifier_epochs": recipe.epochs, "classifier_batch_size": recipe.batch_size,
+                               **self.regulariser_details()}
+        if c.baseline_msp:
+            out["baseline_msp"] = self.baseline_msp_facts(self.outliers)
         return out
 
     def gallery_row_names(self, classes: list[int]) -> list[str]:

@@ -135,6 +135,7 @@ class NPOS(DelayedRegulariserMethod[NPOSConfig]):
                     "kept_per_point": 20, "test_k": 50},
     }
     # official: KNN_dis_search_distance's mis-ordered reshape; CompLoss(temperature=0.1, base_temperature=0.07)
+    smoke_settings = {"*": {"test_k": 5}}
     reference_settings = {"*": {"selection": "reference", "compactness_weight": 0.1 / 0.07}}
 
     def train(self, outliers: Outliers | None) -> None:

@@ -30,6 +30,7 @@ from harness.contract import Method, MethodInfo, Outliers
 from harness.data.text import TextSet
 from harness.errors import HarnessError
 from methods.text_flow.complexity import text_complexity
+from methods.text_flow.encoders import AlbertConfig
 from methods.text_flow.outliers import TextOutlierConfig
 from methods.text_flow.stages import EncoderSpec, EncoderStage, outliers_cached
 
@@ -88,7 +89,11 @@ class TextFlow(Method[TextFlowConfig]):
         spec_path = spec.get("path") or "" if name == spec.get("name") else ""
         path = self.config.encoder_path or spec_path
         pooling = spec.get("pooling", "mean") if self.config.pooling == "spec" else self.config.pooling
-        return EncoderSpec(name, str(path), pooling, int(spec.get("max_length", 512)), int(spec.get("batch_size", 16)))
+        try:
+            albert = AlbertConfig(pooling, int(spec.get("max_length", 512)), int(spec.get("batch_size", 16)))
+        except ValueError as err:
+            raise HarnessError(f"text encoder of {self.context.benchmark.spec.name}: {err}") from None
+        return EncoderSpec(name, str(path), albert)
 
     @classmethod
     def check_config(cls, config: TextFlowConfig, classifier: Any) -> None:

@@ -1,4 +1,4 @@
-"""Text encoders for the flow's text experiment (seed 004, Sec. 3.3): texts -> fixed-size feature vectors.
+"""Text encoders for the flow's text experiment (the flow paper, Sec. 3.3): texts -> fixed-size feature vectors.
 
 - `SpacyVectorEncoder`: spaCy `en_core_web_md`'s 300-d static word vectors, mean-pooled over the tokens that have a
   vector and are neither punctuation nor whitespace (punctuation vectors would pull every text toward the same
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.data.text import ALBERT_WEIGHTS
+from harness.data.text import holds_albert
 from harness.errors import HarnessError
 
 _SPACY_COMPONENTS = ("tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer", "ner")
@@ -76,6 +76,13 @@ class AlbertConfig:
             raise ValueError("max_length must be >= 2 and batch_size >= 1")
 
 
+def check_albert_directory(directory: Path) -> None:
+    """A directory without an ALBERT model is one HarnessError line."""
+    if not holds_albert(directory):
+        raise HarnessError(f"no ALBERT model in {directory} (needs config.json and model.safetensors or "
+                           "pytorch_model.bin); save one there with save_pretrained, e.g. albert/albert-base-v2")
+
+
 class AlbertEncoder:
     """ALBERT (transformers `AlbertModel`) from a local directory, in eval mode on `device`."""
 
@@ -84,9 +91,7 @@ class AlbertEncoder:
         from transformers import AlbertModel, AutoTokenizer
 
         directory = Path(directory).expanduser()
-        if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in ALBERT_WEIGHTS):
-            raise HarnessError(f"no ALBERT model in {directory} (needs config.json and model.safetensors or "
-                               "pytorch_model.bin); save one there with save_pretrained, e.g. albert/albert-base-v2")
+        check_albert_directory(directory)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as err:

@@ -24,7 +24,7 @@ from harness.config import content_hash
 from harness.data.text import ALBERT_WEIGHTS, TextSet
 from harness.data.text_resources import ARCHIVES
 from harness.errors import HarnessError
-from methods.text_flow.encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder
+from methods.text_flow.encoders import AlbertConfig, AlbertEncoder, SpacyVectorEncoder, check_albert_directory
 from methods.text_flow.outliers import SynthesizedTexts, TextOutlierConfig, TextSimplifier
 
 EncoderName = Literal["spacy-md", "albert"]
@@ -36,13 +36,11 @@ OUTLIER_VERSION = 1
 @dataclass(frozen=True)
 class EncoderSpec:
     """Which encoder embeds the texts: spaCy md vectors (mean over non-punctuation tokens) or ALBERT from a local
-    directory with `pooling` (mean over the attention mask, or the pooler output)."""
+    directory with `albert.pooling` (mean over the attention mask, or the pooler output)."""
 
     name: EncoderName = "spacy-md"
     path: str = ""
-    pooling: Literal["mean", "pooler"] = "mean"
-    max_length: int = 512
-    batch_size: int = 16
+    albert: AlbertConfig = AlbertConfig()  # pooling, max_length, batch size (albert only)
 
     def __post_init__(self) -> None:
         if self.name not in ("spacy-md", "albert"):
@@ -56,7 +54,7 @@ class EncoderSpec:
         if self.name == "spacy-md":
             return "mean of en_core_web_md static vectors over tokens with a vector, punctuation/space excluded"
         return {"mean": "mean of ALBERT's last hidden states over the attention mask",
-                "pooler": "ALBERT's pooler output (tanh dense layer on [CLS])"}[self.pooling]
+                "pooler": "ALBERT's pooler output (tanh dense layer on [CLS])"}[self.albert.pooling]
 
     def identity(self) -> list[Any]:
         """What the embeddings depend on: the model bytes' identity and the pooling (not the batch size)."""
@@ -65,21 +63,18 @@ class EncoderSpec:
         directory = Path(self.path).expanduser()
         files = [directory / "config.json", *[directory / w for w in ALBERT_WEIGHTS]]
         stats = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-        return ["albert", str(directory.resolve()), stats, self.pooling, self.max_length, EMBEDDING_VERSION]
+        return ["albert", str(directory.resolve()), stats, self.albert.pooling, self.albert.max_length,
+                EMBEDDING_VERSION]
 
     def check(self) -> None:
         """A directory without config/weights is one HarnessError line (before any work)."""
         if self.name == "albert":
-            directory = Path(self.path).expanduser()
-            if not (directory / "config.json").is_file() or not any((directory / w).is_file() for w in ALBERT_WEIGHTS):
-                raise HarnessError(f"no ALBERT model in {directory} (needs config.json and model.safetensors or "
-                                   "pytorch_model.bin); save one there with save_pretrained, e.g. "
-                                   "albert/albert-base-v2")
+            check_albert_directory(Path(self.path).expanduser())
 
     def load(self, device: Any = "cpu") -> Any:
         if self.name == "spacy-md":
             return SpacyVectorEncoder()
-        return AlbertEncoder(self.path, AlbertConfig(self.pooling, self.max_length, self.batch_size), device)
+        return AlbertEncoder(self.path, self.albert, device)
 
 
 class EncoderStage:
