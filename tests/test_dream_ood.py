@@ -217,9 +217,8 @@ def test_outliers_dir_trains_on_the_folder_and_skips_synthesis(tmp_path, capsys)
     DreamOOD.check_config(method.config, None)  # the model is not needed
     outliers = method.synthesize()
     assert outliers.data.shape == (3, 1, 32, 32) and outliers.labels is None
-    method.outliers = outliers
-    assert method.details()["outliers_fingerprint"] == outliers.fingerprint
-    assert method.details()["outliers_dir"] == str((tmp_path / "own").resolve())  # outside the data home: absolute
+    assert outliers.facts["outliers_fingerprint"] == outliers.fingerprint  # the record's details hold the facts
+    assert outliers.facts["outliers_dir"] == str((tmp_path / "own").resolve())  # outside the data home: absolute
     (tmp_path / "empty").mkdir()
     code = main(["run", "--methods", "dream_ood", "--set", f"dream_ood.outliers_dir={tmp_path / 'empty'}",
                  "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])

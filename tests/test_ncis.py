@@ -130,7 +130,7 @@ def test_outliers_dir_fingerprint_enters_the_classifier_key(tmp_path):
     method.train(second)
     assert first.fingerprint != second.fingerprint
     assert calls[0][1] == first.fingerprint and calls[1][1] == second.fingerprint
-    details = method.details()
+    details = {**second.facts, **method.details()}  # as the runner records them
     assert details["outliers_fingerprint"] == second.fingerprint and details["outliers"] == 4
 
 
