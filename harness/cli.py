@@ -39,10 +39,20 @@ def _thread_counts(text: str) -> list[int]:
                                          "(0 skips the drift runs)") from None
 
 
-def _ood(text: str) -> tuple[str, str]:
+def _ood(text: str) -> tuple[str, str, str | None]:
+    """`[GROUP:]NAME=PATH` as (name, path, group or None)."""
+    key, sep, path = text.partition("=")
+    group, colon, name = key.rpartition(":")
+    if not sep or not name or not path or (colon and not group):
+        raise argparse.ArgumentTypeError(f"--ood {text!r} must look like [GROUP:]NAME=PATH, e.g. --ood cats=~/cats "
+                                         "or --ood near:cats=~/cats")
+    return name, path, group or None
+
+
+def _id(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--ood {text!r} must look like NAME=PATH, e.g. --ood cats=~/data/cats")
+        raise argparse.ArgumentTypeError(f"--id {text!r} must look like NAME=DIR, e.g. --id pets=~/data/pets")
     return name, path
 
 
@@ -81,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="SCOPE.FIELD=VALUE",
                      help="override a setting, e.g. knn.k=100 or classifier.epochs=5 (repeatable)")
-    run.add_argument("--ood", action="append", type=_ood, default=[], metavar="NAME=PATH",
-                     help="add an image folder as an extra OOD set (repeatable)")
+    run.add_argument("--ood", action="append", type=_ood, default=[], metavar="[GROUP:]NAME=PATH",
+                     help="add an image folder as an extra OOD set, in group near or far if given (repeatable)")
+    run.add_argument("--id", type=_id, default=None, metavar="NAME=DIR",
+                     help="your own ID set instead of the benchmark's: DIR/{train,test}/<class>/* (ImageFolder) or "
+                          "DIR/train.txt and DIR/test.txt (OpenOOD image lists); the benchmark's OOD sets stay")
     run.add_argument("--out", type=Path, default=Path("runs"),
                      help="records/leaderboard directory (default runs/, git-ignored; the curated results/ is "
                           "written by `publish`)")
@@ -284,13 +297,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     from harness.records.leaderboard import leaderboard_path
     from harness.runner import execute
 
-    extra = dict(args.ood)
+    extra = {name: path for name, path, _ in args.ood}
     if len(extra) != len(args.ood):
         raise HarnessError("--ood names must be distinct; give each extra OOD folder its own NAME")
+    groups = {name: group for name, _, group in args.ood if group}
     request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
                          overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
                          device=args.device, fpr_positive=args.fpr_positive, fpr_rule=args.fpr_rule,
-                         extra_ood=extra, data_root=args.data_root, preset=args.preset,
+                         extra_ood=extra, ood_groups=groups, id_set=args.id, data_root=args.data_root,
+                         preset=args.preset,
                          allow_incomplete=args.allow_incomplete, threads=args.threads, smoke=args.smoke,
                          deterministic=args.deterministic)
     records = execute(plan(request))

@@ -36,6 +36,8 @@ class RunRequest:
     fpr_positive: Positive = "id"
     fpr_rule: FprRule = "recall-at-least"
     extra_ood: dict[str, str] = field(default_factory=dict)
+    ood_groups: dict[str, str] = field(default_factory=dict)  # extra OOD set name -> "near" or "far"
+    id_set: tuple[str, str] | None = None  # (NAME, DIR): the user's own ID set (`BenchmarkSpec.with_id`)
     data_root: Path | None = None
     preset: str = "paper"
     allow_incomplete: bool = False
@@ -70,8 +72,8 @@ class Plan:
     def with_request(self, **changes: Any) -> Plan:
         """The same plan with request fields that do not enter planning changed: seeds, threads, out_dir,
         cache_dir, device, deterministic."""
-        planned = {"methods", "benchmark", "overrides", "fpr_positive", "fpr_rule", "extra_ood", "data_root",
-                   "preset", "allow_incomplete", "smoke"}
+        planned = {"methods", "benchmark", "overrides", "fpr_positive", "fpr_rule", "extra_ood", "ood_groups",
+                   "id_set", "data_root", "preset", "allow_incomplete", "smoke"}
         if planned & set(changes):
             raise ValueError(f"{sorted(planned & set(changes))} change the plan itself: plan the new request")
         return replace(self, request=replace(self.request, **changes))
@@ -85,7 +87,10 @@ def plan(request: RunRequest, spec: BenchmarkSpec | None = None) -> Plan:
 
     registry = discover()
     classes = resolve_methods(request.methods, registry)
-    spec = (spec or load_spec(request.benchmark)).with_extra_ood(request.extra_ood)
+    spec = spec or load_spec(request.benchmark)
+    if request.id_set:
+        spec = spec.with_id(*request.id_set)
+    spec = spec.with_extra_ood(request.extra_ood, request.ood_groups)
     preset = spec.preset(request.preset)
     for cls in classes:
         if spec.modality not in cls.modalities:

@@ -104,17 +104,19 @@ def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = N
 
     provenance: dict[str, Any] = {"preset": preset.name, "data_root": str(data_root) if data_root else None, "sets": {}}
 
-    def finish(name: str, image_set: AnyImageSet, location: dict[str, Any], count: int | None) -> AnyImageSet:
+    def finish(name: str, image_set: AnyImageSet, location: dict[str, Any], count: int | None,
+               group: str | None = None) -> AnyImageSet:
         seed = int(location.get("subset_seed", 0))
         image_set, drawn = _draw(_renamed(image_set, name), count, seed)
-        provenance["sets"][name] = {"source": location["source"], "path": location.get("path"), **drawn}
+        provenance["sets"][name] = {"source": location["source"], "path": location.get("path"), **drawn,
+                                    **({"group": group} if group else {})}
         return _store(image_set, spec.storage)
 
     id_location = chosen["id"]
     train = finish("train", built["id"]["train"], id_location, preset.max_train)
     test = finish("test", built["id"]["test"], id_location, _cap(id_location.get("eval_count"), preset.max_test))
     ood = {entry["name"]: finish(entry["name"], built[entry["name"]], chosen[entry["name"]],
-                                 _cap(chosen[entry["name"]].get("eval_count"), preset.max_ood))
+                                 _cap(chosen[entry["name"]].get("eval_count"), preset.max_ood), entry.get("group"))
            for entry in spec.ood}
     if spec.text_encoder:  # the encoder directory a text method reads, resolved under the data root
         from harness.data.text import encoder_directory

@@ -44,10 +44,10 @@ def _probe_location(location: dict[str, Any], spec: BenchmarkSpec, data_root: Pa
     return probe(data_root=data_root, **options)
 
 
-def _where(location: dict[str, Any], data_root: Path | None) -> str:
-    """The file or folder a location is read from (an OpenOOD location: its image list)."""
+def _where(location: dict[str, Any], data_root: Path | None, split: str) -> str:
+    """The file or folder a location reads `split` from (an OpenOOD location: that split's image list)."""
     lists = location.get("imglists") or {}
-    relative = Path(location["path"]) / (location.get("imglist") or next(iter(lists.values()), ""))
+    relative = Path(location["path"]) / (location.get("imglist") or lists.get(split, ""))
     return str(data_root / relative if data_root else relative)
 
 
@@ -56,7 +56,7 @@ def _entry_rows(label: str, entry: dict[str, Any], spec: BenchmarkSpec, data_roo
     """Probe the locations of one set in order; the first one not missing is the one reported and read."""
     tried, details = [], []
     for location in locations(entry):
-        if data_root is None and not source_is_cached(location["source"]):
+        if data_root is None and reads_under_root(location):
             tried.append(location)
             details.append("no data root")
             continue
@@ -72,11 +72,11 @@ def _entry_rows(label: str, entry: dict[str, Any], spec: BenchmarkSpec, data_roo
         rows = [DataRow(f"{label} {split}".strip(), p.status, p.count, p.expected, p.path, p.detail,
                         location.get("layout", ""), entry.get("from", "")) for split, p in probes.items()]
         return rows, location
-    looked = " or ".join(_where(loc, data_root) for loc in tried)
     layouts = " or ".join(loc.get("layout", loc["path"]) for loc in tried)
     expected = entry.get("expected")
     rows = [DataRow(f"{label} {split}".strip(), "missing", None,
-                    expected.get(split) if isinstance(expected, dict) else expected, looked,
+                    expected.get(split) if isinstance(expected, dict) else expected,
+                    " or ".join(_where(loc, data_root, split) for loc in tried),
                     "; ".join(dict.fromkeys(details)), layouts, entry.get("from", "")) for split in splits]
     return rows, None
 
@@ -86,7 +86,13 @@ def reads_data_root(spec: BenchmarkSpec) -> bool:
     none)."""
     encoder = str(spec.text_encoder.get("path", ""))
     return bool(encoder and not Path(encoder).expanduser().is_absolute()) or any(
-        not source_is_cached(location["source"]) for entry in [spec.id, *spec.ood] for location in locations(entry))
+        reads_under_root(location) for entry in [spec.id, *spec.ood] for location in locations(entry))
+
+
+def reads_under_root(location: dict[str, Any]) -> bool:
+    """Whether a set's location is read from under the data root: a source read from disk (not built from package
+    data and cached) at a relative path."""
+    return not source_is_cached(location["source"]) and not Path(location.get("path", "")).is_absolute()
 
 
 def _encoder_row(spec: BenchmarkSpec, data_root: Path | None) -> DataRow | None:

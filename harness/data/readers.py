@@ -46,7 +46,9 @@ def resolve_data_root(given: str | Path | None) -> Path | None:
 
 
 def path_in_data_root(data_root: Path | None, path: str) -> Path:
-    """`path` under the data root, or one line saying how to give a data root."""
+    """`path` under the data root (an absolute `path` as it is), or one line saying how to give a data root."""
+    if Path(path).is_absolute():
+        return Path(path)
     if data_root is None:
         raise HarnessError(f"no data root for {path}: pass --data-root DIR or set {DATA_ROOT_ENV}")
     return Path(data_root) / path
@@ -209,6 +211,52 @@ def image_tree(*, name: str, data_root: Path | None, path: str, size: int, chann
     if not files:
         raise HarnessError(f"image folder {folder} for set {name!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return FileImageSet(name, tuple(str(f) for f in files), size, channels, preprocess, resize)
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The class subfolder names of an ImageFolder-style `folder`, sorted (torchvision's class order)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _split_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], list[int]]:
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        found = list_images(root / split / name) if (root / split / name).is_dir() else []
+        files += found
+        labels += [index] * len(found)
+    return files, labels
+
+
+def probe_image_folder_splits(*, data_root: Path | None, path: str, class_names: list[str], **_: Any
+                              ) -> dict[str, SetProbe]:
+    root = path_in_data_root(data_root, path)
+    probes = {}
+    for split in ("train", "test"):
+        unknown = sorted(set(class_folders(root / split)) - set(class_names))
+        if unknown:
+            probes[split] = SetProbe("mismatch", str(root / split), detail=f"class folder {unknown[0]!r} is not one "
+                                     f"of the {len(class_names)} classes of {root / 'train'}")
+            continue
+        files, _ = _split_files(root, split, class_names)
+        probes[split] = count_probe(root / split, len(files), None, first_unreadable(files))
+    return probes
+
+
+@register_source("image_folder_splits", cached=False, probe=probe_image_folder_splits)
+def image_folder_splits(*, data_root: Path | None, path: str, class_names: list[str], size: int, channels: int,
+                        preprocess: str = "resize_center_crop", resize: int | None = None, **_: Any
+                        ) -> dict[str, FileImageSet]:
+    """An ID set in torchvision's ImageFolder layout: `<path>/{train,test}/<class>/*`, labels by sorted class name."""
+    root = path_in_data_root(data_root, path)
+    sets = {}
+    for split in ("train", "test"):
+        files, labels = _split_files(root, split, class_names)
+        if not files:
+            raise HarnessError(f"{root / split} holds no images in class folders; give --id NAME=DIR with "
+                               "DIR/train/<class>/* and DIR/test/<class>/*")
+        sets[split] = FileImageSet(split, tuple(str(f) for f in files), size, channels, preprocess, resize,
+                                   torch.tensor(labels, dtype=torch.long))
+    return sets
 
 
 # --- ImageNet-100 carved from ImageNet-1K -------------------------------------------------------------------------

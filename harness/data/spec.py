@@ -96,8 +96,9 @@ class BenchmarkSpec:
     def ood_names(self) -> list[str]:
         return [entry["name"] for entry in self.ood]
 
-    def with_extra_ood(self, folders: dict[str, str]) -> BenchmarkSpec:
-        """The same spec plus image-folder OOD sets given on the command line (`--ood NAME=PATH`)."""
+    def with_extra_ood(self, folders: dict[str, str], groups: dict[str, str] | None = None) -> BenchmarkSpec:
+        """The same spec plus image-folder OOD sets given on the command line (`--ood [GROUP:]NAME=PATH`), each in
+        its OOD group ("near" or "far") where `groups` names one."""
         if folders and self.modality != "image":
             raise HarnessError(f"--ood adds image folders; {self.name} is a {self.modality} benchmark (add text sets "
                                "to a copy of its spec file instead)")
@@ -107,9 +108,64 @@ class BenchmarkSpec:
         if clash:
             raise HarnessError(f"--ood {clash[0]}=... clashes with the benchmark's own OOD set {clash[0]!r}; "
                                "pick another name")
-        extra = tuple({"name": n, "source": "image_folder", "path": str(Path(p).expanduser().resolve())}
-                      for n, p in folders.items())
+        for name, group in (groups or {}).items():
+            check_group(group, f"--ood {group}:{name}=...")
+        extra = tuple({"name": n, "source": "image_folder", "path": str(Path(p).expanduser().resolve()),
+                       **({"group": groups[n]} if n in (groups or {}) else {})} for n, p in folders.items())
         return BenchmarkSpec(**{**self.__dict__, "ood": self.ood + extra})
+
+    def with_id(self, name: str, path: str) -> BenchmarkSpec:
+        """The same benchmark (OOD sets, presets, recipe, per-family method defaults) with the user's ID set
+        (`--id NAME=DIR`): DIR/{train,test}/<class>/* (ImageFolder: classes are the sorted train folders) or
+        DIR/train.txt and DIR/test.txt (OpenOOD image lists, `<image path relative to DIR> <class index>`). The spec
+        is named `<benchmark>-id-<NAME>`, so its records and leaderboard never mix with the benchmark's own."""
+        check_name(name, "--id NAME")
+        if self.modality != "image":
+            raise HarnessError(f"--id takes image folders; {self.name} is a {self.modality} benchmark")
+        root = Path(path).expanduser().resolve()
+        if (root / "train.txt").is_file() and (root / "test.txt").is_file():
+            classes = [str(c) for c in range(imglist_class_count(root / "train.txt"))]
+            location = {"source": "openood_imglist", "path": str(root), "images": ".",
+                        "imglists": {"train": "train.txt", "test": "test.txt"}}
+        elif (root / "train").is_dir() and (root / "test").is_dir():
+            classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+            location = {"source": "image_folder_splits", "path": str(root)}
+        else:
+            raise HarnessError(f"--id {name}={path}: {root} holds neither train/ and test/ class folders (ImageFolder) "
+                               "nor train.txt and test.txt (OpenOOD image lists); give a directory with one of the two")
+        if len(classes) < 2:
+            raise HarnessError(f"--id {name}={path}: {len(classes)} class(es) found in {root}; an ID set needs at "
+                               "least two classes")
+        return BenchmarkSpec(**{**self.__dict__, "name": f"{self.name}-id-{name}", "num_classes": len(classes),
+                                "class_names": tuple(classes), "prompt_names": tuple(c.replace("_", " ")
+                                                                                     for c in classes),
+                                "official_prompt_names": {}, "id": {"locations": [location],
+                                                                    "from": f"--id {name}={root}"}})
+
+
+OOD_GROUPS = ("near", "far")
+
+
+def check_group(group: Any, where: str) -> None:
+    """An OOD set's group is near or far (one line otherwise)."""
+    if group not in OOD_GROUPS:
+        raise HarnessError(f"{where}: group {group!r} must be one of {', '.join(OOD_GROUPS)}")
+
+
+def imglist_class_count(file: Path) -> int:
+    """The number of ID classes of an OpenOOD image list: its largest class index plus one."""
+    labels = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        parts = line.rsplit(maxsplit=1)
+        if not line.strip():
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise HarnessError(f"{file} line {number} is not '<image path> <class index>'; list one image and its "
+                               "class index per line")
+        labels.append(int(parts[1]))
+    if not labels:
+        raise HarnessError(f"{file} lists no images; list one '<image path> <class index>' per line")
+    return max(labels) + 1
 
 
 def _prompt_names(raw: dict[str, Any], class_names: list[str], path: Path) -> tuple[str, ...]:
@@ -211,7 +267,7 @@ TOP_LEVEL_KEYS = ("name", "description", "modality", "image_size", "channels", "
                   "variants", "family")
 # Keys every set entry may carry whatever its source: how the harness draws and describes it.
 ENTRY_KEYS = ("name", "source", "note", "from", "layout", "locations", "expected", "eval_count", "subset_seed",
-              "preprocess", "seed", "class_names")
+              "preprocess", "seed", "class_names", "group")
 COUNT_KEYS = ("count", "train", "test", "expected", "eval_count", "min_per_class", "max_per_class")
 SEED_KEYS = ("seed", "split_seed", "subset_seed")
 PRESET_KEYS = ("epoch_scale", "max_train", "max_test", "max_ood", "description")
@@ -244,6 +300,8 @@ def check_schema(raw: dict[str, Any], path: Path) -> None:
     for label, entry in [("id", raw["id"]), *((f"ood {e.get('name')!r}", e) for e in raw["ood"])]:
         if not isinstance(entry, dict):
             raise HarnessError(f"{where}: {label} must be an object with a 'source'")
+        if "group" in entry:
+            check_group(entry["group"], f"{where}: {label}")
         for location in locations(entry):
             _check_location(location, f"{where}: {label}")
 
@@ -316,8 +374,8 @@ def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, A
     return merged
 
 
-# Keys that describe a set for people (data check) rather than how to read it.
-DESCRIPTIVE_KEYS = ("locations", "note", "from", "layout")
+# Keys that describe a set (for people, for data check, its OOD group for the records) rather than how to read it.
+DESCRIPTIVE_KEYS = ("locations", "note", "from", "layout", "group")
 
 
 def locations(entry: dict[str, Any]) -> list[dict[str, Any]]:
