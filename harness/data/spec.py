@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,8 @@ def check_schema(raw: dict[str, Any], path: Path) -> None:
             check_group(entry["group"], f"{where}: {label}")
         for location in locations(entry):
             _check_location(location, f"{where}: {label}")
+        if "fetch" in entry:
+            _check_fetch(entry["fetch"], f"{where}: {label} fetch")
 
 
 def _check_image_fields(raw: dict[str, Any], where: str) -> None:
@@ -350,6 +353,55 @@ def _check_location(location: dict[str, Any], where: str) -> None:
             raise HarnessError(f"{where} {key} {location[key]!r} must be a whole number from 0 to {MAX_SEED}")
 
 
+FETCH_FILE_KEYS = ("urls", "md5", "sha256", "unpack", "to", "strip")
+CHECKSUM_DIGITS = {"md5": 32, "sha256": 64}
+
+
+def download_name(file: dict[str, Any]) -> str:
+    """The file name a `fetch` file is downloaded as: the last part of its first URL's path."""
+    from urllib.parse import urlparse
+
+    return Path(urlparse(file["urls"][0]).path).name
+
+
+def _check_fetch(fetch: Any, where: str) -> None:
+    """A set's `fetch` (see harness.data.fetch): `files` to download or `manual` steps, one non-empty list."""
+    if not isinstance(fetch, dict):
+        raise HarnessError(f"{where} must be an object with 'files' (downloads) or 'manual' (steps)")
+    _unknown(fetch, ("files", "manual"), where)
+    lists = list(fetch.values())
+    if len(lists) != 1 or not isinstance(lists[0], list) or not lists[0]:
+        raise HarnessError(f"{where} needs one non-empty list: 'files' (downloads) or 'manual' (steps)")
+    if not all(isinstance(step, str) for step in fetch.get("manual", [])):
+        raise HarnessError(f"{where}: manual steps must be strings")
+    for number, file in enumerate(fetch.get("files", []), 1):
+        _check_fetch_file(file, f"{where} file {number}")
+
+
+def _check_fetch_file(file: Any, where: str) -> None:
+    if not isinstance(file, dict):
+        raise HarnessError(f"{where} must be an object with urls, md5 or sha256, unpack and to")
+    _unknown(file, FETCH_FILE_KEYS, where)
+    urls = file.get("urls")
+    if not isinstance(urls, list) or not urls or not all(
+            isinstance(url, str) and url.startswith(("https://", "http://")) for url in urls):
+        raise HarnessError(f"{where}: urls {urls!r} must list http(s) addresses (mirrors, tried in order)")
+    check_name(download_name(file), f"{where}: the file name of its first url")
+    checksums = [key for key in CHECKSUM_DIGITS if key in file]
+    if len(checksums) != 1 or not (isinstance(file[checksums[0]], str) and re.fullmatch(
+            f"[0-9a-f]{{{CHECKSUM_DIGITS[checksums[0]]}}}", file[checksums[0]])):
+        raise HarnessError(f"{where} needs one checksum: md5 (32 lowercase hex digits) or sha256 (64)")
+    if file.get("unpack") not in ("file", "tar"):
+        raise HarnessError(f"{where}: unpack {file.get('unpack')!r} must be 'file' (put the download at `to`) or "
+                           "'tar' (extract it under `to`)")
+    for key in ("to", "strip"):
+        value = file.get(key, "")
+        if not isinstance(value, str) or Path(value).is_absolute() or ".." in Path(value).parts:
+            raise HarnessError(f"{where}: {key} {value!r} must be a relative path under the data root, without '..'")
+    if file["unpack"] == "file" and not file.get("to"):
+        raise HarnessError(f"{where}: a file that is not unpacked needs `to`, its path under the data root")
+
+
 def _check_stability_targets(targets: dict[str, Any], path: Path) -> None:
     unknown = set(targets) - {"average_auroc", "id_accuracy"}
     if unknown:
@@ -374,8 +426,9 @@ def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, A
     return merged
 
 
-# Keys that describe a set (for people, for data check, its OOD group for the records) rather than how to read it.
-DESCRIPTIVE_KEYS = ("locations", "note", "from", "layout", "group")
+# Keys that describe a set (for people, for data check, its OOD group for the records, where data fetch downloads it
+# from) rather than how to read it.
+DESCRIPTIVE_KEYS = ("locations", "note", "from", "layout", "group", "fetch")
 
 
 def locations(entry: dict[str, Any]) -> list[dict[str, Any]]:
