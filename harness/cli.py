@@ -1,4 +1,5 @@
-"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check | text setup`.
+"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check | data fetch | text
+setup`.
 
 Input problems are `HarnessError`s: printed as one `error: ...` line on stderr with exit status 2, no traceback.
 """
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="table of every set: found / missing / incomplete / corrupted")
     check.add_argument("--benchmark", default="cifar100", help="benchmark name or spec .json path (default cifar100)")
     check.add_argument("--data-root", type=Path, default=None, help="data directory (default $OODBENCH_DATA)")
+    fetch = data_sub.add_parser("fetch", help="download the sets `data check` reports missing, from the sources the "
+                                              "spec pins (checksummed); print the steps for those with none")
+    fetch.add_argument("--benchmark", default="cifar100", help="benchmark name or spec .json path (default cifar100)")
+    fetch.add_argument("--sets", type=_csv, default=None, metavar="NAME,...",
+                       help="only these sets (id = the ID set; default every set)")
+    fetch.add_argument("--data-root", type=Path, default=None,
+                       help="data directory, created if absent (default $OODBENCH_DATA)")
 
     text = sub.add_parser("text", help="resources of the text benchmarks")
     text_sub = text.add_subparsers(dest="text_command", required=True, parser_class=_Parser)
@@ -332,8 +340,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
-    """Print the data table; exit status 1 when any set is not usable as is."""
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    """Fetch the missing sets, then print the data table; exit status 1 when a requested set is still not usable."""
+    from harness.data.fetch import fetch_sets
+    from harness.data.spec import load_spec
+
+    requested = fetch_sets(load_spec(args.benchmark), args.data_root, args.sets)
+    print()
+    return cmd_data_check(args, requested)
+
+
+def cmd_data_check(args: argparse.Namespace, only: list[str] | None = None) -> int:
+    """Print the data table; exit status 1 when any set (of `only`, set names with "id" for the ID set, when given)
+    is not usable as is."""
     from tabulate import tabulate
 
     from harness.data.check import check_data
@@ -349,14 +368,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     unit = "texts" if spec.modality == "text" else "images"
     print(tabulate(rows, headers=("set", "status", unit, "expected", "path looked at"), tablefmt="github"))
     problems = check.problems()
-    for row in problems:
+    shown = [row for row in problems if only is None or row.entry in only]
+    for row in shown:
         print(f"\n{row.set}: {row.status}" + (f" ({row.detail})" if row.detail else ""))
         if row.layout:
             print(f"  expected layout: {row.layout}")
         if row.origin:
             print(f"  from: {row.origin}")
     print(f"\n{len(check.rows) - len(problems)} of {len(check.rows)} sets ready.")
-    return 1 if problems else 0
+    return 1 if shown else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list()
         if args.command == "data":
-            return cmd_data_check(args)
+            return cmd_data_fetch(args) if args.data_command == "fetch" else cmd_data_check(args)
         if args.command == "regress":
             return cmd_regress(args)
         if args.command == "publish":

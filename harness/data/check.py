@@ -24,6 +24,11 @@ class DataRow:
     layout: str = ""
     origin: str = ""
 
+    @property
+    def entry(self) -> str:
+        """The spec entry this row reports: "id" for the ID splits, else the set's (or encoder's) label."""
+        return "id" if self.set.startswith("ID ") else self.set
+
 
 @dataclass(frozen=True)
 class DataCheck:
