@@ -86,7 +86,7 @@ def archives(tmp_path_factory) -> dict[str, bytes]:
 @pytest.fixture
 def server(archives):
     served = FixtureServer(dict(archives))
-    thread = threading.Thread(target=served.serve_forever, daemon=True)
+    thread = threading.Thread(target=served.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield served
     served.shutdown()
