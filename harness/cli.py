@@ -77,6 +77,29 @@ def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
                         help="same as --kernels native")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, one per channel, e.g. "
+                                         "0.485,0.456,0.406") from None
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """`--model` and what describes it: your own classifier instead of the baseline one (docs/own_model.md)."""
+    parser.add_argument("--model", default=None, metavar="SPEC",
+                        help="evaluate your classifier with post-hoc methods: a timm model name (with --checkpoint), "
+                             "a factory package.module:function, or a TorchScript .pt/.ts file")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the model's weights: a state dict, or a checkpoint holding one under 'state_dict'")
+    parser.add_argument("--feature-layer", default=None, metavar="NAME",
+                        help="the submodule whose output is the penultimate features (default: OpenOOD's or timm's "
+                             "convention)")
+    parser.add_argument("--mean", type=_floats, default=None, metavar="M1,M2,M3",
+                        help="the normalisation the model was trained with (default: timm's pretrained_cfg)")
+    parser.add_argument("--std", type=_floats, default=None, metavar="S1,S2,S3", help="see --mean")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise HarnessError(f"{message} (see python -m harness {self.prog.split()[-1]} --help)")
@@ -119,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "numbers mean nothing (labelled smoke=True)")
     run.add_argument("--allow-incomplete", action="store_true",
                      help="run even when a set has fewer images than the spec expects (recorded in each record)")
+    _add_model_options(run)
 
     sub.add_parser("list", help="list every method with its kind, paper and settings")
 
@@ -300,6 +324,7 @@ def cmd_list() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from harness.classifier.external import ModelRequest
     from harness.config import parse_set_options
     from harness.plan import RunRequest, plan
     from harness.records.leaderboard import leaderboard_path
@@ -309,13 +334,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     if len(extra) != len(args.ood):
         raise HarnessError("--ood names must be distinct; give each extra OOD folder its own NAME")
     groups = {name: group for name, _, group in args.ood if group}
+    described = {"--checkpoint": args.checkpoint, "--feature-layer": args.feature_layer, "--mean": args.mean,
+                 "--std": args.std}
+    given = [option for option, value in described.items() if value is not None]
+    if given and args.model is None:
+        raise HarnessError(f"{given[0]} describes your own model: pass it with --model SPEC")
+    model = ModelRequest(args.model, args.checkpoint, args.feature_layer, args.mean, args.std) if args.model else None
     request = RunRequest(methods=args.methods, benchmark=args.benchmark, seeds=args.seeds,
                          overrides=parse_set_options(args.settings), out_dir=args.out, cache_dir=args.cache_dir,
                          device=args.device, fpr_positive=args.fpr_positive, fpr_rule=args.fpr_rule,
                          extra_ood=extra, ood_groups=groups, id_set=args.id, data_root=args.data_root,
                          preset=args.preset,
                          allow_incomplete=args.allow_incomplete, threads=args.threads, smoke=args.smoke,
-                         deterministic=args.deterministic)
+                         deterministic=args.deterministic, model=model)
     records = execute(plan(request))
     benchmark = records[0].benchmark
     print(leaderboard_path(args.out, benchmark).read_text())

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from harness.cache import Cache
+from harness.classifier.external import ExternalClassifier, ModelSpec
 from harness.classifier.hooks import TrainingHook
 from harness.classifier.models import Classifier, build_classifier
 from harness.classifier.training import CLASSIFIER_VERSION, ClassifierConfig, extract_outputs, train_classifier
@@ -38,9 +39,10 @@ class ClassifierOutputs:
 
 @dataclass(frozen=True)
 class TrainedClassifier:
-    """A classifier and the content key it was trained under (the key of its cached outputs)."""
+    """A classifier and the content key it was trained under, or a user's model and its weights' key (the key of its
+    cached outputs)."""
 
-    model: Classifier
+    model: Classifier | ExternalClassifier
     key: str
 
 
@@ -66,6 +68,7 @@ class RunContext:
     shared_cache: Cache | None = None
     # the run recipe's epochs over the spec's (a preset or `--set classifier.epochs`), for `recipe`
     epoch_ratio: Fraction = Fraction(1)
+    model: ModelSpec | None = None  # the user's classifier, which replaces the baseline one (`--model`)
 
     @property
     def stage_cache(self) -> Cache:
@@ -129,7 +132,10 @@ class RunContext:
                                  content_hash(key, *method_scope) if method_scope else key)
 
     def baseline_classifier(self) -> TrainedClassifier:
-        """The benchmark's plain cross-entropy classifier, shared by every post-hoc method (cached)."""
+        """The benchmark's plain cross-entropy classifier, shared by every post-hoc method (cached), or the user's
+        model when the run has one."""
+        if self.model is not None:
+            return TrainedClassifier(self.model.classifier.to(self.device).eval(), self.model.key)
         return self.train_classifier("baseline")
 
     def outputs(self, classifier: TrainedClassifier, images: AnyImageSet) -> ClassifierOutputs:

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Generic
 
+from harness.classifier.external import ModelRequest, ModelSpec, resolve_model
 from harness.classifier.training import ClassifierConfig
 from harness.config import build_config, changed_fields
 from harness.contract import ConfigT, Method
@@ -44,6 +45,7 @@ class RunRequest:
     threads: int | None = None  # torch intra-op threads (None: torch's current value); recorded, changes numerics
     deterministic: bool = False  # deterministic algorithms on GPU (recorded)
     smoke: bool = False  # every method's smoke settings under the overrides (`Method.smoke_settings`)
+    model: ModelRequest | None = None  # your own classifier instead of the baseline one (post-hoc methods only)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Plan:
     methods: tuple[PlannedMethod, ...]
     data_root: Path | None
     data: DataCheck
+    model: ModelSpec | None = None  # the user's classifier (`RunRequest.model`), resolved
 
     @property
     def labels(self) -> list[str]:
@@ -73,7 +76,7 @@ class Plan:
         """The same plan with request fields that do not enter planning changed: seeds, threads, out_dir,
         cache_dir, device, deterministic."""
         planned = {"methods", "benchmark", "overrides", "fpr_positive", "fpr_rule", "extra_ood", "ood_groups",
-                   "id_set", "data_root", "preset", "allow_incomplete", "smoke"}
+                   "id_set", "data_root", "preset", "allow_incomplete", "smoke", "model"}
         if planned & set(changes):
             raise ValueError(f"{sorted(planned & set(changes))} change the plan itself: plan the new request")
         return replace(self, request=replace(self.request, **changes))
@@ -97,6 +100,11 @@ def plan(request: RunRequest, spec: BenchmarkSpec | None = None) -> Plan:
             raise HarnessError(f"method {cls.info.name} works on {' and '.join(cls.modalities)} benchmarks, but "
                                f"{spec.name} is a {spec.modality} benchmark; pick a {spec.modality} method (see "
                                "`python -m harness list`)")
+    trains = [cls.info for cls in classes if cls.info.kind != "post-hoc"]
+    if request.model is not None and trains:
+        post_hoc = sorted(name for name, entry in registry.items() if entry.cls.info.kind == "post-hoc")
+        raise HarnessError(f"method {trains[0].name} trains its own classifier ({trains[0].kind}), so it cannot "
+                           f"evaluate your model; with --model run post-hoc methods: {', '.join(post_hoc)}")
     scopes = set(request.overrides) - {CLASSIFIER_SCOPE} - {c.info.name for c in classes}
     if scopes:
         raise HarnessError(f"--set {sorted(scopes)[0]}.… names no method in this run; use one of: "
@@ -117,6 +125,12 @@ def plan(request: RunRequest, spec: BenchmarkSpec | None = None) -> Plan:
         common["extra_ood"] = "+".join(sorted(request.extra_ood))
     if request.smoke:
         common["smoke"] = True
+    model = None
+    if request.model is not None:  # its rows never mix with the baseline classifier's, nor other weights'
+        if spec.modality != "image":
+            raise HarnessError(f"--model evaluates image classifiers, but {spec.name} is a {spec.modality} benchmark")
+        model = resolve_model(request.model, spec.channels, spec.image_size, spec.num_classes, spec.name)
+        common.update(model=model.name, weights=model.weights_sha256[:8])
     planned = []
     for cls in classes:
         overrides = {**(smoke_settings(cls, spec.family) if request.smoke else {}),
@@ -140,4 +154,4 @@ def plan(request: RunRequest, spec: BenchmarkSpec | None = None) -> Plan:
     if problem:
         raise HarnessError(problem)
     return Plan(request, spec, preset, classifier, Fraction(classifier.epochs, spec_epochs), tuple(planned),
-                data_root, data)
+                data_root, data, model)

@@ -102,12 +102,14 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
     benchmark = load_benchmark(spec, cache, plan.data_root, plan.preset, plan.data)
     incomplete = {row.set: f"{row.count} of {row.expected}" for row in plan.data.rows if row.status == "incomplete"}
     data_facts = {**benchmark.provenance, **({"incomplete": incomplete} if incomplete else {})}
+    # a user's model is recorded instead of the classifier recipe, with the precision its outputs were extracted in
+    model_facts = {**plan.model.facts(), "precision": classifier_config.precision} if plan.model else {}
     records = []
     for seed in request.seeds:
         for item in plan.methods:
             context = RunContext(benchmark, seed, device, cache.scoped(*item.registered.cache_scope),
                                  classifier_config, fpr_positive=request.fpr_positive, fpr_rule=request.fpr_rule,
-                                 shared_cache=cache, epoch_ratio=plan.epoch_ratio)
+                                 shared_cache=cache, epoch_ratio=plan.epoch_ratio, model=plan.model)
             seed_everything(seed)  # a method's random draws never depend on the methods run before it
             method = item.cls(item.config, context)
             timings = {}
@@ -124,14 +126,15 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
             record = RunRecord(
                 benchmark=spec.name, method=item.cls.info.name, label=item.label, seed=seed,
                 paper=item.cls.info.paper, kind=item.cls.info.kind, config=dataclasses.asdict(item.config),
-                classifier_config=dataclasses.asdict(classifier_config) if id_acc is not None else None,
+                classifier_config=dataclasses.asdict(classifier_config) if id_acc is not None and plan.model is None
+                else None,
                 fpr_positive=request.fpr_positive, fpr_rule=request.fpr_rule, metrics=per_set, average=average,
                 id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
                 details={**(outliers.facts if outliers is not None else {}), **method.details()},
                 data=data_facts, environment=environment(device),
-                plugin=item.registered.identity)
+                plugin=item.registered.identity, model=model_facts)
             figure = record.directory(out_dir) / f"seed{seed}_scores.png"
             save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")
             extra = method.figures(record.directory(out_dir), f"seed{seed}")

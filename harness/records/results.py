@@ -85,6 +85,7 @@ class RunRecord:
     fpr_rule: str = "recall-at-least"  # FPR95 threshold rule (harness.metrics); older records used this one
     environment: dict[str, Any] = field(default_factory=dict)  # threads, kernels, CPU/GPU, CUDA/cuDNN, flags
     plugin: dict[str, str] = field(default_factory=dict)  # the method's distribution, version and source hash
+    model: dict[str, Any] = field(default_factory=dict)  # your own classifier (`--model`): `ModelSpec.facts`
 
     @property
     def facts(self) -> dict[str, Any]:
