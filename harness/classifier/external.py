@@ -174,12 +174,17 @@ class ModelSpec:
 
     @property
     def name(self) -> str:
-        """The model's short name, for run labels: the timm name, the factory function, the file stem, the class."""
+        """The model's short name, for run labels: the timm name, the factory function, the file stem, or a module's
+        timm architecture or class."""
         if self.kind == "timm":
             return self.spec
         if self.kind == "torchscript":
             return Path(self.spec).stem
-        return self.spec.rpartition(":" if self.kind == "factory" else ".")[2]
+        if self.kind == "factory":
+            return self.spec.rpartition(":")[2]
+        config = getattr(self.classifier.net, "pretrained_cfg", None)  # a timm module names its architecture
+        return config["architecture"] if isinstance(config, dict) and config.get("architecture") else \
+            self.spec.rpartition(".")[2]
 
     @property
     def key(self) -> str:
