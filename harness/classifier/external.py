@@ -291,10 +291,13 @@ def _final_linear(net: nn.Module, rule: FeatureRule, features: torch.Tensor, log
             raise HarnessError(f"{accessor} of {spec} does not map its features to its logits; return the final "
                                "linear layer (or its weight and bias), or pass --feature-layer NAME")
         return accessor, linear
+    shape = (logits.shape[1], features.shape[1])
     for name, module in net.named_modules():
-        linear = _as_linear(module) if name else None
-        if linear is not None and _maps(linear, features, logits):
-            return name, linear
+        weight = getattr(module, "weight", None)  # only a layer of the right shape is copied and tried
+        if name and isinstance(weight, torch.Tensor) and tuple(weight.shape) == shape:
+            linear = _as_linear(module)
+            if _maps(linear, features, logits):
+                return name, linear
     return None, ModelLogits(f"no linear layer of {spec} maps its {rule.name} features to its logits, and the "
                              "methods vim and react need its weights; run msp, energy or knn, or name the layer that "
                              "feeds the final linear layer (--feature-layer)")
