@@ -12,6 +12,7 @@ from harness.cache import Cache
 from harness.components.flows import Flow, FlowSpec, FlowTrainConfig, scale_pixels, train_flow
 from harness.components.regularizers import EnergyRegularizer
 from harness.components.scores import KNNScorer
+from harness.context import ClassifierOutputs
 from harness.data.sets import ImageSet
 from harness.metrics import auroc
 from harness.registry import discover, method_config
@@ -35,7 +36,7 @@ def _features(n, far=False):
 
 
 def _outputs(features):
-    return {"features": features.astype(np.float32), "logits": (features @ WEIGHT.T + BIAS).astype(np.float32)}
+    return ClassifierOutputs(features.astype(np.float32), (features @ WEIGHT.T + BIAS).astype(np.float32))
 
 
 TRAIN, TEST, FAR = _outputs(_features(300)), _outputs(_features(200)), _outputs(_features(200, far=True))
@@ -67,7 +68,7 @@ def feature_knn(cls):
     config = method_config(cls, "mnist5k", {})
     method = cls(config, _context())
     method.classifier = _classifier()
-    method.scorer = KNNScorer(config.test_k if config.test_k < len(TRAIN["features"]) else 50).fit(TRAIN["features"])
+    method.scorer = KNNScorer(config.test_k if config.test_k < len(TRAIN.features) else 50).fit(TRAIN.features)
     return method.score(TEST), method.score(FAR)
 
 
@@ -80,11 +81,11 @@ def energy_regularized(cls):
     torch.manual_seed(0)
     method.regularizer = EnergyRegularizer(CLASSES, 1.0, config.phi, test_score=config.test_score,
                                            outlier_features=lambda batch, model: None)
-    outliers = torch.from_numpy(_outputs(_features(300, far=True))["logits"])
+    outliers = torch.from_numpy(_outputs(_features(300, far=True)).logits)
     optimizer = torch.optim.Adam(method.regularizer.modules()[0].parameters(), lr=0.05)
     for _ in range(60):
         optimizer.zero_grad()
-        method.regularizer.binary_loss(torch.from_numpy(TRAIN["logits"]), outliers).backward()
+        method.regularizer.binary_loss(torch.from_numpy(TRAIN.logits), outliers).backward()
         optimizer.step()
     return method.score(TEST), method.score(FAR)
 

@@ -141,7 +141,7 @@ class PixelSynthesisMethod(EnergyRegularizedMethod[ConfigT]):
         outlier_set = ImageSet(f"{self.info.name}-outliers", images.contiguous())
 
         def facts(image_set: AnyImageSet) -> dict[str, float]:
-            msp = np.exp(msp_score(ctx.outputs(baseline, image_set)["logits"]))  # msp_score is its log
+            msp = np.exp(msp_score(ctx.outputs(baseline, image_set).logits))  # msp_score is its log
             return {"mean": round(float(msp.mean()), 4), "median": round(float(np.median(msp)), 4),
                     "above_0.95": round(float((msp > 0.95).mean()), 4), "count": len(msp)}
 

@@ -328,7 +328,7 @@ class EnergyRegularizedMethod(Method[ConfigT]):
         return [path]
 
     def _logits(self, images: AnyImageSet) -> torch.Tensor:
-        return torch.from_numpy(self.context.outputs(self.classifier, images)["logits"])
+        return torch.from_numpy(self.context.outputs(self.classifier, images).logits)
 
     def score(self, images: AnyImageSet) -> np.ndarray:
         return self.regularizer.score(self._logits(images)).cpu().double().numpy()

@@ -152,13 +152,13 @@ class NPOS(DelayedRegulariserMethod[NPOSConfig]):
             hooks.append(CIDERLoss(spec.num_classes, feature_dim, c.projection_dim, c.cider_temperature,
                                    c.prototype_momentum, c.dispersion_weight, c.compactness_weight))
         self.classifier = self.context.train_classifier("npos", hooks=hooks, key_parts=[c])
-        self.scorer = KNNScorer(self.config.test_k).fit(self.context.outputs(self.classifier, train_set)["features"])
+        self.scorer = KNNScorer(self.config.test_k).fit(self.context.outputs(self.classifier, train_set).features)
 
     def score(self, images: ImageSet) -> np.ndarray:
-        return self.scorer.score(self.context.outputs(self.classifier, images)["features"])
+        return self.scorer.score(self.context.outputs(self.classifier, images).features)
 
     def predict(self, images: ImageSet) -> np.ndarray:
-        return self.context.outputs(self.classifier, images)["logits"].argmax(1)
+        return self.context.outputs(self.classifier, images).logits.argmax(1)
 
     def details(self) -> dict[str, Any]:
         c = self.config
