@@ -83,3 +83,11 @@ def test_bad_own_data_is_one_line_and_writes_nothing(tmp_path, capsys, case, fra
         extra = ["--ood", f"middle:blobs={root}"]
     one_line_error(capsys, run(tmp_path, *extra), fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_head_does_not_match_the_own_id_classes_is_one_line(tmp_path, capsys):
+    root = image_folder_id(tmp_path / "shapes")  # 3 classes; the factory's model has a 10-class head
+    code = run(tmp_path, "--id", f"shapes={root}", "--model", "tests.own_model_helpers:make_openood_net",
+               "--mean", "0.5", "--std", "0.25")
+    one_line_error(capsys, code, "tiny5k-id-shapes has 3 classes")
+    assert not (tmp_path / "out").exists()
