@@ -1,6 +1,8 @@
 """oodbench: a benchmark harness for OOD detection with outlier synthesis. See README "Architecture" for the layers."""
 
-__version__ = "0.1.0"
+from harness.version import __version__
+
+__all__ = ["__version__", "evaluate"]
 
 
 def __getattr__(name: str):

@@ -12,12 +12,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import harness
 from harness.cache import atomic_write_bytes
 from harness.config import MAX_SEED, content_hash, is_number, is_whole
 from harness.errors import HarnessError
 from harness.paths import CODE_ROOT, check_name, path_under
 from harness.records.provenance import numeric_facts
+from harness.version import __version__
 
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas", "timm",
              "diffusers", "transformers", "FrEIA")
@@ -32,7 +32,7 @@ def code_version() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return f"v{harness.__version__}"
+        return f"v{__version__}"
 
 
 def library_versions() -> dict[str, str]:
