@@ -9,6 +9,7 @@ Lookup order of the data home (a folder holding `datasets/`, `models/` and `resu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -65,3 +66,12 @@ def path_under(root: Path, *parts: str) -> Path:
     if not base.joinpath(*parts).resolve().is_relative_to(base):
         raise HarnessError(f"{'/'.join(map(str, parts))} would lead outside {root}; refusing to write there")
     return Path(root).joinpath(*parts)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -48,7 +48,7 @@ def test_set_up_resources_are_complete_and_wordnet_offsets_hold():
     for name in tr.RESOURCES:
         assert tr.resource_is_ready(name, root)
     for key, archive in tr.ARCHIVES.items():
-        assert tr.sha256_file(root / "archives" / archive.filename) == archive.sha256, key
+        assert tr.file_sha256(root / "archives" / archive.filename) == archive.sha256, key
     wn = tr.load_wordnet(root)
     assert wn.synset("zucchini.n.02").lemma_names() == ["zucchini", "courgette"]  # first entry of data.noun2
     assert wn.synsets("aardvark", "n")[0].name() == "aardvark.n.01"

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from harness.config import content_hash
 from harness.errors import HarnessError
+from harness.paths import file_sha256
 
 FEATURE_OPTIONS = ("give the model OpenOOD's forward(x, return_feature=True) and get_fc(), or timm's forward_features, "
                    "forward_head(x, pre_logits=True) and get_classifier(), or pass --feature-layer NAME (the submodule "
@@ -199,14 +200,6 @@ class ModelSpec:
                 "weights_sha256": self.weights_sha256, "feature_rule": self.feature_rule,
                 "linear_layer": self.linear_layer, "mean": list(self.mean), "std": list(self.std),
                 "normalisation": self.normalisation}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_sha256(net: nn.Module) -> str:

