@@ -104,7 +104,8 @@ def plan(request: RunRequest, spec: BenchmarkSpec | None = None) -> Plan:
     if request.model is not None and trains:
         post_hoc = sorted(name for name, entry in registry.items() if entry.cls.info.kind == "post-hoc")
         raise HarnessError(f"method {trains[0].name} trains its own classifier ({trains[0].kind}), so it cannot "
-                           f"evaluate your model; with --model run post-hoc methods: {', '.join(post_hoc)}")
+                           f"evaluate your model; with --model run post-hoc methods: {', '.join(post_hoc)} (to start "
+                           "it from a checkpoint of the benchmark's backbone: --set classifier.pretrained=PATH)")
     scopes = set(request.overrides) - {CLASSIFIER_SCOPE} - {c.info.name for c in classes}
     if scopes:
         raise HarnessError(f"--set {sorted(scopes)[0]}.… names no method in this run; use one of: "
