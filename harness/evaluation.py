@@ -21,9 +21,9 @@ from harness.classifier.external import ModelRequest
 from harness.metrics import METRIC_NAMES
 from harness.plan import RunRequest, plan
 from harness.records.results import RunRecord
+from harness.registry import discover
 from harness.runner import execute
 
-POST_HOC = ("msp", "energy", "knn", "vim", "react")
 AVERAGE = "Average"
 
 
@@ -36,18 +36,21 @@ def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "seed", "set", *METRIC_NAMES, "id_accuracy", "label"])
 
 
-def evaluate(model: nn.Module | str, benchmark: str = "mnist5k", methods: Sequence[str] = POST_HOC, *,
+def evaluate(model: nn.Module | str, benchmark: str = "mnist5k", methods: Sequence[str] | None = None, *,
              checkpoint: str | Path | None = None, device: str = "auto", data_root: str | Path | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None, feature_layer: str | None = None,
              seeds: Sequence[int] = (0,), preset: str = "paper", out_dir: str | Path | None = None,
              cache_dir: str | Path | None = None) -> pd.DataFrame:
-    """Run post-hoc `methods` on `model` (an `nn.Module`, or a `--model` SPEC: a timm name with `checkpoint`, a
-    factory `package.module:function`, a TorchScript file) over `benchmark`; return `results_table` of the records.
+    """Run post-hoc `methods` (default: every registered post-hoc method) on `model` (an `nn.Module`, or a
+    `--model` SPEC: a timm name with `checkpoint`, a factory `package.module:function`, a TorchScript file) over
+    `benchmark`; return `results_table` of the records.
 
     `mean`/`std`: the normalisation the model was trained with (default: timm's `pretrained_cfg`); `feature_layer`:
     the submodule whose output is the features (default: OpenOOD's or timm's convention); `out_dir`: where the
     records and leaderboard go (None: a temporary directory, removed after); `cache_dir`: the stage cache (None:
     $OODBENCH_CACHE or ~/.cache/oodbench). Input problems raise `HarnessError` with a one-line message."""
+    if methods is None:
+        methods = sorted(name for name, entry in discover().items() if entry.cls.info.kind == "post-hoc")
     request = ModelRequest(model, Path(checkpoint) if checkpoint is not None else None, feature_layer,
                            tuple(mean) if mean is not None else None, tuple(std) if std is not None else None)
     with tempfile.TemporaryDirectory(prefix="oodbench-evaluate-") as scratch:
