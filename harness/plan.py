@@ -21,6 +21,8 @@ from harness.records.results import run_label
 from harness.registry import Registered, configure, discover, resolve_methods, smoke_settings
 
 CLASSIFIER_SCOPE = "classifier"
+# The request fields that say where and how a planned run executes; every other field enters the plan.
+RUN_FIELDS = frozenset({"seeds", "out_dir", "cache_dir", "device", "threads", "deterministic"})
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,10 @@ class Plan:
         return [m.label for m in self.methods]
 
     def with_request(self, **changes: Any) -> Plan:
-        """The same plan with request fields that do not enter planning changed: seeds, threads, out_dir,
-        cache_dir, device, deterministic."""
-        planned = {"methods", "benchmark", "overrides", "fpr_positive", "fpr_rule", "extra_ood", "ood_groups",
-                   "id_set", "data_root", "preset", "allow_incomplete", "smoke", "model"}
-        if planned & set(changes):
-            raise ValueError(f"{sorted(planned & set(changes))} change the plan itself: plan the new request")
+        """The same plan with request fields that do not enter planning changed (`RUN_FIELDS`)."""
+        planned = sorted(set(changes) - RUN_FIELDS)
+        if planned:
+            raise ValueError(f"{planned} change the plan itself: plan the new request")
         return replace(self, request=replace(self.request, **changes))
 
 
