@@ -60,7 +60,8 @@ def test_an_openood_image_list_id_set_reads_its_class_indices(tmp_path):
     ("empty", "0 class(es) found"),
     ("unreadable", "cannot read image"),
     ("stray class", "class folder 'hexagon' is not one of the 3 classes"),
-    ("bad list", "line 1 is not '<image path> <class index>'"),
+    ("bad list", "line 1 is not '<image path> <label>'"),
+    ("ood label", "has an OOD label (-1); an ID list gives one '<image path> <class index>' per line"),
     ("bad group", "group 'middle' must be one of near, far"),
 ])
 def test_bad_own_data_is_one_line_and_writes_nothing(tmp_path, capsys, case, fragment):
@@ -79,6 +80,9 @@ def test_bad_own_data_is_one_line_and_writes_nothing(tmp_path, capsys, case, fra
     elif case == "bad list":
         (root / "train.txt").write_text("images/a.png three\n")
         (root / "test.txt").write_text("images/b.png 0\n")
+    elif case == "ood label":
+        (root / "train.txt").write_text("images/a.png 0\nimages/b.png -1\n")
+        (root / "test.txt").write_text("images/c.png 0\n")
     elif case == "bad group":
         extra = ["--ood", f"middle:blobs={root}"]
     one_line_error(capsys, run(tmp_path, *extra), fragment)

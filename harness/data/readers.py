@@ -369,7 +369,9 @@ def imagenet_wnids(*, data_root: Path | None, path: str, classes_file: str, size
 
 # --- OpenOOD image lists -------------------------------------------------------------------------------------------
 
-def _read_imglist(file: Path, images: Path) -> tuple[list[Path], list[int]]:
+def read_imglist(file: Path, images: Path) -> tuple[list[Path], list[int]]:
+    """The images (under `images`) and labels of an OpenOOD image list: `<image path> <label>` lines, -1 (or no
+    label) for an OOD image."""
     files, labels = [], []
     for number, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
@@ -378,8 +380,8 @@ def _read_imglist(file: Path, images: Path) -> tuple[list[Path], list[int]]:
         try:
             label = int(parts[1]) if len(parts) == 2 else -1
         except ValueError:
-            raise HarnessError(f"{file} line {number} is not '<image path> <label>'; use OpenOOD's "
-                               "benchmark_imglist file unchanged") from None
+            raise HarnessError(f"{file} line {number} is not '<image path> <label>'; list one image and its class "
+                               "index (-1 for an OOD image) per line, as OpenOOD's image lists do") from None
         files.append(images / parts[0])
         labels.append(label)
     return files, labels
@@ -397,7 +399,7 @@ def probe_openood_imglist(*, data_root: Path | None, path: str = "", imglist: st
             probes[split] = SetProbe("missing", str(file))
             continue
         try:
-            files, _ = _read_imglist(file, base / images)
+            files, _ = read_imglist(file, base / images)
         except HarnessError as err:
             probes[split] = SetProbe("corrupted", str(file), detail=str(err))
             continue
@@ -421,7 +423,7 @@ def openood_imglist(*, data_root: Path | None, size: int, channels: int, path: s
         file = base / relative
         if not file.is_file():
             raise HarnessError(f"OpenOOD image list {file} is missing; download OpenOOD's benchmark_imglist")
-        files, labels = _read_imglist(file, base / images)
+        files, labels = read_imglist(file, base / images)
         absent = [f for f in files if not f.is_file()]
         if absent:
             raise HarnessError(f"{len(absent)} images listed in {file} are missing (first: {absent[0]}); download "

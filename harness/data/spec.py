@@ -125,7 +125,7 @@ class BenchmarkSpec:
             raise HarnessError(f"--id takes image folders; {self.name} is a {self.modality} benchmark")
         root = Path(path).expanduser().resolve()
         if (root / "train.txt").is_file() and (root / "test.txt").is_file():
-            classes = [str(c) for c in range(imglist_class_count(root / "train.txt"))]
+            classes = [str(c) for c in range(imglist_class_count(root / "train.txt", root))]
             location = {"source": "openood_imglist", "path": str(root), "images": ".",
                         "imglists": {"train": "train.txt", "test": "test.txt"}}
         elif (root / "train").is_dir() and (root / "test").is_dir():
@@ -153,19 +153,15 @@ def check_group(group: Any, where: str) -> None:
         raise HarnessError(f"{where}: group {group!r} must be one of {', '.join(OOD_GROUPS)}")
 
 
-def imglist_class_count(file: Path) -> int:
-    """The number of ID classes of an OpenOOD image list: its largest class index plus one."""
-    labels = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        parts = line.rsplit(maxsplit=1)
-        if not line.strip():
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise HarnessError(f"{file} line {number} is not '<image path> <class index>'; list one image and its "
-                               "class index per line")
-        labels.append(int(parts[1]))
-    if not labels:
-        raise HarnessError(f"{file} lists no images; list one '<image path> <class index>' per line")
+def imglist_class_count(file: Path, images: Path) -> int:
+    """The number of ID classes of an OpenOOD image list (`read_imglist`): its largest class index plus one; an
+    empty list or an OOD label (-1) is one line."""
+    from harness.data.readers import read_imglist
+
+    _, labels = read_imglist(file, images)
+    if not labels or min(labels) < 0:
+        raise HarnessError(f"{file} {'lists no images' if not labels else 'has an OOD label (-1)'}; an ID list "
+                           "gives one '<image path> <class index>' per line")
     return max(labels) + 1
 
 
