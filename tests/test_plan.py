@@ -75,7 +75,7 @@ def test_a_method_recipe_scales_its_own_epochs_like_the_run_recipe(tmp_path, ses
     assert context.recipe(batch_size=7).batch_size == 7 and context.recipe() == planned.classifier
 
 
-def test_publish_reads_its_labels_once_and_plans_each_label_once(tmp_path, counted):
+def test_publish_reads_its_labels_once_and_plans_each_label_once(tmp_path, counted, monkeypatch):
     spec = write_tiny_spec(tmp_path)
     labels = tmp_path / "published.json"
     labels.write_text(json.dumps({"tiny5k": {"seeds": [0, 1], "threads": 1, "preset": TINY_PRESET, "labels": [
@@ -87,7 +87,7 @@ def test_publish_reads_its_labels_once_and_plans_each_label_once(tmp_path, count
         reads.append(args)
         return read_published(*args)
 
-    pytest.MonkeyPatch.setattr(pytest.MonkeyPatch(), harness.publish, "read_published", counting_read)
+    monkeypatch.setattr(harness.publish, "read_published", counting_read)
     records, _ = harness.publish.publish(str(spec), tmp_path / "results", labels, tmp_path / "cache",
                                          slow_checks=False, drift_threads=0)
     assert len(records) == 6 and len(reads) == 1
