@@ -187,22 +187,35 @@ def load_or_none(path: Path, what: str = "cache entry") -> Any | None:
         return None
 
 
+@dataclass(frozen=True)
+class ItemTally:
+    """One call of a sharded stage (`harness.distributed.ShardedStage`) whose items are counted in a run's cost
+    (`harness.records.cost`): the name they are counted under, how many items the call returned, and how many of
+    them this process computed (the rest were read from the cache or computed by other ranks)."""
+
+    name: str
+    items: int
+    computed: int
+
+
 @dataclass
 class Cache:
-    """Stage outputs keyed by content hash. `events` logs (stage, key, "hit" | "miss") for inspection and tests;
-    `scope` holds key parts every entry of this view of the cache depends on (`scoped`)."""
+    """Stage outputs keyed by content hash. `events` logs (stage, key, "hit" | "miss") for inspection and tests,
+    `tallies` the counted stage items (`ItemTally`); `scope` holds key parts every entry of this view of the cache
+    depends on (`scoped`)."""
 
     root: Path = field(default_factory=default_cache_dir)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     scope: tuple[Any, ...] = ()
+    tallies: list[ItemTally] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser()
 
     def scoped(self, *parts: Any) -> Cache:
-        """The same cache (root, event log) whose every key also covers `parts`: the run's numerics, a plugin's
-        code. A view without parts is the cache itself."""
-        return Cache(self.root, self.events, self.scope + parts) if parts else self
+        """The same cache (root, event log, tallies) whose every key also covers `parts`: the run's numerics, a
+        plugin's code. A view without parts is the cache itself."""
+        return Cache(self.root, self.events, self.scope + parts, self.tallies) if parts else self
 
     def entry_key(self, key: str) -> str:
         """The file name of `key` under this view's scope."""

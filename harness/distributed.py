@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from harness.cache import Cache, DiskFull, load_or_none, remove_stale_temporaries, write_entry
+from harness.cache import Cache, DiskFull, ItemTally, load_or_none, remove_stale_temporaries, write_entry
 from harness.errors import HarnessError
 
 T = TypeVar("T")
@@ -39,13 +39,15 @@ class ShardedStage:
     list before ranks take them round-robin, and a batch with any missing item is recomputed whole, so every item
     comes out of the same batch, bit for bit, whatever the number of ranks and however often the run was
     interrupted. When launched under torchrun with an initialised process group, ranks meet at a barrier before
-    results are read. A full disk is a one-line error; the partial file is removed and a rerun resumes.
+    results are read. A full disk is a one-line error; the partial file is removed and a rerun resumes. With a
+    `tally` name, each call logs its item count and the items it computed in `cache.tallies` (a run's cost).
     """
 
     cache: Cache
     stage: str
     key: str
     suffix: str = ".pt"
+    tally: str | None = None
 
     @property
     def directory(self) -> Path:
@@ -90,6 +92,8 @@ class ShardedStage:
                     stored = sum(self.item_path(i).exists() for i in ids)
                     raise HarnessError(f"disk full while writing {path}; {stored} of {len(ids)} items of stage "
                                        f"{self.stage} are stored and kept: free space and rerun to resume") from None
+        if self.tally:
+            self.cache.tallies.append(ItemTally(self.tally, len(ids), sum(len(batch) for batch in todo)))
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         return {item_id: self.item_path(item_id) for item_id in items}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from harness.device import resolve_device
 from harness.errors import HarnessError
 from harness.metrics import METRIC_NAMES, FprRule, Positive, accuracy, ood_metrics
 from harness.plan import Plan
+from harness.records.cost import CostMeter
 from harness.records.leaderboard import write_leaderboards
 from harness.records.plots import save_score_histograms
 from harness.records.provenance import environment, numerics_scope, run_settings
@@ -112,17 +112,15 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
                                  shared_cache=cache, epoch_ratio=plan.epoch_ratio, model=plan.model)
             seed_everything(seed)  # a method's random draws never depend on the methods run before it
             method = item.cls(item.config, context)
-            timings = {}
-            start = time.perf_counter()
-            outliers = method.synthesize()
-            timings["synthesize"] = time.perf_counter() - start
+            meter = CostMeter(device, cache)
+            with meter.stage("synthesize"):
+                outliers = method.synthesize()
             seed_everything(seed)
-            start = time.perf_counter()
-            method.train(outliers)
-            timings["train"] = time.perf_counter() - start
-            start = time.perf_counter()
-            per_set, average, id_acc, scores = evaluate(method, benchmark, request.fpr_positive, request.fpr_rule)
-            timings["score"] = time.perf_counter() - start
+            with meter.stage("train"):
+                method.train(outliers)
+            with meter.stage("score"):
+                per_set, average, id_acc, scores = evaluate(method, benchmark, request.fpr_positive,
+                                                            request.fpr_rule)
             record = RunRecord(
                 benchmark=spec.name, method=item.cls.info.name, label=item.label, seed=seed,
                 paper=item.cls.info.paper, kind=item.cls.info.kind, config=dataclasses.asdict(item.config),
@@ -131,7 +129,7 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
                 fpr_positive=request.fpr_positive, fpr_rule=request.fpr_rule, metrics=per_set, average=average,
                 id_accuracy=id_acc,
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
-                stage_seconds={k: round(v, 3) for k, v in timings.items()}, device=str(device),
+                stage_seconds=meter.seconds(), cost=meter.as_record(), device=str(device),
                 details={**(outliers.facts if outliers is not None else {}), **method.details()},
                 data=data_facts, environment=environment(device),
                 plugin=item.registered.identity, model=model_facts)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cache import Cache
+from harness.cache import Cache, ItemTally
 from harness.data.sets import ImageSet
 from harness.diffusion.backend import load_backend
 from harness.diffusion.embeddings import (
@@ -116,6 +116,9 @@ def test_stage_caches_resumes_and_matches_the_batched_function(backend, tmp_path
     (directory / "0000004.pt").unlink()
     diffusion_embeddings(backend, cache, train, NAMES, config, seed=3)
     assert cache.events[-1][2] == "miss" and {p.name: p.read_bytes() for p in directory.iterdir()} == files
+    # counted for a run's cost: every image the call returned, and those computed (a batch of 3 is redone whole)
+    assert cache.tallies == [ItemTally("images_embedded", 7, 7), ItemTally("images_embedded", 7, 0),
+                             ItemTally("images_embedded", 7, 3)]
     diffusion_embeddings(backend, cache, train, NAMES, config, seed=4)  # the seed is in the key
     assert len(list((tmp_path / "ncis-embeddings").iterdir())) == 2
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import harness.cache
-from harness.cache import Cache
+from harness.cache import Cache, ItemTally
 from harness.diffusion.backend import GenerationConfig, read_png
 from harness.diffusion.stage import generate_images, load_images
 from harness.errors import HarnessError
@@ -53,6 +53,9 @@ def test_rerun_skips_finished_images_and_recomputes_missing_ones_identically(bac
     paths[4].unlink()
     _request(backend, cache, embeddings)
     assert cache.events[-1][2] == "miss" and _files(paths[0].parent) == first
+    # counted for a run's cost: every image the call returned, and those computed (a batch of 3 is redone whole)
+    assert cache.tallies == [ItemTally("images_generated", 7, 7), ItemTally("images_generated", 7, 0),
+                             ItemTally("images_generated", 7, 3)]
     assert load_images(paths).shape == (7, 3, 16, 16)
     other = _request(backend, cache, None)  # stock class embeddings: another stage key
     assert other[0].parent != paths[0].parent

@@ -37,6 +37,9 @@ def test_run_writes_records_and_leaderboard_then_reuses_the_cache(tmp_path, sess
     expected = (logits.argmax(1) == context.benchmark.test.labels.numpy()).mean()
     assert knn.id_accuracy == pytest.approx(expected, abs=1e-9) and 0.1 < knn.id_accuracy <= 1.0
     assert set(knn.stage_seconds) == {"synthesize", "train", "score"} and knn.code_version and knn.libraries["torch"]
+    assert {name: stage["seconds"] for name, stage in knn.cost["stages"].items()} == knn.stage_seconds
+    assert all(stage["peak_rss_mb"] > 100 and stage["peak_cuda_mb"] is None for stage in knn.cost["stages"].values())
+    assert knn.cost["images_generated"] is None and knn.cost["images_embedded"] is None
     assert (tmp_path / "out" / knn.figures[0]).stat().st_size > 1000
     stored = json.loads(knn.path(tmp_path / "out").read_text())
     assert stored["label"] == knn.label and stored["metrics"]["glyphs"] == knn.metrics["glyphs"]

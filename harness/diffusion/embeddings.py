@@ -296,7 +296,7 @@ def diffusion_embeddings(backend: DiffusionBackend, cache: Cache, train_set, pro
     _timestep_grid(backend, config.timestep_grid)
     key = content_hash(STAGE, backend.fingerprint, str(backend.dtype), config, list(prompt_names),
                        train_set.fingerprint, seed, DIFFUSION_EMBEDDING_VERSION)
-    stage = ShardedStage(cache, STAGE, key)
+    stage = ShardedStage(cache, STAGE, key, tally="images_embedded")
     chosen = select_images(labels, config.max_per_class, seed).tolist()
 
     def compute(batch: list[int]) -> list[dict[str, torch.Tensor]]:

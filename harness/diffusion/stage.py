@@ -77,7 +77,7 @@ def generate_images(backend: DiffusionBackend, cache: Cache, class_names: list[s
     key = content_hash("generation", backend.fingerprint, str(backend.dtype), config, template, class_names,
                        *([] if token_names == list(class_names) else [token_names]),
                        _digest(labels, seeds, embeddings), GENERATION_VERSION)
-    stage = ShardedStage(cache, "generation", key, suffix=".png")
+    stage = ShardedStage(cache, "generation", key, suffix=".png", tally="images_generated")
     items = [GenerationItem(i, int(c), class_names[int(c)], int(s))
              for i, (c, s) in enumerate(zip(labels, seeds, strict=True))]
 

@@ -86,6 +86,7 @@ class RunRecord:
     environment: dict[str, Any] = field(default_factory=dict)  # threads, kernels, CPU/GPU, CUDA/cuDNN, flags
     plugin: dict[str, str] = field(default_factory=dict)  # the method's distribution, version and source hash
     model: dict[str, Any] = field(default_factory=dict)  # your own classifier (`--model`): `ModelSpec.facts`
+    cost: dict[str, Any] = field(default_factory=dict)  # per-stage seconds and peak memory, images (records.cost)
 
     @property
     def facts(self) -> dict[str, Any]:
