@@ -1,5 +1,6 @@
 """Method registry: built-in plugins from the `methods` package plus third-party plugins from the entry-point group
-`harness.methods` (value `module:Class` or `module`, whose `Method` subclasses are all registered).
+`oodbench.methods` (value `module:Class` or `module`, whose `Method` subclasses are all registered). The former group
+`harness.methods` is still read, with one deprecation line per plugin.
 
 The core never names a plugin: it only walks the package and the entry points.
 """
@@ -14,7 +15,7 @@ import inspect
 import pkgutil
 import sys
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, entry_points, version
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
@@ -23,7 +24,8 @@ from harness.config import build_config, config_fields, current_names
 from harness.contract import Method, MethodInfo, MethodKind
 from harness.errors import HarnessError
 
-ENTRY_POINT_GROUP = "harness.methods"
+ENTRY_POINT_GROUP = "oodbench.methods"
+DEPRECATED_GROUP = "harness.methods"  # read too, with a warning naming the plugin and the fix
 BUILTIN_PACKAGE = "methods"
 
 
@@ -127,7 +129,7 @@ def discover() -> dict[str, Registered]:
         module = importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
         for cls in _methods_in(module):
             _add(registry, Registered(cls, module.__name__, "oodbench"))
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in plugin_entry_points():
         dist = getattr(ep, "dist", None)
         origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name})" if dist else "")
         try:
@@ -146,6 +148,31 @@ def discover() -> dict[str, Registered]:
         for cls in classes:
             _add(registry, Registered(cls, origin, dist.name if dist else None))
     return registry
+
+
+# The deprecated-group entry points already warned about in this process, by (distribution, name, value).
+WARNED: set[tuple[str | None, str, str]] = set()
+
+
+def _identity(ep: EntryPoint) -> tuple[str | None, str, str]:
+    dist = getattr(ep, "dist", None)
+    return (dist.name if dist else None, ep.name, ep.value)
+
+
+def plugin_entry_points() -> list[EntryPoint]:
+    """The entry points of `ENTRY_POINT_GROUP`, then those of `DEPRECATED_GROUP` that a plugin does not also
+    declare under the new group, each announced once per process by one line naming the plugin and the fix."""
+    current = list(entry_points(group=ENTRY_POINT_GROUP))
+    declared = {_identity(ep) for ep in current}
+    deprecated = [ep for ep in entry_points(group=DEPRECATED_GROUP) if _identity(ep) not in declared]
+    for ep in deprecated:
+        if _identity(ep) not in WARNED:
+            WARNED.add(_identity(ep))
+            owner = _identity(ep)[0] or ep.value
+            print(f"warning: plugin {ep.name} ({owner}) registers under the deprecated entry-point group "
+                  f"{DEPRECATED_GROUP!r}; rename it to [project.entry-points.\"{ENTRY_POINT_GROUP}\"] in its "
+                  "pyproject.toml", file=sys.stderr)
+    return current + deprecated
 
 
 def _skip(name: str, problem: str) -> None:

@@ -154,7 +154,7 @@ def test_a_plugin_source_change_without_a_version_change_misses_its_stages(tmp_p
     dist = module.parent / "shiftplug_plugin-0.3.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shiftplug_plugin\nVersion: 0.3\n")
-    (dist / "entry_points.txt").write_text("[harness.methods]\nshiftplug = shiftplug_plugin:Shift\n")
+    (dist / "entry_points.txt").write_text("[oodbench.methods]\nshiftplug = shiftplug_plugin:Shift\n")
     monkeypatch.syspath_prepend(str(module.parent))
     spec = write_tiny_spec(tmp_path, epochs=1)
     cache = Cache(tmp_path / "cache")

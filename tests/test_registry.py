@@ -34,14 +34,14 @@ class MaxLogit(BaselineClassifierMethod[MaxLogitConfig]):
 '''
 
 
-def make_plugin(root: Path, name: str) -> Path:
-    """An installed-looking distribution: a module plus a dist-info with a `harness.methods` entry point."""
+def make_plugin(root: Path, name: str, groups: tuple[str, ...] = ("oodbench.methods",)) -> Path:
+    """An installed-looking distribution: a module plus a dist-info with its entry point in each of `groups`."""
     module = f"{name}_plugin"  # distinct per test: Python caches imported modules by name
     (root / f"{module}.py").write_text(textwrap.dedent(PLUGIN.format(name=name)))
     dist = root / f"{module}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[harness.methods]\n{name} = {module}:MaxLogit\n")
+    (dist / "entry_points.txt").write_text("".join(f"[{group}]\n{name} = {module}:MaxLogit\n" for group in groups))
     return root
 
 
@@ -56,6 +56,24 @@ def test_entry_point_plugin_is_registered(tmp_path, monkeypatch):
     registry = discover()
     assert "maxlogit" in registry and "entry point maxlogit" in registry["maxlogit"].source
     assert method_config(registry["maxlogit"].cls, "mnist5k", {"scale": "2"}).scale == 2.0
+
+
+def test_plugins_under_the_deprecated_group_are_found_with_one_warning_each(tmp_path, monkeypatch, capsys):
+    from harness import registry
+
+    make_plugin(tmp_path, "newgroup")
+    make_plugin(tmp_path, "oldgroup", groups=("harness.methods",))
+    make_plugin(tmp_path, "bothgroups", groups=("harness.methods", "oodbench.methods"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "WARNED", set())
+    found = discover()
+    assert {"newgroup", "oldgroup", "bothgroups"} <= set(found)
+    assert found["oldgroup"].distribution == "oldgroup_plugin"
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["warning: plugin oldgroup (oldgroup_plugin) registers under the deprecated entry-point group "
+                     "'harness.methods'; rename it to [project.entry-points.\"oodbench.methods\"] in its "
+                     "pyproject.toml"]
+    assert "oldgroup" in discover() and capsys.readouterr().err == ""  # once per process
 
 
 def test_duplicate_name_names_both_sources(tmp_path, monkeypatch):
@@ -160,7 +178,7 @@ def test_a_broken_plugin_is_skipped_with_one_warning_and_stops_only_runs_that_na
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
     target = f"{module}:Bad" if name != "shadowed" else module
-    (dist / "entry_points.txt").write_text(f"[harness.methods]\n{name} = {target}\n")
+    (dist / "entry_points.txt").write_text(f"[oodbench.methods]\n{name} = {target}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "BROKEN", {})
     found = discover()
@@ -222,7 +240,7 @@ def test_a_score_breaking_the_contract_is_one_line_naming_method_and_set(case, t
     dist = tmp_path / f"{module}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[harness.methods]\nbadscore = {module}:Bad\n")
+    (dist / "entry_points.txt").write_text(f"[oodbench.methods]\nbadscore = {module}:Bad\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "BROKEN", {})
     spec = write_tiny_spec(tmp_path, epochs=1)
