@@ -25,6 +25,7 @@ from harness.records.leaderboard import write_leaderboards
 from harness.records.plots import save_score_histograms
 from harness.records.provenance import environment, numerics_scope, run_settings
 from harness.records.results import RunRecord
+from harness.records.statistics import group_averages
 
 
 def check_writable(directory: Path, option: str) -> None:
@@ -127,7 +128,7 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
                 classifier_config=dataclasses.asdict(classifier_config) if id_acc is not None and plan.model is None
                 else None,
                 fpr_positive=request.fpr_positive, fpr_rule=request.fpr_rule, metrics=per_set, average=average,
-                id_accuracy=id_acc,
+                id_accuracy=id_acc, group_average=group_averages(per_set, spec.ood_groups),
                 eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
                 stage_seconds=meter.seconds(), cost=meter.as_record(), device=str(device),
                 details={**(outliers.facts if outliers is not None else {}), **method.details()},

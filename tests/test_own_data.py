@@ -38,7 +38,9 @@ def test_an_image_folder_id_set_replaces_the_benchmark_s_and_keeps_its_ood_sets(
     assert record["eval_sizes"]["ID"] == 12 and record["eval_sizes"]["blobs"] == 4
     assert {"glyphs", "noise", "blobs"} <= set(record["metrics"])  # the benchmark's OOD sets, and the extra one
     assert record["data"]["sets"]["train"]["used"] == 24 and record["data"]["sets"]["blobs"]["group"] == "near"
-    assert "group" not in record["data"]["sets"]["glyphs"]
+    assert record["data"]["sets"]["glyphs"]["group"] == "near"  # the spec's
+    near = [record["metrics"][name]["auroc"] for name in ("glyphs", "blobs")]
+    assert record["group_average"]["near"]["auroc"] == pytest.approx(sum(near) / 2)
     assert 0.0 <= record["id_accuracy"] <= 1.0
 
 

@@ -138,7 +138,7 @@ def test_cifar100_pickles_svhn_and_image_trees_load_the_written_pixels(cifar_roo
     isun = sorted((root / "iSUN").rglob("*.jpeg"))
     assert np.array_equal(pixels(bench.ood["isun"])[0], np.asarray(Image.open(isun[0])).transpose(2, 0, 1))
     assert bench.provenance["sets"]["svhn"] == {"source": "svhn_mat", "path": "svhn/test_32x32.mat", "used": 12,
-                                                "available": 12}
+                                                "available": 12, "group": "far"}
 
 
 def test_eval_subsets_and_the_quick_preset_are_drawn_by_seed(cifar_root, tmp_path):
@@ -153,7 +153,7 @@ def test_eval_subsets_and_the_quick_preset_are_drawn_by_seed(cifar_root, tmp_pat
     assert len(one.train) == 50 and len(one.ood["svhn"]) == 5 and len(one.test) == 100
     assert torch.equal(one.ood["svhn"].images, two.ood["svhn"].images)
     assert one.provenance["sets"]["svhn"] == {"source": "svhn_mat", "path": "svhn/test_32x32.mat", "used": 5,
-                                              "available": 12, "subset_seed": 0}
+                                              "available": 12, "subset_seed": 0, "group": "far"}
     assert one.provenance["preset"] == "quick"
     with pytest.raises(HarnessError, match="no preset 'fast'"):
         spec.preset("fast")

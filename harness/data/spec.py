@@ -2,7 +2,8 @@
 
 A spec names the ID source, each OOD set with its source and options, the normalisation, and the default classifier
 recipe. `--benchmark NAME` reads `datasets/NAME.json`; `--benchmark path/to/spec.json` reads any spec file, so a user
-can add OOD sets (e.g. `{"name": "mine", "source": "image_folder", "path": "/data/mine"}`) without code.
+can add OOD sets (e.g. `{"name": "mine", "group": "far", "source": "image_folder", "path": "/data/mine"}`) without
+code.
 
 Specs of on-disk benchmarks (cifar100, imagenet100) add, per set: `locations` (alternative layouts tried in order,
 e.g. the papers' folders then OpenOOD's image lists; each with its `source`, `path` under the data root and
@@ -15,6 +16,11 @@ are decoded into memory (`memory`) or read from files batch by batch (`files`, I
 image_size/channels/mean/std, may name its `text_encoder` (`{"name": "spacy-md"}`, or `{"name": "albert", "path":
 DIR under the data root or absolute, "pooling": "mean" | "pooler"}`) and the metric columns of its leaderboard
 (`leaderboard_metrics`, default fpr95 and auroc; any of fpr95, auroc, aupr_in, aupr_out).
+
+Every OOD entry names its `group`, `near` or `far` (OpenOOD v1.5's split; `groups_note` cites where each spec's
+grouping comes from): records carry the near- and far-OOD averages beside the overall one. `baselines` names, per
+method kind (`*` for every other kind), the label every other label of that kind is compared with
+(`harness.records.statistics`).
 """
 
 from __future__ import annotations
@@ -80,6 +86,13 @@ class BenchmarkSpec:
     # the seed-std targets (pp) the leaderboard marks rows against: "average_auroc" by method kind ("*" for every
     # other kind), "id_accuracy"; empty = no marks
     stability_targets: dict[str, Any] = field(default_factory=dict)
+    # the label each method kind is compared with ("*" for every other kind), e.g. {"density": "flow(variant=mle)",
+    # "*": "energy"}; empty = no comparison
+    baselines: dict[str, str] = field(default_factory=dict)
+
+    def baseline(self, kind: str) -> str | None:
+        """The label a method of `kind` is compared with (`baselines`), None when the spec names none."""
+        return self.baselines.get(kind, self.baselines.get("*"))
 
     def stability_target(self, metric: str, kind: str) -> float | None:
         """The seed-std target (pp) of `metric` ("average_auroc" or "id_accuracy") for a method of `kind`."""
@@ -96,6 +109,11 @@ class BenchmarkSpec:
     @property
     def ood_names(self) -> list[str]:
         return [entry["name"] for entry in self.ood]
+
+    @property
+    def ood_groups(self) -> dict[str, str]:
+        """OOD set name -> its group ("near" or "far"), for the sets that have one (an `--ood` set may not)."""
+        return {entry["name"]: entry["group"] for entry in self.ood if "group" in entry}
 
     def with_extra_ood(self, folders: dict[str, str], groups: dict[str, str] | None = None) -> BenchmarkSpec:
         """The same spec plus image-folder OOD sets given on the command line (`--ood [GROUP:]NAME=PATH`), each in
@@ -241,6 +259,8 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
                            f"{', '.join(LEADERBOARD_METRICS)}")
     targets = dict(raw.get("stability_targets", {}))
     _check_stability_targets(targets, path)
+    baselines = dict(raw.get("baselines", {}))
+    _check_baselines(baselines, path)
     encoder = dict(raw.get("text_encoder", {}))
     if encoder and encoder.get("name") not in ("spacy-md", "albert"):
         raise HarnessError(f"benchmark spec {path}: text_encoder name {encoder.get('name')!r} must be spacy-md or "
@@ -254,14 +274,14 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         std=tuple(raw.get("std", ())), id=dict(raw["id"]), ood=tuple(dict(e) for e in raw["ood"]),
         classifier=dict(raw.get("classifier", {})), description=raw.get("description", ""),
         presets=presets, storage=storage, family=raw.get("family", raw["name"]),
-        variants=tuple(sorted(raw.get("variants", {}))), stability_targets=targets,
+        variants=tuple(sorted(raw.get("variants", {}))), stability_targets=targets, baselines=baselines,
     )
 
 
 TOP_LEVEL_KEYS = ("name", "description", "modality", "image_size", "channels", "num_classes", "class_names",
                   "prompt_names", "prompt_names_note", "official_prompt_names", "mean", "std", "id", "ood",
                   "classifier", "presets", "storage", "leaderboard_metrics", "stability_targets", "text_encoder",
-                  "variants", "family")
+                  "variants", "family", "baselines", "groups_note")
 # Keys every set entry may carry whatever its source: how the harness draws and describes it.
 ENTRY_KEYS = ("name", "source", "note", "from", "layout", "locations", "expected", "eval_count", "subset_seed",
               "preprocess", "seed", "class_names", "group")
@@ -301,6 +321,9 @@ def check_schema(raw: dict[str, Any], path: Path) -> None:
             check_group(entry["group"], f"{where}: {label}")
         for location in locations(entry):
             _check_location(location, f"{where}: {label}")
+        if entry is not raw["id"] and "group" not in entry:
+            raise HarnessError(f"{where}: {label} has no group; give it \"group\": \"near\" (semantically close "
+                               "to the ID classes) or \"far\", as OpenOOD v1.5 splits its OOD sets")
         if "fetch" in entry:
             _check_fetch(entry["fetch"], f"{where}: {label} fetch")
 
@@ -408,6 +431,13 @@ def _check_stability_targets(targets: dict[str, Any], path: Path) -> None:
         if not all(is_number(v) and v > 0 for v in values):
             raise HarnessError(f"benchmark spec {path}: stability_targets.{key} must be a positive number of pp "
                                f"(or a mapping from method kind to one); got {value!r}")
+
+
+def _check_baselines(baselines: dict[str, Any], path: Path) -> None:
+    for kind, label in baselines.items():
+        if not (isinstance(label, str) and label):
+            raise HarnessError(f"benchmark spec {path}: baselines.{kind} {label!r} must be a method label, e.g. "
+                               "\"energy\" or \"flow(variant=mle)\"")
 
 
 def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:

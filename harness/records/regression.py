@@ -23,7 +23,8 @@ AUROC the same way on 4 of 5 seeds) and an independent part that averages out ov
 moving by the largest measured drift can fail it: that moves the mean by max|d| / n <= r sqrt(N) / n, within
 2 r / sqrt(n) whenever the N drift values number at most 4 n. Per-set metrics keep the per-seed check only: each
 added paired check is one more chance of a false alarm. A check's minimal detectable effect is the smallest shift
-of every seed that surely fails it: its tolerance.
+of every seed that surely fails it: its tolerance. Drifts and paired means pair values by seed with
+`statistics.paired`, as the leaderboard's paired statistics do.
 
 The two factors are calibrated on reruns at thread counts no drift run used (docs/regression.md): drift measured
 at two thread counts underestimates the tail of the next environment's (held-out per-seed differences of every
@@ -48,6 +49,7 @@ import numpy as np
 from harness.cache import atomic_write_bytes
 from harness.errors import HarnessError
 from harness.paths import EXPECTATIONS_DIR
+from harness.records import statistics
 from harness.records.provenance import decisive, differences, portable
 from harness.records.results import RunRecord
 
@@ -111,17 +113,21 @@ def stored_values(entry: dict[str, Any]) -> Values:
 
 
 def drift_entry(base: Values, drift_runs: list[RunRecord]) -> dict[str, Any]:
-    """Per (set, metric, seed): value under the drift environment minus the stored value `base` (pp)."""
-    per_seed: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    for run in drift_runs:
-        for (name, metric), value in record_values(run).items():
-            if (name, metric) in base.get(run.seed, {}):
-                per_seed[name][metric][str(run.seed)] = value - base[run.seed][(name, metric)]
+    """Per (set, metric, seed): value under the drift environment minus the stored value `base` (pp), paired by
+    seed (`statistics.paired`)."""
+    moved: Values = {run.seed: record_values(run) for run in drift_runs}
+    per_seed: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for name, metric in sorted({key for values in moved.values() for key in values}):
+        drift = statistics.paired({seed: v[(name, metric)] for seed, v in moved.items() if (name, metric) in v},
+                                  {seed: v[(name, metric)] for seed, v in base.items() if (name, metric) in v})
+        if drift.n:
+            per_seed[name][metric] = {str(seed): float(d)
+                                      for seed, d in zip(drift.units, drift.differences, strict=True)}
     facts = environments(drift_runs)
     count = len({numerics_key(f) for f in facts})
     if count != 1:
         raise HarnessError(f"runs of {drift_runs[0].label} come from {count} environments; give one drift at a time")
-    return {"environment": facts[0], "per_seed": {n: dict(m) for n, m in per_seed.items()}}
+    return {"environment": facts[0], "per_seed": dict(per_seed)}
 
 
 def group_by_environment(records: list[RunRecord]) -> list[list[RunRecord]]:
@@ -416,19 +422,18 @@ def paired_mean_checks(doc: dict[str, Any], checks: list[Check]) -> list[Check]:
     for c in checks:
         if c.basis == MEASURED_DRIFT and (c.set, c.metric) in SUMMARY:
             groups[(c.label, c.set, c.metric)].append(c)
-    paired = []
+    means = []
     for (label, name, metric), group in groups.items():
         rms = rms_drift(doc["methods"][label], name, metric)
-        if len(group) < 2 or rms is None:
+        moved = statistics.paired({c.seed: c.got for c in group}, {c.seed: c.expected for c in group})
+        if moved.n < 2 or rms is None:
             continue
-        n, shared = len(group), systematic_drift(doc["methods"][label], name, metric)
-        spread = math.hypot(shared, rms / math.sqrt(n))
+        shared = systematic_drift(doc["methods"][label], name, metric)
+        spread = math.hypot(shared, rms / math.sqrt(moved.n))
         tolerance = max(float(doc["drift_floor_pp"]), float(doc["paired_drift_factor"]) * spread)
-        paired.append(Check(label, None, name, metric, float(np.mean([c.expected for c in group])),
-                            float(np.mean([c.got for c in group])), tolerance,
-                            f"{MEASURED_DRIFT} (systematic {shared:.2f}, rms {rms:.2f}), paired mean",
-                            tuple(sorted(c.seed for c in group))))
-    return paired
+        means.append(Check(label, None, name, metric, moved.baseline_mean, moved.value_mean, tolerance,
+                           f"{MEASURED_DRIFT} (systematic {shared:.2f}, rms {rms:.2f}), paired mean", moved.units))
+    return means
 
 
 def detectable_effects(checks: list[Check]) -> dict[str, dict[str, float]]:

@@ -86,6 +86,8 @@ class RunRecord:
     environment: dict[str, Any] = field(default_factory=dict)  # threads, kernels, CPU/GPU, CUDA/cuDNN, flags
     plugin: dict[str, str] = field(default_factory=dict)  # the method's distribution, version and source hash
     model: dict[str, Any] = field(default_factory=dict)  # your own classifier (`--model`): `ModelSpec.facts`
+    # per OOD group ("near", "far") present, each metric's mean over its sets (records.statistics.group_averages)
+    group_average: dict[str, dict[str, float]] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)  # per-stage seconds and peak memory, images (records.cost)
 
     @property
@@ -131,6 +133,9 @@ def read_record(path: Path) -> RunRecord:
         raise ValueError("metrics must map each set to numbers")
     if not isinstance(record.average, dict) or not all(is_number(v) for v in record.average.values()):
         raise ValueError("average must map each metric to a number")
+    if not isinstance(record.group_average, dict) or not all(
+            isinstance(m, dict) and all(is_number(v) for v in m.values()) for m in record.group_average.values()):
+        raise ValueError("group_average must map each OOD group to numbers")
     if record.id_accuracy is not None and not is_number(record.id_accuracy):
         raise ValueError(f"id_accuracy {record.id_accuracy!r} is not a number")
     return record
