@@ -146,8 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list every method with its kind, paper and settings")
 
-    board = sub.add_parser("leaderboard", help="regenerate leaderboard markdown from the records")
-    board.add_argument("--out", type=Path, default=Path("results"), help="directory holding records/")
+    board = sub.add_parser("leaderboard", help="regenerate the leaderboards (markdown, HTML, CSV, JSON, OpenOOD CSV) "
+                                               "from the records")
+    board.add_argument("--out", type=Path, default=Path("runs"),
+                       help="directory holding records/, where leaderboards/ is written (default runs/, where `run` "
+                            "writes; the curated results/ is --out results)")
+    board.add_argument("--format", dest="formats", type=_csv, default=["md", "html"],
+                       help="comma-separated formats, some of md,html,csv,json,openood (default md,html); "
+                            "docs/leaderboards.md describes each")
     board.add_argument("--benchmark", action="append", default=None, help="only this benchmark (repeatable)")
     board.add_argument("--metrics", type=_csv, default=None,
                        help="metric columns, some of fpr95,auroc,aupr_in,aupr_out (default: the spec's "
@@ -350,25 +356,30 @@ def cmd_run(args: argparse.Namespace) -> None:
     records = execute(plan(request))
     benchmark = records[0].benchmark
     print(leaderboard_path(args.out, benchmark).read_text())
-    print(f"records under {args.out / 'records' / benchmark}, leaderboard {leaderboard_path(args.out, benchmark)}")
+    print(f"records under {args.out / 'records' / benchmark}, leaderboard {leaderboard_path(args.out, benchmark)} "
+          f"and {leaderboard_path(args.out, benchmark, 'html')}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from harness.records.leaderboard import write_leaderboards
 
     if not (args.out / "records").is_dir():
-        raise HarnessError(f"no records under {args.out / 'records'}; run `python -m harness run` first or pass --out")
+        raise HarnessError(f"no records under {args.out / 'records'}; run `python -m harness run` first, or pass "
+                           "--out DIR (--out results for the committed records)")
     from harness.data.spec import LEADERBOARD_METRICS
 
     unknown = sorted(set(args.metrics or ()) - set(LEADERBOARD_METRICS))
     if unknown or args.metrics == []:
         raise HarnessError(f"--metrics {','.join(unknown) or '(empty)'}: choose from {','.join(LEADERBOARD_METRICS)}")
-    written = write_leaderboards(args.out, args.benchmark, tuple(args.metrics) if args.metrics else None)
+    written = write_leaderboards(args.out, args.benchmark, tuple(args.metrics) if args.metrics else None,
+                                 tuple(args.formats))
     if not written:
         raise HarnessError(f"no records for {', '.join(args.benchmark or ['any benchmark'])} under {args.out}")
-    for path in written.values():
-        print(path.read_text())
-        print(f"wrote {path}")
+    for files in written.values():
+        if "md" in files:
+            print(files["md"].read_text())
+        for path in files.values():
+            print(f"wrote {path}")
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:

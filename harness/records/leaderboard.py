@@ -1,33 +1,50 @@
-"""Leaderboard markdown from result records: per benchmark, methods x OOD sets (FPR95 and AUROC, %, or the metrics
-of the spec's `leaderboard_metrics`, e.g. AUROC, AUPR-In and FPR95 for the text benchmarks), the average
-over sets, ID accuracy, mean ± std over seeds; best in bold and second underlined per column, as in the papers.
-Below the reproduced rows, the numbers the papers report (`results/reference/*.csv`, one table per source table),
-marked as reported.
+"""Leaderboards from result records: one table model (`Leaderboard`, built on `summarise`) rendered as markdown
+(here), a self-contained HTML page (`harness.records.html`), tidy CSV/JSON and OpenOOD's leaderboard CSV
+(`harness.records.exports`); docs/leaderboards.md describes every format.
 
-Regeneration is a pure function of the records and the reference files: the same inputs always give the same bytes.
+Per benchmark: methods x OOD sets (FPR95 and AUROC, %, or the metrics of the spec's `leaderboard_metrics`, e.g.
+AUROC, AUPR-In and FPR95 for the text benchmarks), the average over sets, ID accuracy, mean ± std over seeds; best
+in bold and second underlined per column, as in the papers, each row ranked only against the rows trained with the
+same classifier recipe (and the rows that train none). Below the reproduced rows, the numbers the papers report
+(`results/reference/*.csv`, one table per source table), marked as reported.
+
+Regeneration is a pure function of the records, the reference files and the command's options: the same inputs
+always give the same bytes.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness.cache import atomic_write_bytes
-from harness.data.spec import BenchmarkSpec, load_spec
+from harness.data.spec import OOD_GROUPS, BenchmarkSpec, load_spec
 from harness.errors import HarnessError
+from harness.metrics import METRIC_NAMES
 from harness.paths import DATASETS_DIR, REFERENCE_DIR, check_name, path_under
 from harness.records.provenance import NUMERIC_FACTS
 from harness.records.results import RunRecord, load_records
+from harness.records.statistics import BaselineDelta, baseline_deltas, group_averages, set_groups
 
 LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "AUPR-In": False, "AUPR-Out": False, "AUPR": False,
                    "ID acc.": False}
 # record metric key -> column name (AUPR-In: ID is the positive class; AUPR-Out: OOD is, with score -s)
 COLUMN = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
 DEFAULT_METRICS = ("fpr95", "auroc")
+# the per-group averages' column names (OpenOOD's), beside the overall "Average"
+GROUP_COLUMN = {"near": "Near-OOD", "far": "Far-OOD"}
+AVERAGES = (*GROUP_COLUMN.values(), "Average")
+FORMATS = ("md", "html", "csv", "json", "openood")
+DEFAULT_FORMATS = ("md", "html")
+SUFFIX = {"md": ".md", "html": ".html", "csv": ".csv", "json": ".json", "openood": ".openood.csv"}
 
 
 def benchmark_spec(benchmark: str) -> BenchmarkSpec | None:
@@ -51,40 +68,97 @@ def benchmark_metrics(benchmark: str) -> tuple[str, ...]:
     return spec.leaderboard_metrics if spec else DEFAULT_METRICS
 
 
-def _fmt(values: list[float]) -> str:
-    mean = float(np.mean(values))
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {float(np.std(values, ddof=1)):.2f}"
+def recipe_key(record: RunRecord) -> str:
+    """What a row's classifier is, as JSON: the user's model (`--model`: its spec and weights), the shared
+    classifier recipe (`classifier_config`), or '' for a method that trains no classifier (a density model)."""
+    if record.model:
+        return json.dumps({"model": record.model.get("spec"), "weights": record.model.get("weights_sha256")})
+    if record.classifier_config:
+        return json.dumps({"classifier": record.classifier_config}, sort_keys=True)
+    return ""
 
 
-def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRICS) -> pd.DataFrame:
-    """One row per (label, FPR convention): mean values in columns (set, metric), seeds kept in `n_seeds`. The
-    Average column averages the sets every record holds, so rows with extra sets (`--ood`) are never ranked on an
-    average over other sets; their extra sets get columns of their own."""
-    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+def describe_recipes(keys: list[str]) -> dict[str, str]:
+    """A short name per recipe key: `resnet18 (weights 1a2b3c4d)` for a user's model, `lenet, 12 epochs` for a
+    classifier recipe, plus each setting in which the table's classifier recipes differ; '' for no classifier."""
+    recipes = {key: json.loads(key) for key in keys if key}
+    configs = [recipe["classifier"] for recipe in recipes.values() if "classifier" in recipe]
+    varying = sorted({name for config in configs for name in config
+                      if len({json.dumps(c.get(name)) for c in configs}) > 1} - {"backbone", "epochs"})
+    names = {}
+    for key in keys:
+        recipe = recipes.get(key, {})
+        if "classifier" in recipe:
+            config, epochs = recipe["classifier"], recipe["classifier"].get("epochs")
+            names[key] = ", ".join([f"{config.get('backbone')}, {epochs} epoch{'s' * (epochs != 1)}",
+                                    *(f"{name}={config.get(name)}" for name in varying)])
+        elif "model" in recipe:
+            names[key] = f"{Path(str(recipe['model'])).name} (weights {str(recipe['weights'])[:8]})"
+        else:
+            names[key] = ""
+    return names
+
+
+def record_costs(record: RunRecord) -> dict[str, float]:
+    """The record's cost (`cost`: per stage seconds and peak memory, images generated and embedded), flattened to
+    `stage.fact` names; a record without `cost` gives its `stage_seconds`. Unmeasured (None) facts are left out."""
+    stages = record.cost.get("stages") or {stage: {"seconds": s} for stage, s in record.stage_seconds.items()}
+    flat = {f"{stage}.{name}": value for stage, facts in stages.items() for name, value in facts.items()}
+    flat.update({name: value for name, value in record.cost.items() if name != "stages"})
+    return {name: float(value) for name, value in flat.items() if isinstance(value, int | float)}
+
+
+class SeedValues(list):
+    """A cell's per-seed values, in seed order, that know their seeds (`seeds`)."""
+
+    def __init__(self, pairs: list[tuple[int, float]]) -> None:
+        super().__init__(value for _, value in pairs)
+        self.seeds = tuple(seed for seed, _ in pairs)
+
+
+def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRICS,
+              groups: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (label, FPR convention, classifier recipe): per-seed values in % (`SeedValues`) in columns
+    (set, metric), the number of seeds in `seeds`. The Average column averages the sets every record holds, so rows
+    with extra sets (`--ood`) are never ranked on an average over other sets; their extra sets get columns of their
+    own. `groups` (set -> near/far) adds the Near-OOD and Far-OOD averages over each group's common sets; `cost`
+    columns hold each record's `record_costs`."""
+    rows_of: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
-        groups[(record.label, record.fpr_positive)].append(record)
+        rows_of[(record.label, record.fpr_positive, recipe_key(record))].append(record)
     common = [name for name in (records[0].metrics if records else {}) if all(name in r.metrics for r in records)]
+    in_groups = {name: group for name, group in (groups or {}).items() if name in common}
+    recipes = describe_recipes(sorted({key for _, _, key in rows_of}))
 
     def average(run: RunRecord, key: str) -> float:
         return float(np.mean([run.metrics[name][key] for name in common]))
 
+    def group_average(run: RunRecord, group: str, key: str) -> float:
+        return group_averages({name: run.metrics[name] for name in in_groups}, in_groups)[group][key]
+
     rows = []
-    for (label, positive), runs in sorted(groups.items()):
+    for (label, positive, key), runs in sorted(rows_of.items()):
         runs.sort(key=lambda r: r.seed)
-        row: dict[tuple[str, str], object] = {("", "Method"): label, ("", "seeds"): len(runs),
-                                              ("", "kind"): runs[0].kind, ("", "positive"): positive}
-        sets = list(runs[0].metrics)
-        for name in sets + ["Average"]:
-            for key in metrics:
-                values = [100 * (average(r, key) if name == "Average" else r.metrics[name][key])
-                          for r in runs if name == "Average" or name in r.metrics]
-                metric = COLUMN[key]
-                row[(name, metric)] = values
-        accs = [100 * r.id_accuracy for r in runs if r.id_accuracy is not None]
-        row[("", "ID acc.")] = accs
+        row: dict[tuple[str, str], object] = {
+            ("", "Method"): label, ("", "seeds"): len(runs), ("", "kind"): runs[0].kind, ("", "positive"): positive,
+            ("", "method"): runs[0].method, ("", "recipe"): recipes[key], ("", "recipe key"): key,
+            ("", "fpr_rule"): runs[0].fpr_rule}
+        for name in runs[0].metrics:
+            for metric in metrics:
+                row[(name, COLUMN[metric])] = SeedValues([(r.seed, 100 * r.metrics[name][metric])
+                                                          for r in runs if name in r.metrics])
+        for group in OOD_GROUPS:
+            if group in in_groups.values():
+                for metric in metrics:
+                    row[(GROUP_COLUMN[group], COLUMN[metric])] = SeedValues(
+                        [(r.seed, 100 * group_average(r, group, metric)) for r in runs])
+        for metric in metrics:
+            row[("Average", COLUMN[metric])] = SeedValues([(r.seed, 100 * average(r, metric)) for r in runs])
+        row[("", "ID acc.")] = SeedValues([(r.seed, 100 * r.id_accuracy) for r in runs if r.id_accuracy is not None])
         row[("", "provenance")] = mixed_provenance(runs)
+        costs = {run.seed: record_costs(run) for run in runs}
+        for name in dict.fromkeys(n for c in costs.values() for n in c):
+            row[("cost", name)] = SeedValues([(r.seed, costs[r.seed][name]) for r in runs if name in costs[r.seed]])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -104,17 +178,6 @@ def mixed_provenance(runs: list[RunRecord]) -> str:
                                                                                         strict=True))
 
 
-def _footnoted(part: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Append a `[^n]` marker to the Method of every row whose seeds mix provenance; its text goes to `notes`."""
-    part = part.copy()
-    for index, text in part[("", "provenance")].items():
-        if text:
-            notes.append(f"[^{len(notes) + 1}]: {part.at[index, ('', 'Method')]} averages records of different "
-                         f"code versions or environments: {text}.")
-            part.at[index, ("", "Method")] = f"{part.at[index, ('', 'Method')]} [^{len(notes)}]"
-    return part
-
-
 STABILITY_COLUMNS = {("Average", "AUROC"): "average_auroc", ("", "ID acc."): "id_accuracy"}
 
 
@@ -124,34 +187,64 @@ def _unstable(values: list[float], kind: str, column: tuple[str, str], spec: Ben
     return target is not None and len(values) > 1 and float(np.std(values, ddof=1)) > target
 
 
-def _mark(frame: pd.DataFrame, spec: BenchmarkSpec | None = None) -> pd.DataFrame:
-    """Format mean ± std strings, bold the best and underline the second best of each metric column; mark a mean
-    AUROC below 50 (◇) and a seed std above `spec`'s stability target (†)."""
-    shown = frame.copy()
-    for column in frame.columns:
-        metric = column[1]
-        if metric not in LOWER_IS_BETTER:
+@dataclass(frozen=True)
+class Cell:
+    """One metric cell of a row: its per-seed values (%), its marks (◇, †) and its rank among the rows it is ranked
+    against (1 best, 2 second, else None)."""
+
+    values: list[float]
+    marks: tuple[str, ...] = ()
+    rank: int | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def spread(self) -> str:
+        """The seed std (ddof=1) to two decimals, '' below two seeds."""
+        return f"{float(np.std(self.values, ddof=1)):.2f}" if len(self.values) > 1 else ""
+
+    @property
+    def text(self) -> str:
+        """`mean ± std` (the mean alone for one seed) and its marks, or '–' when the cell is empty."""
+        if not self.values:
+            return "–"
+        return " ".join([f"{self.mean:.2f}", *(["±", self.spread] if self.spread else []), *self.marks])
+
+
+def comparable(recipes: list[str]) -> list[list[int]]:
+    """For each row, the rows it is ranked against: those of its classifier recipe and those that train no
+    classifier ('' recipe, ranked against every row)."""
+    return [[j for j, other in enumerate(recipes) if not mine or not other or other == mine] for mine in recipes]
+
+
+def metric_cells(part: pd.DataFrame, column: tuple[str, str], spec: BenchmarkSpec | None) -> list[Cell]:
+    """The cells of a metric column of `part` (rows of one FPR convention): bold the best and underline the second
+    best mean (to two decimals) among the rows each is ranked against; mark a mean AUROC below 50 on a set (◇) and
+    a seed std above `spec`'s stability target (†)."""
+    metric = column[1]
+    # A plain list: a pandas Series would turn the None of an empty cell into NaN.
+    values = [v if isinstance(v, list) else [] for v in part[column]] if column in part else [[]] * len(part)
+    means = [round(float(np.mean(v)), 2) if v else None for v in values]
+    cells = []
+    for i, rows in enumerate(comparable(list(part[("", "recipe")]))):
+        if means[i] is None:
+            cells.append(Cell([]))
             continue
-        # A plain list: a pandas Series would turn the None of an empty cell into NaN.
-        means = [round(float(np.mean(v)), 2) if isinstance(v, list) and v else None for v in frame[column]]
-        distinct = sorted({m for m in means if m is not None}, reverse=not LOWER_IS_BETTER[metric])
-        texts = []
-        for value, mean, kind in zip(frame[column], means, frame[("", "kind")], strict=True):
-            if mean is None:
-                texts.append("–")
-                continue
-            text = _fmt(value)
-            if metric == "AUROC" and column[0] not in ("", "Average") and mean < 50:
-                text = f"{text} ◇"  # ranks this set above the ID test set: explained in docs/benchmarks.md
-            if _unstable(value, kind, column, spec):
-                text = f"{text} †"  # too unstable over seeds for the benchmark's target: docs/benchmarks.md
-            if len(frame) > 1 and mean == distinct[0]:
-                text = f"**{text}**"
-            elif len(frame) > 2 and len(distinct) > 1 and mean == distinct[1]:
-                text = f"<u>{text}</u>"
-            texts.append(text)
-        shown[column] = texts
-    return shown
+        marks = []
+        if metric == "AUROC" and column[0] not in ("", *AVERAGES) and means[i] < 50:
+            marks.append("◇")  # ranks this set above the ID test set: explained in docs/benchmarks.md
+        if _unstable(values[i], part[("", "kind")].iloc[i], column, spec):
+            marks.append("†")  # too unstable over seeds for the benchmark's target: docs/benchmarks.md
+        distinct = sorted({means[j] for j in rows if means[j] is not None}, reverse=not LOWER_IS_BETTER[metric])
+        rank = None
+        if len(rows) > 1 and means[i] == distinct[0]:
+            rank = 1
+        elif len(rows) > 2 and len(distinct) > 1 and means[i] == distinct[1]:
+            rank = 2
+        cells.append(Cell(values[i], tuple(marks), rank))
+    return cells
 
 
 def _targets_text(spec: BenchmarkSpec | None) -> str:
@@ -169,40 +262,12 @@ def _targets_text(spec: BenchmarkSpec | None) -> str:
             "explains each such row)")
 
 
-def _legend(metrics: tuple[str, ...], convention: str, spec: BenchmarkSpec | None = None) -> str:
-    arrows = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑ (ID positive)",
-              "aupr_out": "AUPR-Out ↑ (OOD positive)"}
-    names = [arrows[m] for m in metrics]
-    listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
-    fpr = f", FPR95 with {convention}" if "fpr95" in metrics else ""
-    low = ("; ◇ a mean AUROC below 50 (the set scores as more in-distribution than the ID test set; "
-           "docs/benchmarks.md explains each such cell)") if "auroc" in metrics else ""
-    return (f"{listed} in %{fpr}; mean ± std over seeds; best **bold**, second <u>underlined</u>{low}"
-            f"{_targets_text(spec)}.")
+@dataclass(frozen=True)
+class ReportedTable:
+    """One source table of numbers a paper reports: its caption and its rows as printed (strings)."""
 
-
-def benchmark_markdown(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None) -> str:
-    metrics = metrics or benchmark_metrics(benchmark)
-    frame = summarise(records, metrics)
-    spec = benchmark_spec(benchmark)
-    lines, notes = [f"# Leaderboard: {benchmark}", ""], []
-    for positive, part in frame.groupby(("", "positive"), sort=True):
-        convention = ("ID positive (the papers' convention)" if positive == "id"
-                      else "OOD positive (OpenOOD's convention since Aug 2023)")
-        shown = _mark(_footnoted(part.reset_index(drop=True), notes), spec)
-        table = shown[[c for c in shown.columns if c[1] not in ("positive", "kind", "provenance")]]
-        table.columns = [c[1] if c[0] == "" else f"{c[0]} {c[1]}" for c in table.columns]
-        lines += [_legend(metrics, convention, spec), "",
-                  table.to_markdown(index=False, disable_numparse=True), ""]
-    if notes:
-        lines += notes + [""]
-    lines += reported_markdown(benchmark)
-    figures = sorted({(r.label, f) for r in records for f in r.figures})
-    if figures:
-        lines += ["## Figures", ""] + [f"- {label}: [{Path(f).name}](../{f})" for label, f in figures] + [""]
-    lines += ["Regenerate with `python -m harness leaderboard`; each row comes from the JSON records under "
-              f"`records/{benchmark}/`.", ""]
-    return "\n".join(lines)
+    caption: str
+    frame: pd.DataFrame
 
 
 def load_reference(benchmark: str, directory: Path = REFERENCE_DIR) -> pd.DataFrame:
@@ -222,13 +287,13 @@ def _reported(value: str, std: str) -> str:
     return f"{value} ± {std}" if std else value
 
 
-def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[str]:
+def reported_tables(benchmark: str, directory: Path = REFERENCE_DIR) -> list[ReportedTable]:
     """One table per (paper, table) of reported numbers, in the papers' row and column order; only the metrics
     the table reports (FPR95, AUROC, AUPR: the `aupr` column, its positive class as the paper states it)."""
     frame = load_reference(benchmark, directory)
     if frame.empty:
         return []
-    lines = ["## Reported in the papers (not reproduced here)", ""]
+    tables = []
     for (source, table), part in frame.groupby(["source", "table"], sort=True):
         sets = [s for s in dict.fromkeys(part["ood_set"]) if s != "ID accuracy"]
         reported = [(metric, key) for metric, key in (("FPR95", "fpr95"), ("AUROC", "auroc"), ("AUPR", "aupr"))
@@ -247,26 +312,204 @@ def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[s
         positive = part["fpr_positive"].iloc[0]
         convention = {"id": "FPR95 with ID positive"}.get(positive, f"FPR95 convention {positive}") \
             if any(key == "fpr95" for _, key in reported) else f"AUPR positive class: {positive}"
-        lines += [f"{source}, {table} ({convention}; as printed, mean ± std where given):", "",
-                  pd.DataFrame(rows).fillna("–").to_markdown(index=False, disable_numparse=True), ""]
+        tables.append(ReportedTable(f"{source}, {table} ({convention}; as printed, mean ± std where given)",
+                                    pd.DataFrame(rows).fillna("–")))
+    return tables
+
+
+def reported_markdown(benchmark: str, directory: Path = REFERENCE_DIR) -> list[str]:
+    """The reported tables (`reported_tables`) as markdown lines, under their heading."""
+    tables = reported_tables(benchmark, directory)
+    if not tables:
+        return []
+    lines = ["## Reported in the papers (not reproduced here)", ""]
+    for table in tables:
+        lines += [f"{table.caption}:", "", table.frame.to_markdown(index=False, disable_numparse=True), ""]
     return lines
 
 
-def leaderboard_path(out_dir: Path, benchmark: str) -> Path:
-    return path_under(out_dir, "leaderboards", f"{check_name(benchmark, 'benchmark name')}.md")
+def shown_directory(out_dir: Path) -> str:
+    """`out_dir` as a command names it: relative to the working directory when under it, else as given."""
+    path = Path(out_dir)
+    if path.is_absolute() and path.resolve().is_relative_to(Path.cwd().resolve()):
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    return shlex.quote(str(path))
 
 
-def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None,
-                       metrics: tuple[str, ...] | None = None) -> dict[str, Path]:
-    """Regenerate `<out>/leaderboards/<benchmark>.md` for every benchmark with records (or the given ones), with
-    the columns `metrics` (default: each benchmark's `leaderboard_metrics`)."""
-    records = load_records(out_dir)
-    by_benchmark: dict[str, list[RunRecord]] = defaultdict(list)
+@dataclass(frozen=True)
+class Leaderboard:
+    """The table model every format renders: the records' summary (`summarise`: every metric the records carry, or
+    the given `--metrics`), the metric columns markdown and HTML show, the sets' near/far groups, the spec (its
+    stability targets and baselines) and where the files go (for each file's regeneration command)."""
+
+    benchmark: str
+    records: list[RunRecord] = field(repr=False)
+    metrics: tuple[str, ...]  # the columns markdown and HTML show
+    exported: tuple[str, ...]  # the metrics the summary holds (CSV, JSON)
+    metrics_given: bool  # `--metrics` chose them (the regeneration command repeats it)
+    groups: dict[str, str]
+    spec: BenchmarkSpec | None
+    out_dir: Path
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        return summarise(self.records, self.exported, self.groups)
+
+    @property
+    def sets(self) -> list[str]:
+        """The OOD sets with columns, in the rows' order (a row's extra `--ood` sets after the others)."""
+        names = [c[0] for c in self.frame.columns if c[0] not in ("", "cost", *AVERAGES)]
+        return list(dict.fromkeys(names))
+
+    @property
+    def recipes_differ(self) -> bool:
+        """Whether rows of different classifier recipes share the table (it then shows a Recipe column)."""
+        return len({r for r in self.frame[("", "recipe")] if r}) > 1
+
+    def parts(self) -> list[tuple[str, pd.DataFrame]]:
+        """The rows per FPR convention (`id` first), each ranked and rendered as a table of its own."""
+        return [(str(positive), part.reset_index(drop=True))
+                for positive, part in self.frame.groupby(("", "positive"), sort=True)]
+
+    def row_records(self, row: pd.Series) -> list[RunRecord]:
+        """The records a summary row averages."""
+        return [r for r in self.records if (r.label, r.fpr_positive, recipe_key(r)) ==
+                (row[("", "Method")], row[("", "positive")], row[("", "recipe key")])]
+
+    def averages(self) -> list[str]:
+        """The average columns the table has: Near-OOD and Far-OOD (where a group has common sets), Average."""
+        return [name for name in AVERAGES if any(c[0] == name for c in self.frame.columns)]
+
+    def cells(self, part: pd.DataFrame, column: tuple[str, str]) -> list[Cell]:
+        return metric_cells(part, column, self.spec)
+
+    @cached_property
+    def deltas(self) -> dict[str, BaselineDelta]:
+        """Per label, its headline metric against its kind's baseline (`harness.records.statistics`)."""
+        return baseline_deltas(self.records, self.spec)
+
+    def legend(self, convention: str, bold: str = "**bold**", underline: str = "<u>underlined</u>") -> str:
+        arrows = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑ (ID positive)",
+                  "aupr_out": "AUPR-Out ↑ (OOD positive)"}
+        names = [arrows[m] for m in self.metrics]
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+        fpr = f", FPR95 with {convention}" if "fpr95" in self.metrics else ""
+        low = ("; ◇ a mean AUROC below 50 (the set scores as more in-distribution than the ID test set; "
+               "docs/benchmarks.md explains each such cell)") if "auroc" in self.metrics else ""
+        recipes = ("; rows of different classifier recipes (Recipe) are ranked only against rows of the same recipe "
+                   "and rows that train no classifier (–)") if self.recipes_differ else ""
+        return (f"{listed} in %{fpr}; mean ± std over seeds; best {bold}, second {underline}{recipes}{low}"
+                f"{_targets_text(self.spec)}.")
+
+    @property
+    def figures(self) -> list[tuple[str, str]]:
+        """(label, path relative to the out directory) of every figure the records list."""
+        return sorted({(r.label, f) for r in self.records for f in r.figures})
+
+    @property
+    def reported(self) -> list[ReportedTable]:
+        return reported_tables(self.benchmark)
+
+    def command(self, fmt: str) -> str:
+        """The command that regenerates this benchmark's `fmt` file."""
+        metrics = f" --metrics {','.join(self.metrics)}" if self.metrics_given else ""
+        return (f"python -m harness leaderboard --out {shown_directory(self.out_dir)} --benchmark "
+                f"{shlex.quote(self.benchmark)}{metrics} --format {fmt}")
+
+
+def build_leaderboard(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None,
+                      out_dir: Path = Path("runs")) -> Leaderboard:
+    """The leaderboard of `records` (all of `benchmark`): columns `metrics` (default: the spec's
+    `leaderboard_metrics`), the summary holding those or, by default, every metric all records carry."""
+    spec = benchmark_spec(benchmark)
+    carried = tuple(m for m in METRIC_NAMES if all(m in v for r in records for v in r.metrics.values()))
+    shown = tuple(metrics) if metrics else (spec.leaderboard_metrics if spec else DEFAULT_METRICS)
+    missing = [m for m in shown if m not in carried]
+    if missing:
+        raise HarnessError(f"records of {benchmark} lack metric {missing[0]}; choose --metrics from "
+                           f"{','.join(carried)}")
+    groups: dict[str, str] = {}
     for record in records:
+        groups = {**set_groups(record, spec), **groups}
+    return Leaderboard(benchmark, records, shown, shown if metrics else carried, bool(metrics), groups, spec,
+                       Path(out_dir))
+
+
+def _footnoted(part: pd.DataFrame, notes: list[str]) -> list[str]:
+    """The Method texts of `part`, with a `[^n]` marker on every row whose seeds mix provenance; its text goes to
+    `notes`."""
+    methods = []
+    for label, text in zip(part[("", "Method")], part[("", "provenance")], strict=True):
+        if text:
+            notes.append(f"[^{len(notes) + 1}]: {label} averages records of different code versions or "
+                         f"environments: {text}.")
+            label = f"{label} [^{len(notes)}]"
+        methods.append(label)
+    return methods
+
+
+def render_markdown(board: Leaderboard) -> str:
+    lines, notes = [f"# Leaderboard: {board.benchmark}", ""], []
+    for positive, part in board.parts():
+        convention = ("ID positive (the papers' convention)" if positive == "id"
+                      else "OOD positive (OpenOOD's convention since Aug 2023)")
+        table = {"Method": _footnoted(part, notes), "seeds": list(part[("", "seeds")])}
+        if board.recipes_differ:
+            table["Recipe"] = [recipe or "–" for recipe in part[("", "recipe")]]
+        for name in board.sets + ["Average"]:
+            for metric in board.metrics:
+                table[f"{name} {COLUMN[metric]}"] = [cell_markdown(c) for c in board.cells(part,
+                                                                                         (name, COLUMN[metric]))]
+        table["ID acc."] = [cell_markdown(c) for c in board.cells(part, ("", "ID acc."))]
+        lines += [board.legend(convention), "",
+                  pd.DataFrame(table).to_markdown(index=False, disable_numparse=True), ""]
+    if notes:
+        lines += notes + [""]
+    lines += reported_markdown(board.benchmark)
+    if board.figures:
+        lines += ["## Figures", ""] + [f"- {label}: [{Path(f).name}](../{f})" for label, f in board.figures] + [""]
+    lines += [f"Regenerate with `{board.command('md')}`; each row comes from the JSON records under "
+              f"`records/{board.benchmark}/`.", ""]
+    return "\n".join(lines)
+
+
+def cell_markdown(cell: Cell) -> str:
+    return {1: f"**{cell.text}**", 2: f"<u>{cell.text}</u>"}.get(cell.rank, cell.text)
+
+
+def benchmark_markdown(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None) -> str:
+    return render_markdown(build_leaderboard(records, benchmark, metrics))
+
+
+def renderer(fmt: str) -> Callable[[Leaderboard], str]:
+    """The function rendering a leaderboard in `fmt` (one of FORMATS)."""
+    from harness.records import exports, html  # both render this module's table model, so they import it
+
+    return {"md": render_markdown, "html": html.render_html, "csv": exports.render_csv, "json": exports.render_json,
+            "openood": exports.render_openood}[fmt]
+
+
+def leaderboard_path(out_dir: Path, benchmark: str, fmt: str = "md") -> Path:
+    return path_under(out_dir, "leaderboards", f"{check_name(benchmark, 'benchmark name')}{SUFFIX[fmt]}")
+
+
+def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None, metrics: tuple[str, ...] | None = None,
+                       formats: tuple[str, ...] = DEFAULT_FORMATS) -> dict[str, dict[str, Path]]:
+    """Regenerate `<out>/leaderboards/<benchmark>.<format>` for every benchmark with records (or the given ones)
+    in each of `formats`, with the columns `metrics` (default: each benchmark's `leaderboard_metrics`); every file
+    is rendered before the first is written. Returns benchmark -> format -> path."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise HarnessError(f"--format {','.join(unknown) or '(empty)'}: choose from {','.join(FORMATS)}")
+    by_benchmark: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in load_records(out_dir):
         by_benchmark[record.benchmark].append(record)
-    written = {}
+    rendered: dict[str, dict[str, tuple[Path, bytes]]] = {}
     for name in sorted(by_benchmark if benchmarks is None else set(benchmarks) & set(by_benchmark)):
-        path = leaderboard_path(out_dir, name)
-        atomic_write_bytes(path, benchmark_markdown(by_benchmark[name], name, metrics).encode())
-        written[name] = path
-    return written
+        board = build_leaderboard(by_benchmark[name], name, metrics, out_dir)
+        rendered[name] = {fmt: (leaderboard_path(out_dir, name, fmt), renderer(fmt)(board).encode())
+                          for fmt in dict.fromkeys(formats)}
+    for files in rendered.values():
+        for path, content in files.values():
+            atomic_write_bytes(path, content)
+    return {name: {fmt: path for fmt, (path, _) in files.items()} for name, files in rendered.items()}
