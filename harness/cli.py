@@ -1,5 +1,5 @@
-"""Command line: `python -m harness run | list | leaderboard | regress | publish | data check | data fetch | text
-setup`.
+"""Command line: `python -m harness run | list | leaderboard | regress | publish | metrics | submit | verify | data
+check | data fetch | text setup`.
 
 Input problems are `HarnessError`s: printed as one `error: ...` line on stderr with exit status 2, no traceback.
 """
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-incomplete", action="store_true",
                      help="run even when a set has fewer images than the spec expects (recorded in each record)")
     _add_model_options(run)
+    run.add_argument("--save-scores", action="store_true",
+                     help="write each run's per-sample scores next to its record (seedN_scores.npz), for `metrics`, "
+                          "`submit` and `verify` (docs/submissions.md)")
 
     sub.add_parser("list", help="list every method with its kind, paper and settings")
 
@@ -161,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "aupr_out OOD")
 
     _add_regression_parsers(sub)
+    _add_submission_parsers(sub)
 
     data = sub.add_parser("data", help="inspect benchmark data on disk")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -240,6 +244,60 @@ def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--skip-checks", action="store_true",
                          help="do not run the suite's slow checks (python -m pytest -m slow) first; the expectations "
                               "record that they were skipped")
+
+
+def _add_submission_parsers(sub: argparse._SubParsersAction) -> None:
+    """`metrics`, `submit` and `verify`: per-sample scores and verifiable submissions (docs/submissions.md)."""
+    metrics = sub.add_parser("metrics", help="recompute every metric of a run from its per-sample scores file")
+    metrics.add_argument("--scores", type=Path, required=True, metavar="FILE", help="a seedN_scores.npz file")
+    metrics.add_argument("--fpr-positive", choices=("id", "ood"), default=None,
+                         help="FPR95 convention (default: the file's)")
+    metrics.add_argument("--fpr-rule", choices=("recall-at-least", "hendrycks"), default=None,
+                         help="FPR95 threshold rule (default: the file's)")
+    submit = sub.add_parser("submit", help="bundle records, their per-sample scores, the data fingerprints and the "
+                                           "environment into one verifiable archive")
+    submit.add_argument("--records", type=Path, required=True, metavar="DIR",
+                        help="the records to submit (a run's --out, its records/, or one benchmark's records)")
+    submit.add_argument("--out", type=Path, default=Path("submission.tar.gz"),
+                        help="the archive to write (default submission.tar.gz)")
+    verify = sub.add_parser("verify", help="recompute a submission's metrics from its scores and check its data "
+                                           "fingerprints and hashes (exit 1 on any mismatch)")
+    verify.add_argument("bundle", type=Path, help="a .tar.gz that `submit` wrote")
+    verify.add_argument("--data-root", type=Path, default=None,
+                        help="directory holding on-disk benchmark data (default $OODBENCH_DATA)")
+    verify.add_argument("--benchmark", default=None,
+                        help="the spec to check the data against, by name or .json path (default: each record's "
+                             "benchmark by name)")
+    verify.add_argument("--cache-dir", type=Path, default=None,
+                        help="stage cache the local data is built in (default $OODBENCH_CACHE or ~/.cache/oodbench)")
+    _add_kernel_options(verify)  # embedded sets are built with BLAS: check them under the records' kernels
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    from harness.records.scores import metrics_table, read_scores
+
+    try:
+        scores = read_scores(args.scores)
+    except (OSError, ValueError) as err:
+        raise HarnessError(f"--scores {args.scores} cannot be read ({err}); pass a seedN_scores.npz that "
+                           "`run --save-scores` wrote") from None
+    print(metrics_table(scores, args.fpr_positive, args.fpr_rule))
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from harness.records.bundle import submit
+
+    records = submit(args.records, args.out)
+    print(f"wrote {args.out}: {len(records)} records with their scores")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.cache import Cache
+    from harness.records.bundle import verify
+
+    result = verify(args.bundle, args.data_root, args.benchmark, Cache(args.cache_dir) if args.cache_dir else None)
+    print("\n".join([*result.problems, result.summary]))
+    return 1 if result.problems else 0
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -352,7 +410,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                          extra_ood=extra, ood_groups=groups, id_set=args.id, data_root=args.data_root,
                          preset=args.preset,
                          allow_incomplete=args.allow_incomplete, threads=args.threads, smoke=args.smoke,
-                         deterministic=args.deterministic, model=model)
+                         deterministic=args.deterministic, model=model, save_scores=args.save_scores)
     records = execute(plan(request))
     benchmark = records[0].benchmark
     print(leaderboard_path(args.out, benchmark).read_text())
@@ -437,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_regress(args)
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command in ("metrics", "submit", "verify"):
+            return {"metrics": cmd_metrics, "submit": cmd_submit, "verify": cmd_verify}[args.command](args)
         if args.command == "text":
             from harness.data.text_resources import print_setup
 

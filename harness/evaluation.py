@@ -40,7 +40,7 @@ def evaluate(model: nn.Module | str, benchmark: str = "mnist5k", methods: Sequen
              checkpoint: str | Path | None = None, device: str = "auto", data_root: str | Path | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None, feature_layer: str | None = None,
              seeds: Sequence[int] = (0,), preset: str = "paper", out_dir: str | Path | None = None,
-             cache_dir: str | Path | None = None) -> pd.DataFrame:
+             cache_dir: str | Path | None = None, save_scores: bool = False) -> pd.DataFrame:
     """Run post-hoc `methods` (default: every registered post-hoc method) on `model` (an `nn.Module`, or a
     `--model` SPEC: a timm name with `checkpoint`, a factory `package.module:function`, a TorchScript file) over
     `benchmark`; return `results_table` of the records.
@@ -48,7 +48,8 @@ def evaluate(model: nn.Module | str, benchmark: str = "mnist5k", methods: Sequen
     `mean`/`std`: the normalisation the model was trained with (default: timm's `pretrained_cfg`); `feature_layer`:
     the submodule whose output is the features (default: OpenOOD's or timm's convention); `out_dir`: where the
     records and leaderboard go (None: a temporary directory, removed after); `cache_dir`: the stage cache (None:
-    $OODBENCH_CACHE or ~/.cache/oodbench). Input problems raise `HarnessError` with a one-line message."""
+    $OODBENCH_CACHE or ~/.cache/oodbench); `save_scores`: write each run's per-sample scores next to its record
+    (`run --save-scores`; keep them with an `out_dir`). Input problems raise `HarnessError` with a one-line message."""
     if methods is None:
         methods = sorted(name for name, entry in discover().items() if entry.cls.info.kind == "post-hoc")
     request = ModelRequest(model, Path(checkpoint) if checkpoint is not None else None, feature_layer,
@@ -58,5 +59,5 @@ def evaluate(model: nn.Module | str, benchmark: str = "mnist5k", methods: Sequen
                                   out_dir=Path(out_dir if out_dir is not None else scratch),
                                   cache_dir=Path(cache_dir) if cache_dir is not None else None, device=device,
                                   data_root=Path(data_root) if data_root is not None else None, preset=preset,
-                                  model=request))
+                                  model=request, save_scores=save_scores))
         return results_table(execute(planned))

@@ -114,5 +114,11 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
     }
 
 
+def average_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the sets, in the order of `per_set` (the order the run scored them: a sum's last bit
+    depends on it)."""
+    return {m: float(np.mean([metrics[m] for metrics in per_set.values()])) for m in METRIC_NAMES}
+
+
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))

@@ -22,7 +22,7 @@ from harness.registry import Registered, configure, discover, resolve_methods, s
 
 CLASSIFIER_SCOPE = "classifier"
 # The request fields that say where and how a planned run executes; every other field enters the plan.
-RUN_FIELDS = frozenset({"seeds", "out_dir", "cache_dir", "device", "threads", "deterministic"})
+RUN_FIELDS = frozenset({"seeds", "out_dir", "cache_dir", "device", "threads", "deterministic", "save_scores"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class RunRequest:
     deterministic: bool = False  # deterministic algorithms on GPU (recorded)
     smoke: bool = False  # every method's smoke settings under the overrides (`Method.smoke_settings`)
     model: ModelRequest | None = None  # your own classifier instead of the baseline one (post-hoc methods only)
+    save_scores: bool = False  # write each run's per-sample scores next to its record (harness.records.scores)
 
 
 @dataclass(frozen=True)

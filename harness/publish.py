@@ -1,6 +1,7 @@
 """Publishing the curated results: every published method label of a benchmark (the reviewed list in
 `results/published.json`) for its seeds, from a clean cache, into `results/`, replacing that benchmark's records
-as a whole, then its leaderboard and its expectations (`harness.records.regression`).
+as a whole, then its leaderboard and its expectations (`harness.records.regression`). Every published record keeps
+its per-sample scores in their published form (`harness.records.scores.published_form`; docs/submissions.md).
 
 `results/published.json` maps a benchmark name to `{"seeds": [...], "threads": N, "drift_threads": [M, ...],
 "preset": "paper", "labels": [{"method": NAME, "set": ["SCOPE.FIELD=VALUE", ...]}, ...]}`: one line per label.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cache import atomic_write_bytes
 from harness.config import parse_set_options
 from harness.data.spec import BenchmarkSpec, load_spec
 from harness.errors import HarnessError
@@ -29,6 +31,7 @@ from harness.plan import Plan, RunRequest, plan
 from harness.records.leaderboard import write_leaderboards
 from harness.records.regression import build_expectations, changes, expectations_path, write_expectations
 from harness.records.results import RunRecord, load_records
+from harness.records.scores import published_form, read_scores
 from harness.runner import execute
 
 CACHE_MARKER = ".oodbench-publish"
@@ -67,7 +70,7 @@ def published_plans(spec: BenchmarkSpec, benchmark: str, published: Published, o
     threads = threads if threads is not None else published.threads
     return [plan(RunRequest(methods=[method], benchmark=benchmark, seeds=published.seeds,
                             overrides=parse_set_options(sets), out_dir=out_dir, cache_dir=cache_dir, device=device,
-                            threads=threads, preset=published.preset), spec)
+                            threads=threads, preset=published.preset, save_scores=True), spec)
             for method, sets in published.labels]
 
 
@@ -119,7 +122,8 @@ def drift_records(plans: list[Plan], staging: Path, cache_dir: Path, threads: in
     """Every published (label, seed) again under `threads` torch threads, from its own clean cache (every stage
     recomputed): the records whose differences from the published ones are the measured drift of a change of
     environment (harness.records.regression)."""
-    tasks = [task.with_request(threads=threads, out_dir=staging, cache_dir=cache_dir) for task in seed_tasks(plans)]
+    tasks = [task.with_request(threads=threads, out_dir=staging, cache_dir=cache_dir, save_scores=False)
+             for task in seed_tasks(plans)]
     for task in tasks:
         print(f"publish drift: {describe(task)} at {threads} threads")
     run_tasks(tasks, jobs)
@@ -196,6 +200,9 @@ def publish(benchmark: str, out_dir: Path, published_file: Path = PUBLISHED_FILE
     shutil.rmtree(staging)
     write_leaderboards(out_dir, [name])
     records = load_records(out_dir, name)
+    for record in records:
+        path = Path(out_dir) / record.scores_file
+        atomic_write_bytes(path, published_form(record, read_scores(path)))
     path = expectations_path(name, Path(out_dir) / "expectations")
     old = json.loads(path.read_text()) if path.is_file() else None
     labels = {r.label for r in records}

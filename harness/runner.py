@@ -16,15 +16,17 @@ from harness.classifier.training import seed_everything
 from harness.context import RunContext
 from harness.contract import Method
 from harness.data.benchmarks import Benchmark, load_benchmark
+from harness.data.fingerprints import identify_sets
 from harness.device import resolve_device
 from harness.errors import HarnessError
-from harness.metrics import METRIC_NAMES, FprRule, Positive, accuracy, ood_metrics
+from harness.metrics import FprRule, Positive, accuracy, average_metrics, ood_metrics
 from harness.plan import Plan
 from harness.records.cost import CostMeter
 from harness.records.leaderboard import write_leaderboards
 from harness.records.plots import save_score_histograms
 from harness.records.provenance import environment, numerics_scope, run_settings
 from harness.records.results import RunRecord
+from harness.records.scores import save_scores
 from harness.records.statistics import group_averages
 
 
@@ -75,7 +77,7 @@ def evaluate(method: Method, benchmark: Benchmark, positive: Positive,
         ood_scores = checked_scores(method, image_set, name)
         scores[name] = ood_scores
         per_set[name] = ood_metrics(id_scores, ood_scores, positive, rule)
-    average = {m: float(np.mean([per_set[s][m] for s in per_set])) for m in METRIC_NAMES}
+    average = average_metrics(per_set)
     predictions = method.predict(benchmark.test)
     if predictions is not None and np.shape(predictions) != (len(benchmark.test),):
         raise HarnessError(f"{method.info.name}.predict returned shape {np.shape(predictions)} for the "
@@ -101,6 +103,7 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
     check_writable(cache.root, "--cache-dir")
     cache = cache.scoped(numerics_scope(device))
     benchmark = load_benchmark(spec, cache, plan.data_root, plan.preset, plan.data)
+    identities = identify_sets(benchmark, cache, plan.data_root) if request.save_scores else None
     incomplete = {row.set: f"{row.count} of {row.expected}" for row in plan.data.rows if row.status == "incomplete"}
     data_facts = {**benchmark.provenance, **({"incomplete": incomplete} if incomplete else {})}
     # a user's model is recorded instead of the classifier recipe, with the precision its outputs were extracted in
@@ -138,6 +141,8 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
             save_score_histograms(scores, figure, title=f"{item.label} on {spec.name}, seed {seed}")
             extra = method.figures(record.directory(out_dir), f"seed{seed}")
             record.figures = [str(f.relative_to(out_dir)) for f in [figure, *extra]]
+            if identities is not None:
+                record.scores_file = save_scores(record, out_dir, scores, identities)
             record.save(out_dir)
             records.append(record)
     write_leaderboards(out_dir, [spec.name])

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from harness.cli import main
@@ -279,3 +280,18 @@ def test_add_drift_refuses_records_of_two_environments(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "come from 2 environments; give one drift at a time" in err and len(err.splitlines()) == 1
     assert copy.read_text() == tiny["expectations"].read_text()
+
+
+def test_publish_keeps_every_records_scores_in_their_published_form(tiny):
+    from harness.records.scores import check_against_record, published_form, read_scores
+
+    records = load_records(tiny["results"], "tiny5k")
+    stored = set()
+    for record in records:
+        path = tiny["results"] / record.scores_file
+        scores = read_scores(path)
+        assert path.parent == record.directory(tiny["results"]) and not check_against_record(record, scores)
+        assert path.read_bytes() == published_form(record, scores)
+        with np.load(path) as npz:
+            stored.add((record.method, str(npz["scores_0"].dtype)))
+    assert ("knn", "float32") in stored  # faiss distances are float32: rounding them loses nothing

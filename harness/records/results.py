@@ -81,6 +81,7 @@ class RunRecord:
     libraries: dict[str, str] = field(default_factory=library_versions)
     details: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    scores_file: str | None = None  # the per-sample scores (`--save-scores`), relative to the out dir (records.scores)
     data: dict[str, Any] = field(default_factory=dict)  # preset, data root, per set: source, path, subset drawn
     fpr_rule: str = "recall-at-least"  # FPR95 threshold rule (harness.metrics); older records used this one
     environment: dict[str, Any] = field(default_factory=dict)  # threads, kernels, CPU/GPU, CUDA/cuDNN, flags
@@ -112,8 +113,13 @@ class RunRecord:
 def read_record(path: Path) -> RunRecord:
     """The record stored at `path`, checked for what leaderboards and regress read; ValueError naming the problem
     when it is truncated, not a record, or of the wrong shape."""
+    return parse_record(Path(path).read_bytes())
+
+
+def parse_record(data: bytes) -> RunRecord:
+    """The record in the JSON bytes `data`, checked as `read_record` says."""
     try:
-        raw = json.loads(Path(path).read_bytes().decode())
+        raw = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"not valid JSON ({type(err).__name__})") from None
     if not isinstance(raw, dict):
