@@ -391,7 +391,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from harness.classifier.external import ModelRequest
     from harness.config import parse_set_options
     from harness.plan import RunRequest, plan
-    from harness.records.leaderboard import leaderboard_path
+    from harness.records.leaderboard_files import leaderboard_path
     from harness.runner import execute
 
     extra = {name: path for name, path, _ in args.ood}
@@ -419,7 +419,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from harness.records.leaderboard import write_leaderboards
+    from harness.records.leaderboard_files import write_leaderboards
 
     if not (args.out / "records").is_dir():
         raise HarnessError(f"no records under {args.out / 'records'}; run `python -m harness run` first, or pass "

@@ -28,7 +28,7 @@ from harness.data.spec import BenchmarkSpec, load_spec
 from harness.errors import HarnessError
 from harness.paths import CODE_ROOT, PUBLISHED_FILE, path_under
 from harness.plan import Plan, RunRequest, plan
-from harness.records.leaderboard import write_leaderboards
+from harness.records.leaderboard_files import write_leaderboards
 from harness.records.regression import build_expectations, changes, expectations_path, write_expectations
 from harness.records.results import RunRecord, load_records
 from harness.records.scores import published_form, read_scores

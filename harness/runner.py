@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 from harness.metrics import FprRule, Positive, accuracy, average_metrics, ood_metrics
 from harness.plan import Plan
 from harness.records.cost import CostMeter
-from harness.records.leaderboard import write_leaderboards
+from harness.records.leaderboard_files import write_leaderboards
 from harness.records.plots import save_score_histograms
 from harness.records.provenance import environment, numerics_scope, run_settings
 from harness.records.results import RunRecord

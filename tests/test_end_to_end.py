@@ -9,7 +9,8 @@ from harness.context import RunContext
 from harness.data.benchmarks import load_benchmark
 from harness.data.spec import load_spec
 from harness.plan import RunRequest, plan
-from harness.records.leaderboard import benchmark_markdown, write_leaderboards
+from harness.records.leaderboard import benchmark_markdown
+from harness.records.leaderboard_files import write_leaderboards
 from harness.records.results import load_records
 from harness.runner import execute
 

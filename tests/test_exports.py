@@ -126,7 +126,7 @@ def test_openood_needs_groups_and_writes_nothing_without(tmp_path):
         r.data = {}
         r.save(tmp_path)
     with pytest.raises(HarnessError, match="needs near/far OOD groups"):
-        from harness.records.leaderboard import write_leaderboards
+        from harness.records.leaderboard_files import write_leaderboards
         write_leaderboards(tmp_path, formats=("md", "openood"))
     assert not (tmp_path / "leaderboards").exists()
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from harness.records.html import columns, render_html
-from harness.records.leaderboard import build_leaderboard, write_leaderboards
+from harness.records.leaderboard import build_leaderboard
+from harness.records.leaderboard_files import write_leaderboards
 from tests.test_exports import record
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shlex
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.cache import atomic_write_bytes
 from harness.data.spec import OOD_GROUPS, BenchmarkSpec, load_spec
 from harness.errors import HarnessError
 from harness.metrics import METRIC_NAMES
-from harness.paths import DATASETS_DIR, REFERENCE_DIR, check_name, path_under
+from harness.paths import DATASETS_DIR, REFERENCE_DIR
 from harness.records.provenance import NUMERIC_FACTS
-from harness.records.results import RunRecord, load_records
+from harness.records.results import RunRecord
 from harness.records.statistics import BaselineDelta, baseline_deltas, group_averages, set_groups
 
 LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "AUPR-In": False, "AUPR-Out": False, "AUPR": False,
@@ -42,9 +40,6 @@ DEFAULT_METRICS = ("fpr95", "auroc")
 # the per-group averages' column names (OpenOOD's), beside the overall "Average"
 GROUP_COLUMN = {"near": "Near-OOD", "far": "Far-OOD"}
 AVERAGES = (*GROUP_COLUMN.values(), "Average")
-FORMATS = ("md", "html", "csv", "json", "openood")
-DEFAULT_FORMATS = ("md", "html")
-SUFFIX = {"md": ".md", "html": ".html", "csv": ".csv", "json": ".json", "openood": ".openood.csv"}
 
 
 def benchmark_spec(benchmark: str) -> BenchmarkSpec | None:
@@ -479,37 +474,3 @@ def cell_markdown(cell: Cell) -> str:
 
 def benchmark_markdown(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None) -> str:
     return render_markdown(build_leaderboard(records, benchmark, metrics))
-
-
-def renderer(fmt: str) -> Callable[[Leaderboard], str]:
-    """The function rendering a leaderboard in `fmt` (one of FORMATS)."""
-    from harness.records import exports, html  # both render this module's table model, so they import it
-
-    return {"md": render_markdown, "html": html.render_html, "csv": exports.render_csv, "json": exports.render_json,
-            "openood": exports.render_openood}[fmt]
-
-
-def leaderboard_path(out_dir: Path, benchmark: str, fmt: str = "md") -> Path:
-    return path_under(out_dir, "leaderboards", f"{check_name(benchmark, 'benchmark name')}{SUFFIX[fmt]}")
-
-
-def write_leaderboards(out_dir: Path, benchmarks: list[str] | None = None, metrics: tuple[str, ...] | None = None,
-                       formats: tuple[str, ...] = DEFAULT_FORMATS) -> dict[str, dict[str, Path]]:
-    """Regenerate `<out>/leaderboards/<benchmark>.<format>` for every benchmark with records (or the given ones)
-    in each of `formats`, with the columns `metrics` (default: each benchmark's `leaderboard_metrics`); every file
-    is rendered before the first is written. Returns benchmark -> format -> path."""
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise HarnessError(f"--format {','.join(unknown) or '(empty)'}: choose from {','.join(FORMATS)}")
-    by_benchmark: dict[str, list[RunRecord]] = defaultdict(list)
-    for record in load_records(out_dir):
-        by_benchmark[record.benchmark].append(record)
-    rendered: dict[str, dict[str, tuple[Path, bytes]]] = {}
-    for name in sorted(by_benchmark if benchmarks is None else set(benchmarks) & set(by_benchmark)):
-        board = build_leaderboard(by_benchmark[name], name, metrics, out_dir)
-        rendered[name] = {fmt: (leaderboard_path(out_dir, name, fmt), renderer(fmt)(board).encode())
-                          for fmt in dict.fromkeys(formats)}
-    for files in rendered.values():
-        for path, content in files.values():
-            atomic_write_bytes(path, content)
-    return {name: {fmt: path for fmt, (path, _) in files.items()} for name, files in rendered.items()}
