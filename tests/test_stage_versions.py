@@ -25,6 +25,8 @@ STAGES = {
     "benchmark-data": ("harness.data.benchmarks:DATA_VERSION", ["benchmark-data"],
                        ["harness/data/benchmarks.py", "harness/data/embedded.py", "harness/data/sets.py",
                         "harness/data/readers.py", "harness/data/sources.py"]),
+    "set-fingerprint": ("harness.data.fingerprints:FINGERPRINT_VERSION", ["set-fingerprint"],
+                        ["harness/data/fingerprints.py"]),
     "classifier": ("harness.classifier.training:CLASSIFIER_VERSION", ["classifier", "outputs"],
                    ["harness/classifier/training.py", "harness/classifier/models.py", "harness/classifier/augment.py",
                     "harness/classifier/hooks.py"]),

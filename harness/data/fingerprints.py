@@ -27,6 +27,7 @@ from harness.data.spec import BenchmarkSpec
 from harness.errors import HarnessError
 from harness.paths import file_sha256
 
+FINGERPRINT_VERSION = 1  # bump when the fingerprint of file-backed sets changes (its cache key holds it)
 ID_SET = "ID"  # the name of the ID test set in scores files and records' `eval_sizes`
 
 
@@ -43,7 +44,7 @@ def content_fingerprint(data_set: Any, cache: Cache) -> str:
             digest.update(data_set.labels.numpy().astype(np.int64).tobytes())
         return digest.hexdigest()[:16]
 
-    return cache.get_or_compute("set-fingerprint", data_set.fingerprint, compute)
+    return cache.get_or_compute("set-fingerprint", f"v{FINGERPRINT_VERSION}-{data_set.fingerprint}", compute)
 
 
 def item_ids(data_set: Any, data_root: Path | None) -> np.ndarray:
