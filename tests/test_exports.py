@@ -131,13 +131,17 @@ def test_openood_needs_groups_and_writes_nothing_without(tmp_path):
     assert not (tmp_path / "leaderboards").exists()
 
 
+def seeds(label: str, auroc: float, noise: tuple[float, ...] = (0.0, 0.002, -0.002), **fields) -> list[RunRecord]:
+    """Three seeds of `label` around `auroc` (a paired interval needs at least two)."""
+    return [record(label, seed, auroc + offset, **fields) for seed, offset in enumerate(noise)]
+
+
 def test_rows_of_different_recipes_are_ranked_only_against_their_own_and_marked():
-    """A 1-epoch classifier's msp beats the 12-epoch rows; it is bold among the 1-epoch rows only, the 12-epoch
-    knn is bold among its own, and the density row (no classifier) is ranked against every row."""
-    records = [record("knn", 0, 0.80), record("msp", 0, 0.70),
-               record("msp(classifier.epochs=1)", 0, 0.95, epochs=1), record("knn(classifier.epochs=1)", 0, 0.60,
-                                                                            epochs=1),
-               record("flow", 0, 0.85, kind="density", epochs=None, acc=None)]
+    """A 1-epoch classifier's msp beats the 12-epoch rows; it is bold among the 1-epoch rows only, and the density
+    row (no classifier) is ranked against every row, so the 12-epoch knn is not bold: flow beats it."""
+    records = [*seeds("knn", 0.80), *seeds("msp", 0.70), *seeds("msp(classifier.epochs=1)", 0.95, epochs=1),
+               *seeds("knn(classifier.epochs=1)", 0.60, epochs=1),
+               *seeds("flow", 0.85, kind="density", epochs=None, acc=None)]
     board = render_markdown(build_leaderboard(records, "toy"))
     lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in board.splitlines()
              if line.startswith("| ") and not line.startswith("| Method")}
@@ -146,25 +150,34 @@ def test_rows_of_different_recipes_are_ranked_only_against_their_own_and_marked(
     average = columns.index("Average AUROC")
     assert columns[:2] == ["seeds", "Recipe"]
     assert lines["knn"][1] == "lenet, 12 epochs" and lines["flow"][1] == "–"
-    assert lines["msp(classifier.epochs=1)"][average] == "**96.00**"
-    assert lines["knn"][average] == "<u>81.00</u>"  # flow (86) beats it: flow is ranked against every row
-    assert lines["flow"][average] == "<u>86.00</u>"  # second to the 1-epoch msp (96) among all rows
-    assert lines["msp"][average] == "71.00" and lines["knn(classifier.epochs=1)"][average] == "61.00"
+    assert lines["msp(classifier.epochs=1)"][average] == "**96.00 ± 0.20**"
+    assert lines["knn"][average] == "81.00 ± 0.20"  # flow (86) beats it: flow is ranked against every row
+    assert lines["flow"][average] == "86.00 ± 0.20"  # beaten by the 1-epoch msp (96) among all rows
+    assert lines["msp"][average] == "71.00 ± 0.20" and lines["knn(classifier.epochs=1)"][average] == "61.00 ± 0.20"
     assert "ranked only against rows of the same recipe" in board
     same = render_markdown(build_leaderboard([r for r in records if "epochs=1" not in r.label], "toy"))
     assert "Recipe" not in same and "| knn " in same
 
 
-def test_your_models_rows_are_a_recipe_of_their_own():
-    model = {"spec": "resnet18", "weights_sha256": "abcdef1234567890"}
-    records = [record("msp", 0, 0.9), record("msp(model=resnet18)", 0, 0.6, epochs=None, model=model)]
-    table = long_table(build_leaderboard(records, "toy")).drop_duplicates("label").set_index("label")
-    assert table.loc["msp(model=resnet18)", "recipe"] == "resnet18 (weights abcdef12)"
-    rows = [line for line in render_markdown(build_leaderboard(records, "toy")).splitlines()
-            if line.startswith("| msp")]
-    assert "| resnet18 (weights abcdef12) |" in rows[1]
-    assert not any("**" in row or "<u>" in row for row in rows)  # one row per recipe: nothing to rank it against
-    assert "**" in render_markdown(build_leaderboard([records[0], record("knn", 0, 0.6)], "toy"))
+def test_bold_only_beyond_the_paired_interval_else_the_tied_rows_in_italics():
+    """Two rows 0.1 pp apart with 0.2 pp seed noise are tied (neither bold, both italic); a row 5 pp below is not;
+    with the noise shared (paired) the same 0.1 pp gap is beyond the interval, and the better row is bold."""
+    noisy = [*seeds("a", 0.901, (0.0, 0.002, -0.002)), *seeds("b", 0.900, (0.002, -0.002, 0.0)),
+             *seeds("c", 0.85)]
+    cells = {row: cell for row, cell in markdown_cells(noisy, "Average AUROC").items()}
+    assert cells["a"].startswith("*") and not cells["a"].startswith("**") and cells["b"].startswith("*")
+    assert not cells["c"].startswith("*")
+    paired = [*seeds("a", 0.901), *seeds("b", 0.900), *seeds("c", 0.85)]
+    cells = markdown_cells(paired, "Average AUROC")
+    assert cells["a"].startswith("**") and not cells["b"].startswith("*") and not cells["c"].startswith("*")
+
+
+def markdown_cells(records: list[RunRecord], column: str) -> dict[str, str]:
+    board = render_markdown(build_leaderboard(records, "toy")).splitlines()
+    header = [c.strip() for c in next(line for line in board if line.startswith("| Method")).split("|")[1:-1]]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in board
+            if line.startswith("| ") and not line.startswith("| Method")]
+    return {row[0]: row[header.index(column)] for row in rows}
 
 
 def test_the_committed_markdown_is_what_the_records_regenerate():

@@ -16,8 +16,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from harness.records.leaderboard import COLUMN, LOWER_IS_BETTER, Cell, Leaderboard
-from harness.records.statistics import HEADLINE_GROUP, HEADLINE_METRIC
+from harness.records.leaderboard import BEST, COLUMN, LOWER_IS_BETTER, TIED, Cell, Leaderboard
 
 GROUP_TITLES = {"near": "near-OOD", "far": "far-OOD", "": "OOD sets without a group"}
 ARROWS = {"FPR95": "FPR95 ↓", "AUROC": "AUROC ↑", "AUPR-In": "AUPR-In ↑", "AUPR-Out": "AUPR-Out ↑",
@@ -38,7 +37,7 @@ th[aria-sort="ascending"]::after { content: " ▲"; } th[aria-sort="descending"]
 td { text-align: right; white-space: nowrap; vertical-align: top; }
 td.text { text-align: left; }
 td .s { display: block; color: #6a737d; font-size: 11px; }
-td.best .m { font-weight: 700; } td.second .m { text-decoration: underline; }
+td.best .m { font-weight: 700; } td.tied .m { font-style: italic; }
 tbody tr:nth-child(even) { background: #f8f9fb; }
 table.reported td { color: #57606a; font-style: italic; }
 sup { color: #9a6700; cursor: help; }
@@ -96,10 +95,11 @@ def _seeds_title(cell: Cell) -> str:
 
 
 def metric_td(cell: Cell) -> str:
-    """A metric cell: the mean (bold when best, underlined when second) over its std, per-seed values on hover."""
+    """A metric cell: the mean (bold when best beyond its interval, italic when tied with the best) over its std,
+    per-seed values on hover."""
     if not cell.values:
         return "<td>–</td>"
-    rank = {1: ' class="best"', 2: ' class="second"'}.get(cell.rank, "")
+    rank = {BEST: ' class="best"', TIED: ' class="tied"'}.get(cell.rank, "")
     spread = f'<span class="s">± {cell.spread}</span>' if cell.spread else ""
     return (f'<td{rank} data-value="{cell.mean!r}" title="{escape(_seeds_title(cell))}"><span class="m">'
             f"{escape(' '.join([f'{cell.mean:.2f}', *cell.marks]))}</span>{spread}</td>")
@@ -132,15 +132,8 @@ def _metric_column(board: Leaderboard, part: pd.DataFrame, block: str, column: t
     return Column(block, column[0], ARROWS[column[1]], better, [metric_td(c) for c in board.cells(part, column)])
 
 
-def headline_name(board: Leaderboard) -> str:
-    """The metric Δ compares (`harness.records.statistics`): near-OOD AUROC, or average AUROC without near sets."""
-    metric = HEADLINE_METRIC.upper()
-    return (f"{GROUP_TITLES[HEADLINE_GROUP]} {metric}" if HEADLINE_GROUP in board.groups.values()
-            else f"average {metric}")
-
-
 def delta_legend(board: Leaderboard) -> str:
-    return (f"Δ: each label's {headline_name(board)} (pp) minus its baseline's (the spec's baselines, per method "
+    return (f"Δ: each label's {board.headline_name} (pp) minus its baseline's (the spec's baselines, per method "
             "kind), paired by seed, with the 95% paired t-interval below it (docs/statistics.md); – for a baseline "
             "itself or a label without one.")
 
@@ -163,7 +156,7 @@ def columns(board: Leaderboard, part: pd.DataFrame) -> list[Column]:
         found += [_metric_column(board, part, "averages", (name, COLUMN[m])) for m in board.metrics]
     found.append(_metric_column(board, part, "", ("", "ID acc.")))
     if board.deltas:
-        found.append(Column("", "", f"Δ {headline_name(board)} vs baseline", "higher",
+        found.append(Column("", "", f"Δ {board.headline_name} vs baseline", "higher",
                             [delta_td(board, label) for label in labels]))
     return found
 
@@ -247,8 +240,8 @@ def render_html(board: Leaderboard) -> str:
     for positive, part in board.parts():
         convention = ("ID positive (the papers' convention)" if positive == "id"
                       else "OOD positive (OpenOOD's convention since Aug 2023)")
-        legend = escape(board.legend(convention, bold="{bold}", underline="{underlined}"))
-        legend = legend.replace("{bold}", "<strong>bold</strong>").replace("{underlined}", "<u>underlined</u>")
+        legend = escape(board.legend(convention, bold="{bold}", tied="{tied}"))
+        legend = legend.replace("{bold}", "<strong>bold</strong>").replace("{tied}", "<em>italic</em>")
         lines += [f'<p class="legend">{legend} Hover a cell for its per-seed values.</p>',
                   *board_table(columns(board, part))]
     if board.deltas:

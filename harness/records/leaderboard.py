@@ -3,9 +3,10 @@
 (`harness.records.exports`); docs/leaderboards.md describes every format.
 
 Per benchmark: methods x OOD sets (FPR95 and AUROC, %, or the metrics of the spec's `leaderboard_metrics`, e.g.
-AUROC, AUPR-In and FPR95 for the text benchmarks), the average over sets, ID accuracy, mean ± std over seeds; best
-in bold and second underlined per column, as in the papers, each row ranked only against the rows trained with the
-same classifier recipe (and the rows that train none). Below the reproduced rows, the numbers the papers report
+AUROC, AUPR-In and FPR95 for the text benchmarks), the averages over sets, ID accuracy, mean ± std over seeds; a
+cell bold when it beats every other row beyond the paired 95 % interval over seeds, else the rows tied with the best
+in italics (`statistics.rank_column`), each row ranked only against the rows trained with the same classifier recipe
+(and the rows that train none). Below the reproduced rows, the numbers the papers report
 (`results/reference/*.csv`, one table per source table), marked as reported.
 
 Regeneration is a pure function of the records, the reference files and the command's options: the same inputs
@@ -15,6 +16,7 @@ always give the same bytes.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +32,16 @@ from harness.metrics import METRIC_NAMES
 from harness.paths import DATASETS_DIR, REFERENCE_DIR
 from harness.records.provenance import NUMERIC_FACTS
 from harness.records.results import RunRecord
-from harness.records.statistics import BaselineDelta, baseline_deltas, group_averages, set_groups
+from harness.records.statistics import (
+    HEADLINE_GROUP,
+    MAX_UNITS,
+    BaselineDelta,
+    PairedDifference,
+    baseline_deltas,
+    group_averages,
+    rank_column,
+    set_groups,
+)
 
 LOWER_IS_BETTER = {"FPR95": True, "AUROC": False, "AUPR-In": False, "AUPR-Out": False, "AUPR": False,
                    "ID acc.": False}
@@ -182,10 +193,15 @@ def _unstable(values: list[float], kind: str, column: tuple[str, str], spec: Ben
     return target is not None and len(values) > 1 and float(np.std(values, ddof=1)) > target
 
 
+BEST, TIED = 1, 2
+
+
 @dataclass(frozen=True)
 class Cell:
     """One metric cell of a row: its per-seed values (%), its marks (◇, †) and its rank among the rows it is ranked
-    against (1 best, 2 second, else None)."""
+    against by the bold rule (`statistics.rank_column`): BEST (better than every other row beyond the paired 95 %
+    interval), TIED (not told apart from the best row, the best row itself included when no row is clearly best),
+    else None."""
 
     values: list[float]
     marks: tuple[str, ...] = ()
@@ -215,31 +231,35 @@ def comparable(recipes: list[str]) -> list[list[int]]:
 
 
 def metric_cells(part: pd.DataFrame, column: tuple[str, str], spec: BenchmarkSpec | None) -> list[Cell]:
-    """The cells of a metric column of `part` (rows of one FPR convention): bold the best and underline the second
-    best mean (to two decimals) among the rows each is ranked against; mark a mean AUROC below 50 on a set (◇) and
-    a seed std above `spec`'s stability target (†)."""
+    """The cells of a metric column of `part` (rows of one FPR convention), each ranked by the bold rule
+    (`statistics.rank_column`, paired over seeds) among the rows it is ranked against; mark a mean AUROC below 50 on
+    a set (◇) and a seed std above `spec`'s stability target (†)."""
     metric = column[1]
     # A plain list: a pandas Series would turn the None of an empty cell into NaN.
     values = [v if isinstance(v, list) else [] for v in part[column]] if column in part else [[]] * len(part)
-    means = [round(float(np.mean(v)), 2) if v else None for v in values]
     cells = []
     for i, rows in enumerate(comparable(list(part[("", "recipe")]))):
-        if means[i] is None:
+        if not values[i]:
             cells.append(Cell([]))
             continue
         marks = []
-        if metric == "AUROC" and column[0] not in ("", *AVERAGES) and means[i] < 50:
+        if metric == "AUROC" and column[0] not in ("", *AVERAGES) and np.mean(values[i]) < 50:
             marks.append("◇")  # ranks this set above the ID test set: explained in docs/benchmarks.md
         if _unstable(values[i], part[("", "kind")].iloc[i], column, spec):
             marks.append("†")  # too unstable over seeds for the benchmark's target: docs/benchmarks.md
-        distinct = sorted({means[j] for j in rows if means[j] is not None}, reverse=not LOWER_IS_BETTER[metric])
         rank = None
-        if len(rows) > 1 and means[i] == distinct[0]:
-            rank = 1
-        elif len(rows) > 2 and len(distinct) > 1 and means[i] == distinct[1]:
-            rank = 2
+        if len([j for j in rows if values[j]]) > 1:
+            ranking = rank_column({j: dict(zip(seeds_of(values[j]), values[j], strict=True)) for j in rows
+                                   if values[j]}, higher_is_better=not LOWER_IS_BETTER[metric])
+            rank = BEST if ranking.clear and ranking.best == i else TIED if i in ranking.tied and not ranking.clear \
+                else None
         cells.append(Cell(values[i], tuple(marks), rank))
     return cells
+
+
+def seeds_of(values: list[float]) -> tuple[int, ...]:
+    """The seeds of a cell's values (`SeedValues`), or their positions for a plain list."""
+    return getattr(values, "seeds", tuple(range(len(values))))
 
 
 def _targets_text(spec: BenchmarkSpec | None) -> str:
@@ -378,12 +398,18 @@ class Leaderboard:
     def cells(self, part: pd.DataFrame, column: tuple[str, str]) -> list[Cell]:
         return metric_cells(part, column, self.spec)
 
+    @property
+    def headline_name(self) -> str:
+        """The metric Δ compares (`harness.records.statistics`): near-OOD AUROC, or average AUROC without near
+        sets."""
+        return ("near-OOD AUROC" if HEADLINE_GROUP in self.groups.values() else "average AUROC")
+
     @cached_property
     def deltas(self) -> dict[str, BaselineDelta]:
         """Per label, its headline metric against its kind's baseline (`harness.records.statistics`)."""
         return baseline_deltas(self.records, self.spec)
 
-    def legend(self, convention: str, bold: str = "**bold**", underline: str = "<u>underlined</u>") -> str:
+    def legend(self, convention: str, bold: str = "**bold**", tied: str = "*italic*") -> str:
         arrows = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑ (ID positive)",
                   "aupr_out": "AUPR-Out ↑ (OOD positive)"}
         names = [arrows[m] for m in self.metrics]
@@ -393,7 +419,9 @@ class Leaderboard:
                "docs/benchmarks.md explains each such cell)") if "auroc" in self.metrics else ""
         recipes = ("; rows of different classifier recipes (Recipe) are ranked only against rows of the same recipe "
                    "and rows that train no classifier (–)") if self.recipes_differ else ""
-        return (f"{listed} in %{fpr}; mean ± std over seeds; best {bold}, second {underline}{recipes}{low}"
+        rule = (f"{bold} when better than every other row beyond the 95 % paired t-interval over seeds, else the rows "
+                f"not told apart from the best in {tied} (docs/statistics.md)")
+        return (f"{listed} in %{fpr}; mean ± std over seeds; {rule}{recipes}{low}"
                 f"{_targets_text(self.spec)}.")
 
     @property
@@ -451,7 +479,7 @@ def render_markdown(board: Leaderboard) -> str:
         table = {"Method": _footnoted(part, notes), "seeds": list(part[("", "seeds")])}
         if board.recipes_differ:
             table["Recipe"] = [recipe or "–" for recipe in part[("", "recipe")]]
-        for name in board.sets + ["Average"]:
+        for name in board.sets + board.averages():
             for metric in board.metrics:
                 table[f"{name} {COLUMN[metric]}"] = [cell_markdown(c) for c in board.cells(part,
                                                                                          (name, COLUMN[metric]))]
@@ -460,6 +488,7 @@ def render_markdown(board: Leaderboard) -> str:
                   pd.DataFrame(table).to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         lines += notes + [""]
+    lines += deltas_markdown(board)
     lines += reported_markdown(board.benchmark)
     if board.figures:
         lines += ["## Figures", ""] + [f"- {label}: [{Path(f).name}](../{f})" for label, f in board.figures] + [""]
@@ -468,8 +497,42 @@ def render_markdown(board: Leaderboard) -> str:
     return "\n".join(lines)
 
 
+def deltas_markdown(board: Leaderboard) -> list[str]:
+    """Each label's headline metric against its baseline (`statistics.baseline_deltas`): Δ with its 95 % paired
+    t-interval, the paired difference's minimal detectable effect and the seeds that bring it to 1 pp."""
+    if not board.deltas:
+        return []
+    rows = []
+    for label, delta in sorted(board.deltas.items(), key=lambda item: -item[1].difference.mean):
+        difference = delta.difference
+        rows.append({"Method": label, "baseline": delta.baseline, "seeds": difference.n,
+                     f"Δ {board.headline_name} (pp)": difference_text(difference),
+                     "MDE (pp)": mde_text(difference), "seeds for MDE ≤ 1 pp": seeds_needed_text(difference)})
+    return [f"## Δ vs baseline on the {board.headline_name}", "",
+            f"Each label's {board.headline_name} minus its baseline label's (the spec's `baselines`, per method "
+            "kind), paired by seed: mean [95 % paired t-interval]; MDE: the smallest true difference the paired test "
+            "detects with power 0.8 at α = 0.05 from these seeds' spread (docs/statistics.md).", "",
+            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+
+
+def difference_text(difference: PairedDifference) -> str:
+    """`+1.23 [+0.10, +2.36]`; the mean alone below two seeds."""
+    low, high = difference.interval()
+    return f"{difference.mean:+.2f}" + ("" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
+
+
+def mde_text(difference: PairedDifference) -> str:
+    mde = difference.minimal_detectable_effect()
+    return "–" if math.isnan(mde) else f"{mde:.2f}"
+
+
+def seeds_needed_text(difference: PairedDifference) -> str:
+    needed = difference.units_needed()
+    return "–" if difference.n < 2 else f"> {MAX_UNITS}" if needed is None else str(needed)
+
+
 def cell_markdown(cell: Cell) -> str:
-    return {1: f"**{cell.text}**", 2: f"<u>{cell.text}</u>"}.get(cell.rank, cell.text)
+    return {BEST: f"**{cell.text}**", TIED: f"*{cell.text}*"}.get(cell.rank, cell.text)
 
 
 def benchmark_markdown(records: list[RunRecord], benchmark: str, metrics: tuple[str, ...] | None = None) -> str:
