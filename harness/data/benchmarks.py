@@ -110,6 +110,10 @@ def load_benchmark(spec: BenchmarkSpec, cache: Cache, data_root: Path | None = N
         image_set, drawn = _draw(_renamed(image_set, name), count, seed)
         provenance["sets"][name] = {"source": location["source"], "path": location.get("path"), **drawn,
                                     **({"group": group} if group else {})}
+        if spec.modality == "text":  # each length feature's mean, std and median (harness.data.text)
+            from harness.data.text import length_summary
+
+            provenance["sets"][name]["lengths"] = length_summary(image_set.texts)
         return _store(image_set, spec.storage)
 
     id_location = chosen["id"]

@@ -5,6 +5,10 @@ Embedded benchmark (offline, from `harness.data.text_resources`): ID = Pang & Le
 the Rotten Tomatoes snippets SST was built from; stands in for SST-2), `lee_news` (for AG News), `wiki_paragraphs`
 (a shortened Wikipedia dump, markup stripped; for WikiText-2), `newsgroup_posts` (a 20 Newsgroups sample).
 
+Sentence benchmark (`review_sentences`): sentences of the same resources, all in the Pang & Lee style (lower-cased,
+punctuation split off), every evaluation set drawn to the review sentences' shares of (tokens, mean word length)
+cells, so that no length feature tells ID from OOD (`length_matched_sample`).
+
 Readers of the paper's sets in their download formats, under a --data-root: IMDb (`aclImdb/{train,test}/{pos,neg}`),
 AG News (CSV class,title,description), SST-2 (GLUE TSV with a header), WikiText-2 raw (`wiki.*.raw`), Pang & Lee
 polarity v2.0 (`txt_sentoken/{pos,neg}`). Every input problem is one HarnessError line naming the file.
@@ -297,6 +301,137 @@ def newsgroup_posts(root: Path | str | None = None) -> TextSet:
     return text_set("newsgroup_posts", [bodies[i] for i in keep], [int(bunch["target"][i]) for i in keep], path)
 
 
+# --- sentence sets matched in length (the review_sentences benchmark) ----------------------------------------------
+
+_PUNCTUATION = re.compile(r'([.,!?;:()\[\]{}"])')
+LENGTH_FEATURES = ("characters", "tokens", "mean_word_length")
+
+
+def pang_lee_style(text: str) -> str:
+    """`text` written as the Pang & Lee corpora are: lower-cased, punctuation split off by spaces (apostrophes and
+    hyphens stay inside words), single spaces. Pang & Lee's own sentences come back unchanged but for 69 of 48,659."""
+    return " ".join(_PUNCTUATION.sub(r" \1 ", text.lower()).split())
+
+
+def length_features(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per text: characters, tokens (whitespace-separated) and mean word length (characters per token)."""
+    tokens = [t.split() for t in texts]
+    return {"characters": np.array([len(t) for t in texts], dtype=float),
+            "tokens": np.array([len(t) for t in tokens], dtype=float),
+            "mean_word_length": np.array([sum(map(len, t)) / len(t) if t else 0.0 for t in tokens])}
+
+
+def length_summary(texts: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Mean, standard deviation and median of each length feature of `texts` (recorded in the provenance)."""
+    return {name: {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2),
+                   "median": round(float(np.median(v)), 2)} for name, v in length_features(texts).items()}
+
+
+@dataclass(frozen=True)
+class LengthCells:
+    """Cells of (tokens, mean word length): token bins [edge_i, edge_i+1) from `token_edges`, mean word length
+    split at `word_length_edges`. A text outside the token range has no cell (-1)."""
+
+    token_edges: tuple[int, ...]
+    word_length_edges: tuple[float, ...]
+
+    @property
+    def count(self) -> int:
+        return (len(self.token_edges) - 1) * (len(self.word_length_edges) + 1)
+
+    def of(self, texts: Sequence[str]) -> np.ndarray:
+        features = length_features(texts)
+        tokens, word = features["tokens"], features["mean_word_length"]
+        inside = (tokens >= self.token_edges[0]) & (tokens < self.token_edges[-1])
+        cell = ((np.digitize(tokens, self.token_edges) - 1) * (len(self.word_length_edges) + 1)
+                + np.digitize(word, self.word_length_edges))
+        return np.where(inside, cell, -1)
+
+
+# review sentences of 5 to 40 tokens; cells of 2 tokens x the quartiles of the review sentences' mean word length
+SENTENCE_TOKENS = (5, 40)
+TOKEN_BIN = 2
+WORD_LENGTH_BINS = 4
+
+
+@functools.lru_cache(maxsize=2)
+def review_sentences(root: Path | str | None = None) -> tuple[TextSet, tuple[tuple[str, ...], ...]]:
+    """The Pang & Lee reviews and each one's sentences (one a line in Pang & Lee) of `SENTENCE_TOKENS` tokens, in
+    `pang_lee_style`."""
+    reviews = pang_lee_reviews(root)
+    return reviews, tuple(tuple(within_sentence_tokens([pang_lee_style(line) for line in review.splitlines()]))
+                          for review in reviews.texts)
+
+
+def within_sentence_tokens(texts: Sequence[str]) -> list[str]:
+    low, high = SENTENCE_TOKENS
+    return [t for t in texts if low <= len(t.split()) <= high]
+
+
+@functools.lru_cache(maxsize=2)
+def review_sentence_target(root: Path | str | None = None) -> tuple[LengthCells, tuple[float, ...]]:
+    """The length cells and each cell's share among all Pang & Lee review sentences of `SENTENCE_TOKENS` tokens
+    (the ID population; every evaluation set of the benchmark is drawn to these shares)."""
+    population = [s for review in review_sentences(root)[1] for s in review]
+    words = length_features(population)["mean_word_length"]
+    low, high = SENTENCE_TOKENS
+    cells = LengthCells(tuple(range(low, high + TOKEN_BIN, TOKEN_BIN)),
+                        tuple(float(q) for q in np.quantile(words, np.arange(1, WORD_LENGTH_BINS) / WORD_LENGTH_BINS)))
+    shares = np.bincount(cells.of(population), minlength=cells.count) / len(population)
+    return cells, tuple(float(s) for s in shares)
+
+
+def length_matched_sample(data: TextSet, cells: LengthCells, shares: Sequence[float], count: int,
+                          seed: int) -> TextSet:
+    """`count` texts of `data` drawn by `seed` so that each length cell holds its share of them (largest-remainder
+    rounding); a cell with fewer texts than its quota gives all it has, so the sample can be smaller."""
+    wanted = np.asarray(shares) * count
+    quota = np.floor(wanted).astype(int)
+    quota[np.argsort(-(wanted - quota), kind="stable")[:count - quota.sum()]] += 1
+    rng, cell_of = np.random.default_rng(seed), cells.of(data.texts)
+    chosen = [rng.choice(pool, min(want, len(pool)), replace=False)
+              for pool, want in ((np.flatnonzero(cell_of == c), q) for c, q in enumerate(quota)) if want]
+    return data.subset(np.sort(np.concatenate(chosen)))
+
+
+@functools.lru_cache(maxsize=1)
+def _sentencizer() -> object:
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def split_sentences(texts: Sequence[str]) -> list[str]:
+    """The sentences of `texts` (spaCy's rule-based sentencizer on whitespace-collapsed text)."""
+    return [s.text for doc in _sentencizer().pipe([" ".join(t.split()) for t in texts], batch_size=64)  # type: ignore[attr-defined]
+            for s in doc.sents]
+
+
+def newsgroup_prose(post: str) -> str:
+    """A post body without quoted lines (`>` or `|`), attribution lines ("... writes:") and lines with an e-mail
+    address (signatures, headers quoted in the text)."""
+    return "\n".join(line for line in post.splitlines()
+                     if not line.lstrip().startswith((">", "|")) and "writes:" not in line and "@" not in line)
+
+
+def corpus_sentences(corpus: str, root: Path | str | None = None) -> TextSet:
+    """The distinct sentences of an embedded OOD set of `SENTENCE_TOKENS` tokens, in `pang_lee_style`:
+    `rt_snippets` as they are (one snippet a text), `lee_news` and `wiki_paragraphs` split into sentences,
+    `newsgroup_posts` reduced to `newsgroup_prose` and split."""
+    builds = {"rt_snippets": rt_snippets, "lee_news": lee_news, "wiki_paragraphs": wiki_paragraphs,
+              "newsgroup_posts": newsgroup_posts}
+    if corpus not in builds:
+        raise HarnessError(f"unknown sentence corpus {corpus!r}; choose one of {', '.join(builds)}")
+    texts = builds[corpus](root).texts
+    if corpus == "newsgroup_posts":
+        texts = tuple(newsgroup_prose(t) for t in texts)
+    sentences = texts if corpus == "rt_snippets" else split_sentences(texts)
+    kept = within_sentence_tokens(list(dict.fromkeys(pang_lee_style(s) for s in sentences)))
+    return text_set(f"{corpus}_sentences", kept, None, corpus)
+
+
 @storable
 @dataclass(frozen=True)
 class TextBenchmark:
@@ -331,7 +466,9 @@ def embedded_text_benchmark(seed: int = 0, root: Path | str | None = None, n_tra
 
 # --- data sources of text benchmark specs (harness.data.sources) ---------------------------------------------------
 # Embedded (cached builds from the text resources): `pang_lee_reviews` (ID: {"train", "test"} split by the spec's
-# `split_seed`), `rt_snippets`, `lee_news`, `wiki_paragraphs`, `newsgroup_posts`. On-disk (read fresh under the data
+# `split_seed`), `rt_snippets`, `lee_news`, `wiki_paragraphs`, `newsgroup_posts`; `pang_lee_review_sentences` (ID)
+# and `length_matched_sentences` (an OOD corpus's sentences drawn to the review sentences' lengths). On-disk (read
+# fresh under the data
 # root, probed by `data check`): `imdb_folder` (ID), `ag_news_csv`, `sst2_tsv`, `wikitext_raw`, `pang_lee_folder`.
 
 
@@ -362,6 +499,36 @@ for set_name, build_set, resource in (("rt_snippets", rt_snippets, "pang_lee"),
                                       ("wiki_paragraphs", wiki_paragraphs, "gensim_data"),
                                       ("newsgroup_posts", newsgroup_posts, "gensim_data")):
     register_source(set_name, probe=embedded_set_probe(resource))(lambda *, build_set=build_set, **_: build_set())
+
+
+@register_source("pang_lee_review_sentences", probe=embedded_set_probe("pang_lee"))
+def pang_lee_review_sentences_source(*, train: int = 1000, split_seed: int = 0, train_sentences: int = 1000,
+                                     test_sentences: int = 500, **_: object) -> dict[str, TextSet]:
+    """Sentences of the Pang & Lee v2.0 reviews (label = the review's): the reviews split by `split_seed` (`train`
+    of them train), `train_sentences` drawn at random from the train reviews' sentences and `test_sentences` from the
+    test reviews' drawn to the length cells' shares (`length_matched_sample`); sentences of 5-40 tokens only."""
+    reviews, sentences = review_sentences()
+    train_reviews, test_reviews = split_train_test(reviews, train, split_seed)
+    per_review = dict(zip(reviews.texts, sentences, strict=True))
+    pools = {}
+    for split, part in (("train", train_reviews), ("test", test_reviews)):
+        pairs = [(s, label) for text, label in zip(part.texts, part.labels, strict=True) for s in per_review[text]]
+        pools[split] = text_set(f"review_sentences_{split}", [s for s, _ in pairs], [y for _, y in pairs], "pang_lee")
+    if train_sentences > len(pools["train"]):
+        raise HarnessError(f"train_sentences {train_sentences} exceeds the {len(pools['train'])} sentences of the "
+                           f"{train} train reviews")
+    rng = np.random.default_rng([split_seed, 1])
+    cells, shares = review_sentence_target()
+    return {"train": pools["train"].subset(np.sort(rng.choice(len(pools["train"]), train_sentences, replace=False))),
+            "test": length_matched_sample(pools["test"], cells, shares, test_sentences, split_seed)}
+
+
+@register_source("length_matched_sentences", probe=embedded_set_probe("pang_lee", "gensim_data"))
+def length_matched_sentences_source(*, corpus: str, count: int = 500, seed: int = 0,
+                                    **_: object) -> TextSet:
+    """`count` sentences of `corpus` (`corpus_sentences`) drawn by `seed` to the review sentences' length cells."""
+    cells, shares = review_sentence_target()
+    return length_matched_sample(corpus_sentences(corpus), cells, shares, count, seed)
 
 
 def under_data_root(data_root: Path | None, path: str) -> Path:
