@@ -145,6 +145,7 @@ def test_lipschitz_estimate_reports_max_over_samples():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the figure script's numbers, minutes on 2 cores; the direction is also held by the dual-loss test
 def test_toy_command_numbers_move_in_the_papers_direction(tmp_path):
     numbers = toy_experiment(tmp_path, steps=600, seed=0, blocks=4, hidden=64)  # a smaller flow than Appendix A
     for name in ("moons", "circles"):
