@@ -1,2 +1,2 @@
-"""Records: run records and their provenance (`results`, `provenance`), leaderboards (`leaderboard`), regression
-checks against committed expectations (`regression`), and PNG plots (`plots`)."""
+"""Records: run records, their provenance and cost (`results`, `provenance`, `cost`), leaderboards (`leaderboard`),
+regression checks against committed expectations (`regression`), and PNG plots (`plots`)."""
