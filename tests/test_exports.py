@@ -92,10 +92,13 @@ def test_one_seed_has_no_std_and_a_run_missing_a_set_keeps_its_seeds_apart():
 
 def test_cost_facts_of_the_records_become_rows():
     cost = {"stages": {"train": {"seconds": 2.0, "peak_rss_mb": 300.0, "peak_cuda_mb": None}},
-            "images_generated": 40, "images_embedded": None}
+            "images_generated": 40, "images_embedded": None,
+            "computed": {"images_generated": 0, "images_embedded": None}}  # a cached rerun made none of the 40
     table = long_table(build_leaderboard([record("msp", 0, 0.9, cost=cost)], "toy"))
     rows = table[table["set"] == "cost"].set_index("metric")
-    assert sorted(rows.index) == ["images_generated", "train.peak_rss_mb", "train.seconds"]  # None: not measured
+    assert sorted(rows.index) == ["computed.images_generated", "images_generated", "train.peak_rss_mb",
+                                  "train.seconds"]  # None: not measured
+    assert rows.loc["computed.images_generated", ["mean", "unit"]].tolist() == [0.0, "images"]
     assert rows.loc["train.peak_rss_mb", ["mean", "unit"]].tolist() == [300.0, "MB"]
     assert rows.loc["images_generated", "unit"] == "images"
 

@@ -110,7 +110,11 @@ def record_costs(record: RunRecord) -> dict[str, float]:
     `stage.fact` names; a record without `cost` gives its `stage_seconds`. Unmeasured (None) facts are left out."""
     stages = record.cost.get("stages") or {stage: {"seconds": s} for stage, s in record.stage_seconds.items()}
     flat = {f"{stage}.{name}": value for stage, facts in stages.items() for name, value in facts.items()}
-    flat.update({name: value for name, value in record.cost.items() if name != "stages"})
+    for name, value in record.cost.items():
+        if isinstance(value, dict) and name != "stages":  # e.g. `computed`: the images this process made
+            flat.update({f"{name}.{key}": inner for key, inner in value.items()})
+        elif name != "stages":
+            flat[name] = value
     return {name: float(value) for name, value in flat.items() if isinstance(value, int | float)}
 
 
