@@ -16,6 +16,7 @@ Two threshold rules (`rule`, CLI `--fpr-rule`):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -114,10 +115,11 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
     }
 
 
-def average_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each metric's mean over the sets, in the order of `per_set` (the order the run scored them: a sum's last bit
-    depends on it)."""
-    return {m: float(np.mean([metrics[m] for metrics in per_set.values()])) for m in METRIC_NAMES}
+def average_metrics(per_set: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each metric of the first set, averaged over the sets in the order of `per_set` (the order the run scored
+    them: a sum's last bit depends on it)."""
+    first = next(iter(per_set.values()))
+    return {m: float(np.mean([metrics[m] for metrics in per_set.values()])) for m in first}
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

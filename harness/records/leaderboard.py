@@ -68,12 +68,6 @@ def benchmark_spec(benchmark: str) -> BenchmarkSpec | None:
     return None
 
 
-def benchmark_metrics(benchmark: str) -> tuple[str, ...]:
-    """The leaderboard columns of `benchmark`: its spec's `leaderboard_metrics`, else FPR95 and AUROC."""
-    spec = benchmark_spec(benchmark)
-    return spec.leaderboard_metrics if spec else DEFAULT_METRICS
-
-
 def recipe_key(record: RunRecord) -> str:
     """What a row's classifier is, as JSON: the user's model (`--model`: its spec and weights), the shared
     classifier recipe (`classifier_config`), or '' for a method that trains no classifier (a density model)."""
@@ -143,8 +137,8 @@ def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRI
     def average(run: RunRecord, key: str) -> float:
         return float(np.mean([run.metrics[name][key] for name in common]))
 
-    def group_average(run: RunRecord, group: str, key: str) -> float:
-        return group_averages({name: run.metrics[name] for name in in_groups}, in_groups)[group][key]
+    def group_average(run: RunRecord) -> dict[str, dict[str, float]]:
+        return group_averages({name: run.metrics[name] for name in in_groups}, in_groups)
 
     rows = []
     for (label, positive, key), runs in sorted(rows_of.items()):
@@ -157,11 +151,12 @@ def summarise(records: list[RunRecord], metrics: tuple[str, ...] = DEFAULT_METRI
             for metric in metrics:
                 row[(name, COLUMN[metric])] = SeedValues([(r.seed, 100 * r.metrics[name][metric])
                                                           for r in runs if name in r.metrics])
+        grouped = [(r.seed, group_average(r)) for r in runs]
         for group in OOD_GROUPS:
             if group in in_groups.values():
                 for metric in metrics:
                     row[(GROUP_COLUMN[group], COLUMN[metric])] = SeedValues(
-                        [(r.seed, 100 * group_average(r, group, metric)) for r in runs])
+                        [(seed, 100 * by_group[group][metric]) for seed, by_group in grouped])
         for metric in metrics:
             row[("Average", COLUMN[metric])] = SeedValues([(r.seed, 100 * average(r, metric)) for r in runs])
         row[("", "ID acc.")] = SeedValues([(r.seed, 100 * r.id_accuracy) for r in runs if r.id_accuracy is not None])

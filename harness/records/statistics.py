@@ -28,6 +28,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from harness.data.spec import OOD_GROUPS, BenchmarkSpec
+from harness.metrics import average_metrics
 from harness.records.results import RunRecord
 
 HEADLINE_GROUP, HEADLINE_METRIC = "near", "auroc"
@@ -42,9 +43,8 @@ def group_averages(per_set: Mapping[str, Mapping[str, float]],
     """Per OOD group with at least one set in `per_set`, each metric's mean over that group's sets; `groups` maps a
     set name to "near" or "far", and a set it does not name is in no group."""
     members = {group: [name for name in per_set if groups.get(name) == group] for group in OOD_GROUPS}
-    return {group: {metric: float(np.mean([per_set[name][metric] for name in names]))
-                    for metric in per_set[names[0]]}
-            for group, names in members.items() if names}
+    return {group: average_metrics({name: per_set[name] for name in names}) for group, names in members.items()
+            if names}
 
 
 def set_groups(record: RunRecord, spec: BenchmarkSpec | None) -> dict[str, str]:
