@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, default=Path("runs"),
                        help="directory holding records/, where leaderboards/ is written (default runs/, where `run` "
                             "writes; the curated results/ is --out results)")
-    board.add_argument("--format", dest="formats", type=_csv, default=["md", "html"],
+    board.add_argument("--format", dest="formats", type=_csv, default=None,
                        help="comma-separated formats, some of md,html,csv,json,openood (default md,html); "
                             "docs/leaderboards.md describes each")
     board.add_argument("--benchmark", action="append", default=None, help="only this benchmark (repeatable)")
@@ -429,8 +429,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.metrics or ()) - set(LEADERBOARD_METRICS))
     if unknown or args.metrics == []:
         raise HarnessError(f"--metrics {','.join(unknown) or '(empty)'}: choose from {','.join(LEADERBOARD_METRICS)}")
-    written = write_leaderboards(args.out, args.benchmark, tuple(args.metrics) if args.metrics else None,
-                                 tuple(args.formats))
+    formats = {} if args.formats is None else {"formats": tuple(args.formats)}  # default: DEFAULT_FORMATS
+    written = write_leaderboards(args.out, args.benchmark, tuple(args.metrics) if args.metrics else None, **formats)
     if not written:
         raise HarnessError(f"no records for {', '.join(args.benchmark or ['any benchmark'])} under {args.out}")
     for files in written.values():
