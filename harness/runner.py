@@ -16,7 +16,7 @@ from harness.classifier.training import seed_everything
 from harness.context import RunContext
 from harness.contract import Method
 from harness.data.benchmarks import Benchmark, load_benchmark
-from harness.data.fingerprints import identify_sets
+from harness.data.fingerprints import ID_SET, evaluated_sets, identify_sets
 from harness.device import resolve_device
 from harness.errors import HarnessError
 from harness.metrics import FprRule, Positive, accuracy, average_metrics, ood_metrics
@@ -71,8 +71,8 @@ def checked_scores(method: Method, images: Any, name: str) -> np.ndarray:
 
 def evaluate(method: Method, benchmark: Benchmark, positive: Positive,
              rule: FprRule = "recall-at-least") -> tuple[dict, dict, float | None, dict]:
-    id_scores = checked_scores(method, benchmark.test, "ID")
-    per_set, scores = {}, {"ID": id_scores}
+    id_scores = checked_scores(method, benchmark.test, ID_SET)
+    per_set, scores = {}, {ID_SET: id_scores}
     for name, image_set in benchmark.ood.items():
         ood_scores = checked_scores(method, image_set, name)
         scores[name] = ood_scores
@@ -132,7 +132,7 @@ def execute_runs(plan: Plan, cache: Cache | None) -> list[RunRecord]:
                 else None,
                 fpr_positive=request.fpr_positive, fpr_rule=request.fpr_rule, metrics=per_set, average=average,
                 id_accuracy=id_acc, group_average=group_averages(per_set, spec.ood_groups),
-                eval_sizes={"ID": len(benchmark.test), **{n: len(s) for n, s in benchmark.ood.items()}},
+                eval_sizes={name: len(data_set) for name, data_set in evaluated_sets(benchmark).items()},
                 stage_seconds=meter.seconds(), cost=meter.as_record(), device=str(device),
                 details={**(outliers.facts if outliers is not None else {}), **method.details()},
                 data=data_facts, environment=environment(device),
