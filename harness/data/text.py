@@ -468,8 +468,8 @@ def embedded_text_benchmark(seed: int = 0, root: Path | str | None = None, n_tra
 # Embedded (cached builds from the text resources): `pang_lee_reviews` (ID: {"train", "test"} split by the spec's
 # `split_seed`), `rt_snippets`, `lee_news`, `wiki_paragraphs`, `newsgroup_posts`; `pang_lee_review_sentences` (ID)
 # and `length_matched_sentences` (an OOD corpus's sentences drawn to the review sentences' lengths). On-disk (read
-# fresh under the data
-# root, probed by `data check`): `imdb_folder` (ID), `ag_news_csv`, `sst2_tsv`, `wikitext_raw`, `pang_lee_folder`.
+# fresh under the data root, probed by `data check`): `imdb_folder` (ID), `ag_news_csv`, `sst2_tsv`, `wikitext_raw`,
+# `pang_lee_folder`.
 
 
 
