@@ -9,14 +9,13 @@ stays small and shows them when opened inside its out directory. Every string fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from html import escape
 from urllib.parse import quote
 
 import pandas as pd
 
-from harness.records.leaderboard import BEST, COLUMN, LOWER_IS_BETTER, TIED, Cell, Leaderboard
+from harness.records.leaderboard import BEST, COLUMN, LOWER_IS_BETTER, TIED, Cell, Leaderboard, interval_text
 
 GROUP_TITLES = {"near": "near-OOD", "far": "far-OOD", "": "OOD sets without a group"}
 ARROWS = {"FPR95": "FPR95 ↓", "AUROC": "AUROC ↑", "AUPR-In": "AUPR-In ↑", "AUPR-Out": "AUPR-Out ↑",
@@ -120,8 +119,7 @@ def delta_td(board: Leaderboard, label: str) -> str:
     if delta is None:
         return "<td>–</td>"
     difference = delta.difference
-    low, high = difference.interval()
-    interval = f"[{low:+.2f}, {high:+.2f}]" if not math.isnan(low) else f"(n={difference.n})"
+    interval = interval_text(difference) or f"(n={difference.n})"
     return (f'<td data-value="{difference.mean!r}" title="paired over seeds '
             f'{escape(",".join(map(str, difference.units)))}"><span class="m">{difference.mean:+.2f}</span>'
             f'<span class="s">{interval} vs {escape(delta.baseline)}</span></td>')

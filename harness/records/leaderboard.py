@@ -514,10 +514,15 @@ def deltas_markdown(board: Leaderboard) -> list[str]:
             pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
 
 
+def interval_text(difference: PairedDifference) -> str:
+    """The 95 % paired interval as `[+0.10, +2.36]`; '' below two seeds."""
+    low, high = difference.interval()
+    return "" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]"
+
+
 def difference_text(difference: PairedDifference) -> str:
     """`+1.23 [+0.10, +2.36]`; the mean alone below two seeds."""
-    low, high = difference.interval()
-    return f"{difference.mean:+.2f}" + ("" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
+    return " ".join(filter(None, [f"{difference.mean:+.2f}", interval_text(difference)]))
 
 
 def mde_text(difference: PairedDifference) -> str:
